@@ -1,0 +1,5 @@
+import sys
+
+from llavidal.cli import main
+
+sys.exit(main())

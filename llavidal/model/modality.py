@@ -1,0 +1,182 @@
+"""The modality registry: each modality is data, not a forward argument.
+
+A :class:`ModalitySpec` says how a modality appears in text (placeholder, patch/start/end tokens),
+how many tokens a sample carries, what feature dimension it has and which projector maps it into the
+LLM. Adding a modality is a new entry here (or in a config file), nothing else.
+
+Upstream (LLAVIDAL) layout of one sample's spans::
+
+    <vid_start> 356 x <vid_patch> <vid_end> <object_start> 8n x <object_patch> <object_end>
+    <pose_start> 256 x <pose_patch> <pose_end>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from llavidal.constants import DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, OBJECT_TOKENS_PER_OBJECT
+
+PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
+
+
+@dataclass
+class ModalitySpec:
+    """One modality spliced into the LLM's token stream."""
+
+    name: str
+    """Registry key: ``video``, ``pose``, ``object``."""
+    placeholder: str
+    """Text placeholder written in instruction data (``<video>``)."""
+    patch_token: str
+    start_token: str
+    end_token: str
+    feature_dim: int
+    """Last dimension of the stored features (1024 for CLIP ViT-L/14)."""
+    num_tokens: int = 0
+    """Fixed number of tokens per sample; 0 when the count is variable (see ``group_size``)."""
+    group_size: int = 0
+    """For variable-length modalities: tokens per item (8 per object); the count is a multiple."""
+    projector_type: str = "linear"
+    """``linear`` (upstream) or ``mlp2x_gelu``."""
+    text_prefix: str = ""
+    """Text written before the span when ``use_modality_string_prefix`` is on (" video: ")."""
+    file_suffix: str = ""
+    """Upstream feature file suffix before the extension (``_pose`` for ``{id}_pose.pickle``)."""
+    upstream_projector_key: str = ""
+    """Key prefix of this projector in upstream ``mm_projector.bin`` files."""
+
+    def __post_init__(self) -> None:
+        if self.projector_type not in PROJECTOR_TYPES:
+            raise ValueError(
+                f"modality {self.name!r}: projector_type {self.projector_type!r} is not one of {PROJECTOR_TYPES}"
+            )
+        if self.num_tokens <= 0 and self.group_size <= 0:
+            raise ValueError(f"modality {self.name!r}: set num_tokens (fixed) or group_size (variable)")
+        if self.feature_dim <= 0:
+            raise ValueError(f"modality {self.name!r}: feature_dim must be positive")
+
+    @property
+    def variable(self) -> bool:
+        return self.num_tokens <= 0
+
+    @property
+    def new_tokens(self) -> list[str]:
+        """Tokens this modality adds to the tokenizer, in upstream order (patch, start, end)."""
+        return [self.patch_token, self.start_token, self.end_token]
+
+    def tokens_for(self, feature_rows: int) -> int:
+        """Number of patch tokens for a feature tensor with ``feature_rows`` rows (validates it)."""
+        if not self.variable:
+            if feature_rows != self.num_tokens:
+                raise ValueError(
+                    f"modality {self.name!r} expects {self.num_tokens} feature rows, got {feature_rows}"
+                )
+            return self.num_tokens
+        if feature_rows % self.group_size:
+            raise ValueError(
+                f"modality {self.name!r} expects a multiple of {self.group_size} rows, got {feature_rows}"
+            )
+        return feature_rows
+
+    def span_text(self, feature_rows: int, use_prefix: bool = False) -> str:
+        """Text that replaces the placeholder: [prefix] start + k patch tokens + end."""
+        k = self.tokens_for(feature_rows)
+        prefix = self.text_prefix if use_prefix else ""
+        return prefix + self.start_token + self.patch_token * k + self.end_token
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModalitySpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def default_modalities(
+    video_dim: int = 1024,
+    pose_dim: int = 216,
+    object_dim: int = 512,
+    video_tokens: int = DEFAULT_VIDEO_TOKENS,
+    pose_tokens: int = DEFAULT_POSE_TOKENS,
+    object_group: int = OBJECT_TOKENS_PER_OBJECT,
+    projector_type: str = "linear",
+) -> dict[str, ModalitySpec]:
+    """The upstream LLAVIDAL modalities, in upstream span order (video, object, pose)."""
+    return {
+        "video": ModalitySpec(
+            name="video", placeholder="<video>", patch_token="<vid_patch>", start_token="<vid_start>",
+            end_token="<vid_end>", feature_dim=video_dim, num_tokens=video_tokens,
+            projector_type=projector_type, text_prefix=" video: ", file_suffix="",
+            upstream_projector_key="mm_projector",
+        ),
+        "object": ModalitySpec(
+            name="object", placeholder="<object>", patch_token="<object_patch>",
+            start_token="<object_start>", end_token="<object_end>", feature_dim=object_dim,
+            group_size=object_group, projector_type=projector_type, text_prefix=" object: ",
+            file_suffix="_object", upstream_projector_key="mm_projector_forobject",
+        ),
+        "pose": ModalitySpec(
+            name="pose", placeholder="<human_pose>", patch_token="<pose_patch>",
+            start_token="<pose_start>", end_token="<pose_end>", feature_dim=pose_dim,
+            num_tokens=pose_tokens, projector_type=projector_type, text_prefix=" pose: ",
+            file_suffix="_pose", upstream_projector_key="mm_projector_forpose",
+        ),
+    }
+
+
+@dataclass
+class ModalityRegistry:
+    """An ordered set of modalities (order = span order in text and token-adding order)."""
+
+    specs: dict[str, ModalitySpec] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.specs.values())
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.specs
+
+    def __getitem__(self, name: str) -> ModalitySpec:
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise KeyError(f"unknown modality {name!r}; known: {list(self.specs)}") from None
+
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    def select(self, names: Iterable[str]) -> "ModalityRegistry":
+        """Sub-registry with only ``names`` (kept in registry order)."""
+        wanted = set(names)
+        unknown = wanted - set(self.specs)
+        if unknown:
+            raise KeyError(f"unknown modalities {sorted(unknown)}; known: {list(self.specs)}")
+        return ModalityRegistry({k: v for k, v in self.specs.items() if k in wanted})
+
+    def by_placeholder(self) -> dict[str, ModalitySpec]:
+        return {s.placeholder: s for s in self.specs.values()}
+
+    def new_tokens(self) -> list[str]:
+        tokens: list[str] = []
+        for spec in self.specs.values():
+            tokens.extend(spec.new_tokens)
+        return tokens
+
+    def to_list(self) -> list[dict]:
+        return [s.to_dict() for s in self.specs.values()]
+
+    @classmethod
+    def from_list(cls, items: list[dict]) -> "ModalityRegistry":
+        specs = [ModalitySpec.from_dict(d) for d in items]
+        return cls({s.name: s for s in specs})
+
+    @classmethod
+    def default(cls, names: Iterable[str] | None = None, **dims) -> "ModalityRegistry":
+        reg = cls(default_modalities(**dims))
+        return reg.select(names) if names is not None else reg
