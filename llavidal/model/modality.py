@@ -180,3 +180,43 @@ class ModalityRegistry:
     def default(cls, names: Iterable[str] | None = None, **dims) -> "ModalityRegistry":
         reg = cls(default_modalities(**dims))
         return reg.select(names) if names is not None else reg
+
+
+class SpliceError(ValueError):
+    """Placeholders and features of a sample disagree (raised with the sample named)."""
+
+
+def expand_placeholders(
+    text: str,
+    registry: ModalityRegistry,
+    feature_rows: dict[str, int],
+    use_prefix: bool = False,
+    sample_id: str = "",
+) -> str:
+    """Replace each modality placeholder in ``text`` by its span (start + k patch tokens + end).
+
+    ``feature_rows`` maps modality name -> number of feature rows the sample carries for it. A
+    placeholder of a modality the sample lacks (or one that is not in the registry's selection) is
+    removed, so that a record written for video+pose+object trains a video-only model unchanged.
+    Each placeholder may appear once; a repeat is an error naming the sample.
+    """
+    for spec in registry:
+        count = text.count(spec.placeholder)
+        if count > 1:
+            raise SpliceError(
+                f"sample {sample_id or '<unnamed>'}: placeholder {spec.placeholder} appears {count} times; "
+                "each modality may appear once per sample"
+            )
+        if count == 0:
+            continue
+        rows = feature_rows.get(spec.name)
+        replacement = "" if rows is None else spec.span_text(rows, use_prefix)
+        text = text.replace(spec.placeholder, replacement)
+    return text
+
+
+def strip_placeholders(text: str, placeholders: Iterable[str] = ("<video>", "<human_pose>", "<object>")) -> str:
+    """Remove modality placeholders (for text-only use of a record) and tidy the whitespace."""
+    for p in placeholders:
+        text = text.replace(p, "")
+    return text.strip()
