@@ -112,7 +112,8 @@ def add_modality_tokens(
         tokenizer.add_tokens(missing, special_tokens=True)
     token_ids = {
         spec.name: {
-            role: int(tokenizer.convert_tokens_to_ids(tok)) for role, tok in zip(TOKEN_ROLES, spec.new_tokens, strict=True)
+            role: int(tokenizer.convert_tokens_to_ids(token))
+            for role, token in zip(TOKEN_ROLES, spec.new_tokens, strict=True)
         }
         for spec in modalities
     }
