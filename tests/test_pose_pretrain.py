@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,13 +22,11 @@ from llavidal.features.pose.encoder import (
     pose_features_for_skeleton,
     seeded_pose_encoder,
 )
-from llavidal.features.pose.ntu import JOINT_INDEX, sequence_from_arrays, write_skeleton
+from llavidal.features.pose.ntu import JOINT_INDEX
 from llavidal.features.pose.pretrain import (
     PosePretrainArguments,
     PoseTextSample,
     contrastive_loss,
-    load_pair_file,
-    main as pretrain_main,
     pretrain_pose_encoder,
 )
 
@@ -249,3 +246,81 @@ def test_pretraining_lowers_loss_and_separates_activities(tmp_path, minilm):
     saved = json.loads((tmp_path / "pose" / "pose_encoder.json").read_text())
     assert saved["text_encoder"].startswith("sentence-transformers/all-MiniLM-L6-v2")
     assert (tmp_path / "pose" / "text_embeddings.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_worlds(tmp_path_factory):
+    """Four tiny embedded worlds (seeds 0-3): every activity performed once per world by different
+    subjects; worlds 0-2 train, world 3 is held out."""
+    pytest.importorskip("pybullet", reason="the embedded world needs pybullet (llavidal[world])")
+    from llavidal.sim import generate_world
+
+    root = tmp_path_factory.mktemp("worlds")
+    worlds = []
+    for seed in range(4):
+        generate_world(root / f"world{seed}", preset="tiny", seed=seed, workers=1, progress=False)
+        worlds.append(root / f"world{seed}")
+    return worlds
+
+
+def test_pretraining_on_the_embedded_world(tmp_path, minilm, tiny_worlds):
+    from llavidal.features.pose.encoder import as_skeleton_array
+    from llavidal.features.pose.pretrain import evaluate_contrastive, load_world_samples
+
+    torch.set_num_threads(1)
+    train = [s for world in tiny_worlds[:3] for s in load_world_samples(world)]
+    held_out = load_world_samples(tiny_worlds[3])
+    texts = sorted({s.text for s in train})
+    assert len(texts) >= 20 and all(s.text in texts for s in held_out)
+    assert all(t.startswith("The person") for t in texts), "texts are the world's activity descriptions"
+    args = PosePretrainArguments(
+        output_dir=str(tmp_path / "pose"), max_steps=150, batch_size=32, learning_rate=2e-3, warmup_steps=10,
+        eval_fraction=0.0, save_steps=1000, device="cpu", seed=0,
+    )
+    result = pretrain_pose_encoder(train, args, PoseEncoderConfig(**SMALL), text_encoder=minilm, progress=False)
+    text_index = {t: i for i, t in enumerate(texts)}
+    text_embeddings = minilm.encode(texts)
+    train_arrays = [as_skeleton_array(s.skeleton) for s in train]
+    test_arrays = [as_skeleton_array(s.skeleton) for s in held_out]
+    train_labels = [text_index[s.text] for s in train]
+    test_labels = [text_index[s.text] for s in held_out]
+    trained = result.encoder
+    torch.manual_seed(0)
+    untrained = type(trained)(trained.config).eval()  # same initialisation as the trained one
+    loss_before, retrieval_before = evaluate_contrastive(untrained, test_arrays, test_labels, text_embeddings)
+    loss_after, retrieval_after = evaluate_contrastive(trained, test_arrays, test_labels, text_embeddings)
+    accuracy = {
+        name: nearest_centroid_accuracy(encoder.encode(train_arrays), train_labels, encoder.encode(test_arrays), test_labels)
+        for name, encoder in (("untrained", untrained), ("trained", trained))
+    }
+    print(f"\nworld: {len(train)} training clips, {len(held_out)} held-out clips, {len(texts)} activities; "
+          f"train loss {result.train_loss_before:.4f} -> {result.train_loss_after:.4f}; held-out loss "
+          f"{loss_before:.4f} -> {loss_after:.4f}; held-out pose->text accuracy {retrieval_before:.3f} -> "
+          f"{retrieval_after:.3f}; nearest-centroid held-out accuracy untrained {accuracy['untrained']:.3f}, "
+          f"trained {accuracy['trained']:.3f}")
+    assert result.train_loss_after < result.train_loss_before - 1.0
+    assert loss_after < loss_before - 1.0
+    assert accuracy["trained"] > accuracy["untrained"] + 0.05
+
+
+def test_clip_text_encoder_by_path(tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from llavidal.features.pose.pretrain import FrozenTextEncoder
+    from llavidal.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=77, projection_dim=24,
+                            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    CLIPTextModelWithProjection(config).save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+    encoder = FrozenTextEncoder(str(tmp_path / "clip"))
+    embeddings = encoder.encode(["A person waves.", "A person drinks from a cup.", "A person waves."])
+    assert encoder.dim == 24 and embeddings.shape == (3, 24)
+    np.testing.assert_allclose(embeddings.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+    assert torch.allclose(embeddings[0], embeddings[2]) and not torch.allclose(embeddings[0], embeddings[1])
+    with pytest.raises(FileNotFoundError, match="minilm"):
+        FrozenTextEncoder(str(tmp_path / "nowhere"))

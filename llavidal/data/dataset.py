@@ -302,7 +302,7 @@ class LazySupervisedDataset(Dataset):
                     self._truncate(expanded[0], expanded[1], dict.fromkeys(used), sample_id)
             except SampleDropped as dropped:
                 self.summary.dropped[dropped.reason] += 1
-                self._warn(dropped.reason, f"dropped: {dropped}")
+                self._warn(dropped.reason, f"dropped ({dropped.reason.replace('_', ' ')}): {dropped}")
                 continue
             for name in used:
                 self.summary.modality_samples[name] += 1
@@ -388,11 +388,11 @@ class LazySupervisedDataset(Dataset):
                 start = input_ids.index(start_id)
                 end = input_ids.index(end_id, start)
                 spans[name] = (start, end)
-        for name, (start, end) in spans.items():
+        for start, end in spans.values():  # spans never overlap, so one pass settles the cut
             if start < cut <= end:
                 cut = start
         if self.use_prefix:  # do not leave a dangling " video: " before a removed span
-            for name, (start, end) in spans.items():
+            for name, (start, _end) in spans.items():
                 if start == cut:
                     prefix_len = len(self.tokenizer(self.modalities[name].text_prefix, add_special_tokens=False)["input_ids"])
                     cut = max(0, cut - prefix_len)
@@ -487,7 +487,11 @@ class LazySupervisedDataset(Dataset):
         record = self.records[prepared.record_index]
         features = self._load_features(prepared, index)
         rows = {name: int(tensor.shape[0]) for name, tensor in features.items()}
-        input_ids, labels = self._tokenize(record["conversations"], rows, prepared.sample_id, compact=False)
+        # Tokenise with one patch token per span, then repeat it k times: identical to tokenising the
+        # text from expand_placeholders (patch tokens are atomic added tokens), without paying for
+        # hundreds of patch tokens in the tokenizer (tests check the equivalence).
+        input_ids, labels = self._tokenize(record["conversations"], rows, prepared.sample_id, compact=True)
+        input_ids, labels = self._expand_compact(input_ids, labels, rows)
         if len(input_ids) > self.max_length:
             input_ids, labels, features = self._truncate(input_ids, labels, features, prepared.sample_id)
         return {
@@ -504,7 +508,7 @@ class LazySupervisedDataset(Dataset):
                 return self.build(candidate)
             except SampleDropped as dropped:
                 self.runtime_drops[dropped.reason] += 1
-                self._warn(dropped.reason, f"skipped (replaced by the next sample): {dropped}")
+                self._warn(dropped.reason, f"skipped ({dropped.reason.replace('_', ' ')}; replaced by the next sample): {dropped}")
         raise RuntimeError(f"{self.data_path}: no sample could be built; see the warnings above")
 
 

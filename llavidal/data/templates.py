@@ -26,6 +26,7 @@ zeroes its labels).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -174,14 +175,36 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _special_prefix_suffix(tokenizer: Any, text: str) -> tuple[list[int], list[int], list[int]]:
-    """Tokenise ``text`` with special tokens, returning (prefix added, body, suffix added)."""
-    full = list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    body = _encode(tokenizer, text)
+def _encode_many(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Tokenise several texts in one call (a fast tokenizer batches them natively)."""
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+_SPECIALS_CACHE: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _added_specials(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Token ids the tokenizer adds before and after a text (``[BOS]``, ``[]`` for LLaMA)."""
+    try:
+        cached = _SPECIALS_CACHE.get(tokenizer)
+    except TypeError:  # not weak-referenceable
+        cached = None
+    if cached is not None and cached[0] == len(tokenizer):
+        return cached[1], cached[2]
+    probe = "a b"
+    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    body = _encode(tokenizer, probe)
     for start in range(len(full) - len(body) + 1):
         if full[start : start + len(body)] == body:
-            return full[:start], body, full[start + len(body) :]
-    raise ConversationMismatchError("the tokenizer changes the text's tokens when adding special tokens")
+            prefix, suffix = full[:start], full[start + len(body) :]
+            break
+    else:
+        raise ConversationMismatchError("the tokenizer changes a text's tokens when adding special tokens")
+    try:
+        _SPECIALS_CACHE[tokenizer] = (len(tokenizer), prefix, suffix)
+    except TypeError:
+        pass
+    return prefix, suffix
 
 
 def _labels_from_char_spans(offsets: Sequence[tuple[int, int]], spans: Iterable[tuple[int, int]], sample: str) -> list[bool]:
@@ -205,7 +228,10 @@ def _labels_from_char_spans(offsets: Sequence[tuple[int, int]], spans: Iterable[
 
 def _tokenize_v1(template: ConversationTemplate, turns: list[tuple[str, str]], tokenizer: Any, system: str | None, sample: str) -> tuple[list[int], list[int]]:
     text = render_v1(template, turns, system)
-    prefix, body, suffix = _special_prefix_suffix(tokenizer, text)
+    prefix, suffix = _added_specials(tokenizer)
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
+    body = list(encoding["input_ids"])
     input_ids = prefix + body + suffix
     total_len = len(input_ids)
     labels = list(input_ids)
@@ -214,11 +240,8 @@ def _tokenize_v1(template: ConversationTemplate, turns: list[tuple[str, str]], t
     # instruction's trailing-space token read from the tokenizer instead of hard-coded as 1 and 2, so
     # that tokenizers without BOS follow the same rule.
     answer_sep = template.sep + template.roles[1] + ": "  # " ASSISTANT: "
-    sep2_len = len(_encode(tokenizer, template.sep2))
-    cur_len = len(prefix)
-    labels[:cur_len] = [IGNORE_INDEX] * cur_len
-    rounds = text.split(template.sep2)
-    for round_index, round_text in enumerate(rounds):
+    rounds = []
+    for round_index, round_text in enumerate(text.split(template.sep2)):
         if round_text == "":
             break
         parts = round_text.split(answer_sep)
@@ -227,11 +250,15 @@ def _tokenize_v1(template: ConversationTemplate, turns: list[tuple[str, str]], t
                 f"{sample}round {round_index} does not split into one instruction and one answer at "
                 f"{answer_sep!r} (the text contains the separator or {template.sep2!r} itself)"
             )
-        round_len = len(_encode(tokenizer, round_text)) + sep2_len
         # "... ASSISTANT:" without the trailing space: in context the space belongs to the answer's first token
-        instruction_len = len(_encode(tokenizer, parts[0] + answer_sep.rstrip(" ")))
+        rounds += [round_text, parts[0] + answer_sep.rstrip(" ")]
+    lengths = [len(ids) for ids in _encode_many(tokenizer, rounds + [template.sep2])]
+    sep2_len = lengths.pop()
+    cur_len = len(prefix)
+    labels[:cur_len] = [IGNORE_INDEX] * cur_len
+    for round_len, instruction_len in zip(lengths[0::2], lengths[1::2]):
         labels[cur_len : cur_len + instruction_len] = [IGNORE_INDEX] * instruction_len
-        cur_len += round_len
+        cur_len += round_len + sep2_len
     labels[cur_len:] = [IGNORE_INDEX] * (len(labels) - cur_len)
     if cur_len + len(suffix) != total_len:
         raise ConversationMismatchError(
@@ -241,7 +268,7 @@ def _tokenize_v1(template: ConversationTemplate, turns: list[tuple[str, str]], t
         )
 
     # Independent check with character offsets: supervised tokens must be exactly the answers + </s>.
-    if getattr(tokenizer, "is_fast", False):
+    if fast:
         spans = []
         position = len((system if system is not None else template.system) or "") + len(template.sep)
         for index, (role, message) in enumerate(turns):
@@ -252,10 +279,9 @@ def _tokenize_v1(template: ConversationTemplate, turns: list[tuple[str, str]], t
                 # the answer's span starts at the space after "ASSISTANT:" (it is part of the first token)
                 spans.append((position + len(head), end))
             position = end
-        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         inside = _labels_from_char_spans(encoding["offset_mapping"], spans, sample)
         expected = [IGNORE_INDEX] * len(prefix) + [
-            token if keep else IGNORE_INDEX for token, keep in zip(encoding["input_ids"], inside)
+            token if keep else IGNORE_INDEX for token, keep in zip(body, inside)
         ] + [IGNORE_INDEX] * len(suffix)
         if expected != labels:
             differ = next(i for i, (a, b) in enumerate(zip(expected, labels)) if a != b)

@@ -146,7 +146,9 @@ def _pooling_from_manifest(manifest: "FeatureManifest", num_patches: int) -> Any
     if match:
         grid = math.isqrt(num_patches)
         spatial = int(side.group(1)) if side else grid
-        candidate = PoolingConfig(temporal_tokens=int(match.group(1)), spatial_grid=None if spatial == grid else spatial)
+        candidate = PoolingConfig(
+            temporal_tokens=int(match.group(1)), spatial_grid=None if spatial == grid else spatial,
+        )
         if candidate.describe(num_patches) == manifest.pooling:
             return candidate
     raise IncompatibleProjectorError(
@@ -219,7 +221,9 @@ def build_video_step(
 # Pose
 
 MEDIAPIPE_MAX_FRAMES = 300
-"""At most this many frames go through MediaPipe (a stride spreads them over a long video)."""
+"""At most this many frames go through MediaPipe or the detector (a stride spreads them over a long video)."""
+SKELETON_IMAGE_MIN_SIDE = 320
+"""Frames smaller than this are enlarged (by a whole factor) before the skeleton is drawn, to be legible."""
 
 
 @dataclass
@@ -246,7 +250,8 @@ class FoundSkeleton:
                 from llavidal.sim.camera import COLOUR_SIZE
 
                 side = COLOUR_SIZE[1]  # the video frame is the centred side x side square of the colour image
-                xy = np.stack([(xy[:, 0] - (COLOUR_SIZE[0] - side) / 2) * width / side, xy[:, 1] * height / side], axis=1)
+                left = (COLOUR_SIZE[0] - side) / 2
+                xy = np.stack([(xy[:, 0] - left) * width / side, xy[:, 1] * height / side], axis=1)
             bodies.append(xy)
         return bodies
 
@@ -260,9 +265,12 @@ class PoseStep:
 
     def describe(self) -> str:
         mediapipe = "MediaPipe" if mediapipe_available() else "MediaPipe not installed"
-        return f"pose: encoder `{self.encoder.model_id}` ({self.encoder.config.dim}-d), skeletons from world files or {mediapipe} ({self.origin})"
+        return (f"pose: encoder `{self.encoder.model_id}` ({self.encoder.config.dim}-d), skeletons from world "
+                f"files or {mediapipe} ({self.origin})")
 
-    def find_skeleton(self, video_path: Path, info: VideoInfo, world_skeleton: Path | None) -> tuple[FoundSkeleton | None, str]:
+    def find_skeleton(
+        self, video_path: Path, info: VideoInfo, world_skeleton: Path | None,
+    ) -> tuple[FoundSkeleton | None, str]:
         """(skeleton or None, why not) for one video."""
         from llavidal.features.pose.ntu import SkeletonFormatError, read_skeleton
 
@@ -438,6 +446,8 @@ class DemoFeaturePipeline:
         pose_encoder: str | None = None,
         device: str | None = None,
         examples: Sequence[Path] = (),
+        object_encoder: str | None = None,
+        detector: str | None = None,
     ) -> "DemoFeaturePipeline":
         """Extractors for the weights in ``weights_dir`` (refused with :class:`IncompatibleProjectorError`
         when what they make does not fit the weights' projectors)."""
@@ -463,7 +473,9 @@ class DemoFeaturePipeline:
             pose = build_pose_step(registry["pose"], manifests.get("pose"), pose_encoder, device, roots)
         objects = None
         if "object" in registry:
-            objects = build_object_step(registry["object"], manifests.get("object"), video.encoder, device)
+            objects = build_object_step(
+                registry["object"], manifests.get("object"), video.encoder, object_encoder, detector, device,
+            )
         return cls(registry, limits or VideoLimits(), video, pose, objects, ExampleIndex(examples))
 
     def describe(self) -> str:
@@ -481,7 +493,8 @@ class DemoFeaturePipeline:
         outcomes: dict[str, ModalityOutcome] = {}
         skeleton_image = None
         if self.video is not None:
-            progress(0.1, f"Video: encoding {min(self.video.num_frames, info.num_frames or self.video.num_frames)} frames")
+            frames = min(self.video.num_frames, info.num_frames or self.video.num_frames)
+            progress(0.1, f"Video: encoding {frames} frames")
             features["video"] = self.video.run(path)
             rows, dim = features["video"].shape
             outcomes["video"] = ModalityOutcome(True, f"{rows} tokens x {dim}-d from {self.video.encoder.model_id}")
@@ -520,7 +533,12 @@ def draw_skeleton_frame(video_path: Path, skeleton: FoundSkeleton, info: VideoIn
     index = with_body[len(with_body) // 2]
     frame = read_frame(video_path, index * skeleton.frame_stride)
     height, width = frame.shape[:2]
-    return draw_skeletons(frame, skeleton.pixels(index, width, height))
+    bodies = skeleton.pixels(index, width, height)
+    scale = max(1, -(-SKELETON_IMAGE_MIN_SIDE // min(height, width)))  # small videos: draw on an enlarged frame
+    if scale > 1:
+        frame = frame.repeat(scale, axis=0).repeat(scale, axis=1)
+        bodies = [(xy + 0.5) * scale - 0.5 for xy in bodies]  # pixel centres move with the enlargement
+    return draw_skeletons(frame, bodies)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -538,17 +556,107 @@ class FoundObjects:
 class ObjectStep:
     """Object tracks (the world's, or a detector's) -> crops -> the vision encoder, as training."""
 
-    encoder: Any  # the video step's VisionEncoder (object crops go through it, as in extraction)
-    detector: Any = None
+    encoder: Any  # llavidal.features.encoders.VisionEncoder used by training's object extraction
+    tokens_per_object: int
+    margin: float
+    square: bool
+    feature_dtype: str = "float32"
+    detector: Any = None  # llavidal.features.objects.detect.Detector
     origin: str = ""
 
     def describe(self) -> str:
-        detector = getattr(self.detector, "name", None) or "no detector available"
-        return f"objects: crops through `{self.encoder.model_id}`, tracks from world files or {detector} ({self.origin})"
+        detector = f"detector {self.detector.name}" if self.detector is not None else "no detector (--detector)"
+        return (f"objects: {self.tokens_per_object} crops per object through `{self.encoder.model_id}`, tracks from "
+                f"world files or {detector} ({self.origin})")
 
     def run(self, video_path: Path, info: VideoInfo, world_tracks: Path | None) -> FoundObjects:
-        raise NotImplementedError  # replaced below once the object extractor's API is read
+        from llavidal.features.objects.extract import TracksError, load_tracks, object_features_for_video
+
+        if world_tracks is not None:
+            try:
+                tracks = load_tracks(world_tracks)
+            except (OSError, ValueError) as err:
+                return FoundObjects(None, f"the example's tracks file is unreadable ({err})")
+            source = "the example's object tracks (world ground truth)"
+        elif self.detector is not None:
+            from llavidal.features.objects.detect import detect_tracks
+
+            stride = max(1, -(-info.num_frames // MEDIAPIPE_MAX_FRAMES))
+            try:
+                tracks = detect_tracks(video_path, self.detector, frame_stride=stride)
+            except ValueError as err:
+                return FoundObjects(None, f"not detected: the detector failed ({err})")
+            source = f"detector {self.detector.name}"
+        else:
+            return FoundObjects(None, "not detected: no object detector configured (start the demo with --detector)")
+        try:
+            features = object_features_for_video(
+                video_path, tracks, self.encoder, self.tokens_per_object, self.margin, self.square,
+            )  # (n, tokens_per_object, D)
+        except (TracksError, ValueError) as err:
+            return FoundObjects(None, f"not used: {err}")
+        if features.shape[0] == 0:
+            return FoundObjects(None, f"no objects found ({source})")
+        names = [str(obj.get("class", "?")) for obj in sorted(tracks["objects"], key=lambda o: o.get("object_id", 0))
+                 if any(e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1] for e in obj["frames"])]
+        features = features.astype(self.feature_dtype).astype(np.float32)
+        return FoundObjects(features, f"{', '.join(names)} ({len(names)} objects, from {source})")
 
 
-def build_object_step(spec: "ModalitySpec", manifest: "FeatureManifest | None", encoder: Any, device: str | None) -> ObjectStep:
-    raise IncompatibleProjectorError("object features are not supported by the demo yet")
+def build_object_step(
+    spec: "ModalitySpec",
+    manifest: "FeatureManifest | None",
+    video_encoder: Any,
+    encoder_override: str | None,
+    detector_spec: str | None,
+    device: str | None,
+) -> ObjectStep:
+    """Object extraction as training made it: encoder, crops per object, margin; checked against the
+    object projector."""
+    import re
+
+    from llavidal.features.encoders import EMBEDDED_MODEL_ID, EMBEDDED_NAME, load_vision_encoder
+    from llavidal.features.objects.extract import object_manifest
+
+    encoder = video_encoder
+    if encoder_override:
+        try:
+            encoder = load_vision_encoder(encoder_override, device=device)
+        except (FileNotFoundError, ValueError) as err:
+            raise IncompatibleProjectorError(f"--object-encoder: {err}") from None
+    elif manifest is not None and manifest.model_id and manifest.model_id != video_encoder.model_id:
+        if manifest.model_id != EMBEDDED_MODEL_ID:
+            raise IncompatibleProjectorError(
+                f"the object features of training were made with the vision encoder '{manifest.model_id}'; "
+                "pass its folder with --object-encoder"
+            )
+        encoder = load_vision_encoder(EMBEDDED_NAME, device=device)
+    tokens, margin, square, dtype = spec.group_size, 0.15, True, "float16"
+    origin = "no object manifest recorded: extraction defaults"
+    if manifest is not None:
+        tokens = int(manifest.frames or spec.group_size)
+        found = re.search(r"margin ([0-9.]+), (square|box)", manifest.pooling or "")
+        if found:
+            margin, square = float(found.group(1)), found.group(2) == "square"
+        if object_manifest(encoder, manifest.dtype, margin, square, tokens, "").pooling != manifest.pooling:
+            raise IncompatibleProjectorError(
+                f"the object features of training were made as {manifest.pooling!r}, which this version of the "
+                "demo cannot reproduce; re-extract them with 'llavidal extract object' and retrain"
+            )
+        dtype = manifest.dtype if manifest.dtype in ("float16", "float32") else "float32"
+        origin = "settings from training's feature manifest"
+    if (tokens, int(encoder.feature_dim)) != (spec.group_size, spec.feature_dim):
+        raise IncompatibleProjectorError(
+            f"the object projector expects {spec.group_size} tokens per object of {spec.feature_dim}-d features, "
+            f"but the encoder '{encoder.model_id}' gives {tokens} of {encoder.feature_dim}-d. Pass the encoder "
+            "training used (--object-encoder) or weights trained on this encoder's object features."
+        )
+    detector = None
+    if detector_spec:
+        from llavidal.features.objects.detect import load_detector
+
+        try:
+            detector = load_detector(detector_spec)
+        except (FileNotFoundError, ValueError, ImportError) as err:
+            raise IncompatibleProjectorError(f"--detector {detector_spec}: {err}") from None
+    return ObjectStep(encoder, tokens, margin, square, dtype, detector, origin)

@@ -62,7 +62,9 @@ class ChatEngine(Protocol):
 class FeatureSource(Protocol):
     """What the demo needs of :class:`llavidal.demo.features.DemoFeaturePipeline`."""
 
-    def extract(self, video_path: str | os.PathLike, progress: Callable[[float, str], None] | None = None) -> DemoFeatures: ...
+    def extract(
+        self, video_path: str | os.PathLike, progress: Callable[[float, str], None] | None = None,
+    ) -> DemoFeatures: ...
 
     def describe(self) -> str: ...
 
@@ -145,17 +147,19 @@ class DemoHandlers:
             question=question, features=session.features, history=list(session.history),
             request_id=session.session_id,
         )
-        messages = session.chat_messages() + [
-            {"role": "user", "content": question}, {"role": "assistant", "content": ""},
-        ]
-        yield messages
+        earlier = session.chat_messages() + [{"role": "user", "content": question}]
+        yield [*earlier, {"role": "assistant", "content": ""}]
         answer = ""
-        for answer in self.engine.stream(
+        for text in self.engine.stream(
             request, max_new_tokens=max_new_tokens, temperature=temperature, top_p=self.settings.top_p,
         ):
-            messages[-1] = {"role": "assistant", "content": answer}
-            yield messages
+            if text == answer:
+                continue  # the streamer repeats itself while a multi-byte character is incomplete
+            answer = text
+            yield [*earlier, {"role": "assistant", "content": answer}]
         session.history.append((question, answer))
+        logger.info("session %s: turn %d answered (%d characters)",
+                    session.session_id, len(session.history), len(answer))
         yield session.chat_messages()
 
 
@@ -168,25 +172,23 @@ def waiting_status() -> str:
 
 
 def modality_panel(result: DemoFeatures | None, registry: ModalityRegistry) -> str:
-    """Markdown table: which modality the model uses, whether this video gave it, and from what."""
-    rows = ["| modality | used | details |", "|---|---|---|"]
+    """Markdown list: which modality the model uses, whether this video gave it, and from what."""
+    lines = []
     for name in ("video", "pose", "object"):
         if name not in registry:
-            rows.append(f"| {name} | no | the loaded weights have no {name} projector |")
-            continue
-        if result is None:
-            rows.append(f"| {name} | – | waiting for a video |")
-            continue
-        outcome = result.outcomes.get(name)
-        if outcome is None:
-            rows.append(f"| {name} | no | not extracted |")
+            lines.append(f"- **{name}**: not used (the loaded weights have no {name} projector)")
+        elif result is None:
+            lines.append(f"- **{name}**: waiting for a video")
+        elif name not in result.outcomes:
+            lines.append(f"- **{name}**: not extracted")
         else:
-            rows.append(f"| {name} | {'yes' if outcome.used else 'no'} | {_table_cell(outcome.detail)} |")
-    return "\n".join(rows)
+            outcome = result.outcomes[name]
+            lines.append(f"- **{name}**: {'used' if outcome.used else 'not used'}, {_one_line(outcome.detail)}")
+    return "\n".join(lines)
 
 
-def _table_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -228,6 +230,10 @@ def build_app(engine: ChatEngine, features: FeatureSource, settings: DemoSetting
             raise gr.Error(f"Generation failed: {type(err).__name__}: {err}", title="Generation failed") from None
         yield session.chat_messages(), session, gr.update(interactive=True)
 
+    def on_clear_chat(session: DemoSession) -> DemoSession:
+        session.history = []  # the chat's own clear button: same video, new conversation
+        return session
+
     def on_reset(session: DemoSession):
         session.clear()
         return (
@@ -258,7 +264,10 @@ def build_app(engine: ChatEngine, features: FeatureSource, settings: DemoSetting
                     )
                 gr.Markdown(f"<small>{features.describe()}</small>")
             with gr.Column(scale=7):
-                chatbot = gr.Chatbot(label="Conversation", elem_id=ELEM_IDS["chatbot"], height=430)
+                chatbot = gr.Chatbot(
+                    label="Conversation", elem_id=ELEM_IDS["chatbot"], height=430, buttons=["copy", "copy_all"],
+                    feedback_options=None,
+                )
                 with gr.Row():
                     question = gr.Textbox(
                         show_label=False, placeholder=_question_placeholder(False), interactive=False,
@@ -285,6 +294,7 @@ def build_app(engine: ChatEngine, features: FeatureSource, settings: DemoSetting
         chat_outputs = [chatbot, session, question]
         question.submit(on_question, inputs=chat_inputs, outputs=chat_outputs, show_progress="minimal")
         send.click(on_question, inputs=chat_inputs, outputs=chat_outputs, show_progress="minimal")
+        chatbot.clear(on_clear_chat, inputs=[session], outputs=[session], queue=False)
         reset.click(
             on_reset, inputs=[session],
             outputs=[session, video, chatbot, status, modalities, skeleton, question], queue=False,
@@ -331,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "features of training were made with, as the weights record it")
     model.add_argument("--pose-encoder", default=None,
                        help="pose encoder checkpoint folder; default: the one training's pose features record")
+    model.add_argument("--object-encoder", default=None,
+                       help="vision encoder of the object crops, when training used another than the video's")
+    model.add_argument("--detector", default=None,
+                       help="object detector for uploads (ssd:PATH or owlv2:FOLDER); examples from a world "
+                            "folder use the world's object tracks")
     model.add_argument("--conv-mode", default=None,
                        help="accepted for compatibility; the template recorded with the weights is used")
     model.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -375,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     allowed = sorted({str(p.parent.resolve()) for p in settings.examples})
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("binding %s: anyone who can reach this machine on port %d can use the demo", args.host, args.port)
+        logger.warning("binding %s: anyone who can reach this machine on port %d can use the demo",
+                       args.host, args.port)
     app.launch(
         server_name=args.host, server_port=args.port, share=args.share,
         max_file_size=settings.limits.max_upload_bytes, allowed_paths=allowed, show_error=True,
@@ -384,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_demo(args: argparse.Namespace, limits: VideoLimits, examples: tuple[Path, ...]) -> tuple["gr.Blocks", DemoSettings]:
+def load_demo(
+    args: argparse.Namespace, limits: VideoLimits, examples: tuple[Path, ...],
+) -> tuple["gr.Blocks", DemoSettings]:
     """Load the engine and the extractors, check that they fit, and build the app."""
     from llavidal.demo.features import DemoFeaturePipeline
     from llavidal.serve.engine import InferenceEngine
@@ -395,6 +413,7 @@ def load_demo(args: argparse.Namespace, limits: VideoLimits, examples: tuple[Pat
     pipeline = DemoFeaturePipeline.for_weights(
         weights, engine.modalities, limits=limits, vision_encoder=args.vision_tower_name,
         pose_encoder=args.pose_encoder, device=args.device, examples=examples,
+        object_encoder=args.object_encoder, detector=args.detector,
     )
     if args.conv_mode:
         logger.info("--conv-mode %s ignored: the weights' recorded template is used", args.conv_mode)

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from llavidal.eval.predictions import Prediction, join
-from llavidal.eval.records import EvalRecord, _norm
+from llavidal.eval.predictions import Prediction, as_predictions, join
+from llavidal.eval.records import EvalRecord, normalise_text
 
 if TYPE_CHECKING:
     from llavidal.eval.judges.base import Judge
@@ -80,8 +81,8 @@ def _stem_word(word: str) -> str:
     return word
 
 
-def _stem_text(text: str) -> str:
-    return " ".join(_stem_word(w) for w in _norm(text).split())
+def stem_text(text: str) -> str:
+    return " ".join(_stem_word(w) for w in normalise_text(text).split())
 
 
 def _aliases(choices: dict[str, str], original_keys: dict[str, str] | None) -> dict[str, str]:
@@ -146,8 +147,8 @@ def parse_mcq_answer(
                 return ParsedAnswer(None, "ambiguous", "leading_marker", sorted(bracketed_letters | {letter}))
             return ParsedAnswer(letter, "ok", "leading_marker", [letter])
 
-    normalised = f" {_stem_text(clean)} "
-    stemmed_choices = {letter: _stem_text(choice) for letter, choice in choices.items()}
+    normalised = f" {stem_text(clean)} "
+    stemmed_choices = {letter: stem_text(choice) for letter, choice in choices.items()}
     text_hits = [letter for letter, stem in stemmed_choices.items() if stem and f" {stem} " in normalised]
     if _REFUSAL.search(clean) and not text_hits:
         return ParsedAnswer(None, "refusal", "refusal")
@@ -159,9 +160,12 @@ def parse_mcq_answer(
     if text_hits:
         texts = {letter: stemmed_choices[letter] for letter in text_hits}
         kept = [
-            letter for letter in text_hits
-            if not any(other != letter and f" {texts[letter]} " in f" {texts[other]} " and texts[letter] != texts[other]
-                       for other in text_hits)
+            letter
+            for letter in text_hits
+            if not any(
+                other != letter and f" {texts[letter]} " in f" {texts[other]} " and texts[letter] != texts[other]
+                for other in text_hits
+            )
         ]
         if len(kept) == 1:
             return ParsedAnswer(kept[0], "ok", "choice_text", kept)
@@ -170,7 +174,7 @@ def parse_mcq_answer(
     standalone = []
     for match in re.finditer(r"(?<![\w'])([A-Z])(?![\w'])", clean):
         letter = match.group(1)
-        after = clean[match.end():]
+        after = clean[match.end() :]
         if letter in ("A", "I") and re.match(r"\s+(?!or\b|and\b|nor\b)[a-z]", after):
             continue  # the article "A person ..." / pronoun "I think ..."
         standalone.append(letter)
@@ -197,7 +201,7 @@ def _accuracy_block(items: list[dict]) -> dict:
 
 
 def score_mcq(
-    predictions: Iterable[Prediction] | dict[str, str],
+    predictions: Iterable[Prediction] | Iterable[dict] | dict[str, str] | str | Path,
     records: Iterable[EvalRecord] | None = None,
     *,
     benchmark: str = "",
@@ -206,35 +210,46 @@ def score_mcq(
 ) -> dict:
     """Accuracy (percent) of multiple-choice predictions, with missing answers counted wrong.
 
-    ``predictions`` are :class:`Prediction` rows (from :func:`llavidal.eval.predictions.load_predictions`
-    or the runner) or a plain ``{id: reply text}`` dict. ``records`` are the benchmark's records (optional
+    ``predictions`` are :class:`Prediction` objects, the runner's rows (dicts), a predictions file, or a
+    plain ``{id: reply text}`` dict. ``records`` are the benchmark's records (optional
     when the predictions carry their records). A ``judge`` is asked only about replies the deterministic
     parser could not decide (``no_answer`` / ``ambiguous``); its verdicts are marked ``method: judge``.
 
     Returns ``{"metrics": {accuracy, n, correct, missing, accuracy_answered}, "missing_reasons",
     "per_task", "per_class", "items", ...}``.
     """
-    if isinstance(predictions, dict):
-        predictions = [Prediction(id=str(k), outputs={"main": str(v)}) for k, v in predictions.items()]
-    pairs = join(records, predictions)
+    pairs = join(records, as_predictions(predictions, "mcq"))
     items: list[dict] = []
     undecided: list[int] = []
     for record, prediction in pairs:
         if not record.choices:
-            raise ValueError(f"{record.source or record.id}: record {record.id!r} has no choices; is this an MCQ benchmark?")
+            raise ValueError(
+                f"{record.source or record.id}: record {record.id!r} has no choices; is this an MCQ benchmark?"
+            )
         item = {
-            "id": record.id, "task": record.task, "label": record.label, "video": record.video,
-            "question": record.question, "choices": record.choices, "answer_letter": record.answer_letter,
+            "id": record.id,
+            "task": record.task,
+            "label": record.label,
+            "video": record.video,
+            "question": record.question,
+            "choices": record.choices,
+            "answer_letter": record.answer_letter,
             "answer": record.answer,
         }
         if prediction is None or not prediction.ok:
             status = "no_prediction" if prediction is None else prediction.status
-            item.update(prediction=None, parsed_letter=None, parse_status=status, parse_method="",
-                        correct=False, missing=True)
+            item.update(
+                prediction=None, parsed_letter=None, parse_status=status, parse_method="", correct=False, missing=True
+            )
         else:
             parsed = parse_mcq_answer(prediction.text, record.choices, record.meta.get("original_keys"))
-            item.update(prediction=prediction.text, parsed_letter=parsed.letter, parse_status=parsed.status,
-                        parse_method=parsed.method, candidates=parsed.candidates)
+            item.update(
+                prediction=prediction.text,
+                parsed_letter=parsed.letter,
+                parse_status=parsed.status,
+                parse_method=parsed.method,
+                candidates=parsed.candidates,
+            )
             if parsed.status in ("no_answer", "ambiguous"):
                 undecided.append(len(items))
         items.append(item)
@@ -244,8 +259,14 @@ def score_mcq(
         from llavidal.eval.judges.base import JudgeItem
 
         queries = [
-            JudgeItem(criterion="mcq", question=items[i]["question"], answer="", prediction=items[i]["prediction"],
-                      choices=tuple(items[i]["choices"].items()), item_id=items[i]["id"])
+            JudgeItem(
+                criterion="mcq",
+                question=items[i]["question"],
+                answer="",
+                prediction=items[i]["prediction"],
+                choices=tuple(items[i]["choices"].items()),
+                item_id=items[i]["id"],
+            )
             for i in undecided
         ]
         verdicts = judge.judge(queries)
@@ -279,6 +300,3 @@ def score_mcq(
         "items": items,
     }
 
-
-def parsed_answer_dict(parsed: ParsedAnswer) -> dict:
-    return asdict(parsed)

@@ -4,6 +4,7 @@ Our rows (one JSON line per record, the last line per id wins)::
 
     {"id", "status": "ok" | "missing_features" | "feature_error" | "generation_error",
      "outputs": {"main": text, "cons1": text, "cons2": text}, "prediction": outputs["main"],
+     "prompts": {same keys: the text sent to the model},
      "missing": [modality, ...], "error": "...", "record": {EvalRecord fields},
      "benchmark", "benchmark_version", "modalities", "generation": {...}}
 
@@ -17,7 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from llavidal.eval.records import EvalRecord, RecordFormatError, assign_ids, iter_raw_records, normalise_record
+from llavidal.eval.records import (
+    EvalRecord,
+    RecordFormatError,
+    assign_ids,
+    iter_raw_records,
+    normalise_record,
+)
 from llavidal.utils.io import load_json_or_jsonl
 
 PREDICTION_STATUSES = ("ok", "missing_features", "feature_error", "generation_error")
@@ -45,8 +52,12 @@ class Prediction:
 def _from_row(row: dict) -> Prediction:
     record = EvalRecord.from_dict(row["record"]) if isinstance(row.get("record"), dict) else None
     return Prediction(
-        id=str(row["id"]), outputs=dict(row.get("outputs") or {}), status=row.get("status", "ok"),
-        error=row.get("error", ""), missing=list(row.get("missing") or []), record=record,
+        id=str(row["id"]),
+        outputs=dict(row.get("outputs") or {}),
+        status=row.get("status", "ok"),
+        error=row.get("error", ""),
+        missing=list(row.get("missing") or []),
+        record=record,
     )
 
 
@@ -93,7 +104,22 @@ def load_predictions(path: str | Path, kind: str) -> list[Prediction]:
     return predictions_from_data(load_json_or_jsonl(path), kind, str(path))
 
 
-def join(records: Iterable[EvalRecord] | None, predictions: Iterable[Prediction]) -> list[tuple[EvalRecord, Prediction | None]]:
+def as_predictions(predictions: Any, kind: str) -> list[Prediction]:
+    """Predictions given as :class:`Prediction` objects, rows (dicts, ours or upstream), a file path, or a
+    plain ``{id: text}`` dict -> a list of :class:`Prediction`."""
+    if isinstance(predictions, (str, Path)):
+        return load_predictions(predictions, kind)
+    if isinstance(predictions, dict):
+        return [Prediction(id=str(k), outputs={"main": str(v)}) for k, v in predictions.items()]
+    predictions = list(predictions)
+    if predictions and all(isinstance(p, dict) for p in predictions):
+        return predictions_from_data(predictions, kind, "<predictions>")
+    return predictions
+
+
+def join(
+    records: Iterable[EvalRecord] | None, predictions: Iterable[Prediction]
+) -> list[tuple[EvalRecord, Prediction | None]]:
     """Pair each record with its prediction (``None`` when it has none).
 
     Without ``records``, the records stored in the predictions are used (every prediction must carry

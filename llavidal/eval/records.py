@@ -75,8 +75,18 @@ _VIDEO_KEYS = ("video_filename", "video_name", "video", "video_id", "vid", "vide
 _QUESTION_KEYS = ("question", "Q", "q", "query", "instruction")
 _ANSWER_TEXT_KEYS = ("A", "a", "answer", "gt", "ground_truth", "caption", "gt_answer")
 _CHOICE_KEYS = ("answer_choices", "choices", "options", "candidates", "option")
-_LETTER_KEYS = ("ground_truth_letter", "answer_letter", "gt_letter", "correct_letter", "correct_choice",
-                "answer", "gt", "ground_truth", "label", "correct_answer")
+_LETTER_KEYS = (
+    "ground_truth_letter",
+    "answer_letter",
+    "gt_letter",
+    "correct_letter",
+    "correct_choice",
+    "answer",
+    "gt",
+    "ground_truth",
+    "label",
+    "correct_answer",
+)
 _INDEX_KEYS = ("answer_index", "answer_idx", "label_index", "correct_index", "gt_index")
 _TASK_KEYS = ("task", "dataset", "source_dataset", "benchmark")
 _CLASS_KEYS = ("class_name", "action", "activity", "action_label", "category", "class")
@@ -99,7 +109,7 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def _norm(text: str) -> str:
+def normalise_text(text: str) -> str:
     """Lowercase, punctuation to spaces, single spaces: for matching choice texts."""
     text = re.sub(r"[^0-9a-z]+", " ", text.lower())
     return " ".join(text.split())
@@ -180,8 +190,8 @@ def _resolve_letter(value: Any, choices: dict[str, str], original: dict[str, str
             return letter
     if bare.upper() in choices and len(bare) == 1:
         return bare.upper()
-    wanted = _norm(text)
-    matches = [letter for letter, choice in choices.items() if _norm(choice) == wanted]
+    wanted = normalise_text(text)
+    matches = [letter for letter, choice in choices.items() if normalise_text(choice) == wanted]
     if len(matches) == 1:
         return matches[0]
     raise RecordFormatError(
@@ -190,7 +200,7 @@ def _resolve_letter(value: Any, choices: dict[str, str], original: dict[str, str
     )
 
 
-def normalise_record(raw: dict, kind: str, where: str, default_task: str = "", index: int = 0) -> EvalRecord:
+def normalise_record(raw: dict, kind: str, where: str, default_task: str = "") -> EvalRecord:
     """Read one raw record of any accepted shape as an :class:`EvalRecord` of ``kind``."""
     if kind not in RECORD_KINDS:
         raise ValueError(f"unknown record kind {kind!r}; one of {RECORD_KINDS}")
@@ -215,8 +225,13 @@ def normalise_record(raw: dict, kind: str, where: str, default_task: str = "", i
     _, record_id = _first(raw, _ID_KEYS)
     _, class_name = _first(raw, _CLASS_KEYS)
     record = EvalRecord(
-        id=_text(record_id), video=video, question=question, task=_text(task) or default_task,
-        label=_text(class_name), consistency_questions=cons_questions, source=where,
+        id=_text(record_id),
+        video=video,
+        question=question,
+        task=_text(task) or default_task,
+        label=_text(class_name),
+        consistency_questions=cons_questions,
+        source=where,
     )
     _, cons_answer = _first(raw, _CONS_ANSWER_KEYS)
     record.consistency_answer = _text(cons_answer)
@@ -319,7 +334,7 @@ def load_records(path: str | Path, kind: str, task: str = "", limit: int | None 
     default_task = task or path.stem
     records = []
     for index, (fallback_id, raw) in enumerate(raw_items):
-        record = normalise_record(raw, kind, f"{path}:{index}", default_task=default_task, index=index)
+        record = normalise_record(raw, kind, f"{path}:{index}", default_task=default_task)
         if not record.id and fallback_id:
             record.id = fallback_id
         records.append(record)

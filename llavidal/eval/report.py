@@ -65,20 +65,33 @@ def _markdown_mcq(result: dict) -> list[str]:
             lines.append(f"| {task} | {_fmt(block['accuracy'])} | {block['n']} | {block['missing']} |")
         lines.append("")
     if result.get("per_class"):
-        lines += ["<details><summary>per class</summary>", "", "| class | accuracy (%) | n | missing |", "|---|---|---|---|"]
+        lines += [
+            "<details><summary>per class</summary>",
+            "",
+            "| class | accuracy (%) | n | missing |",
+            "|---|---|---|---|",
+        ]
         for label, block in result["per_class"].items():
             lines.append(f"| {label} | {_fmt(block['accuracy'])} | {block['n']} | {block['missing']} |")
         lines += ["", "</details>", ""]
     reasons = result.get("missing_reasons") or {}
-    lines.append("Missing answers (counted wrong): " + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none") + ".")
-    lines.append(f"Parser `{result.get('parser_version')}`; judge fallback: {(result.get('judge') or {}).get('judge_id') or 'none'}.")
+    lines.append(
+        "Missing answers (counted wrong): "
+        + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none")
+        + "."
+    )
+    lines.append(
+        f"Parser `{result.get('parser_version')}`; "
+        f"judge fallback: {(result.get('judge') or {}).get('judge_id') or 'none'}."
+    )
     return lines
 
 
 def _markdown_judged(result: dict) -> list[str]:
     scale = result.get("scale", 1)
     lines = [
-        f"| criterion | score{' (x%g)' % scale if scale != 1 else ' (0-5)'} | judged / total | missing predictions | judge failed | judge malformed |",
+        f"| criterion | score{' (x%g)' % scale if scale != 1 else ' (0-5)'} | judged / total "
+        "| missing predictions | judge failed | judge malformed |",
         "|---|---|---|---|---|---|",
     ]
     for criterion, block in result["criteria"].items():
@@ -89,7 +102,9 @@ def _markdown_judged(result: dict) -> list[str]:
             f"{block['judge_failed']} | {block['judge_malformed']} |"
         )
         if criterion == "zeroshot":
-            lines.append(f"| zero-shot score (0-5) | {_fmt(block['mean'])} | {block['judged']} / {block['total']} | - | - | - |")
+            lines.append(
+                f"| zero-shot score (0-5) | {_fmt(block['mean'])} | {block['judged']} / {block['total']} | - | - | - |"
+            )
     if "overall" in result["metrics"]:
         lines.append(f"| **overall** | **{_fmt(result['metrics']['overall'])}** | | | | |")
     lines.append("")
@@ -121,7 +136,12 @@ def _bars(result: dict) -> tuple[list[str], list[float | None], float, str]:
         return labels, values, 100.0, "accuracy (%)"
     if result.get("kind") == "zeroshot":
         block = result["criteria"].get("zeroshot", {})
-        return ["accuracy (%)", "score x20"], [block.get("accuracy"), (block.get("mean") or 0) * 20 if block.get("mean") is not None else None], 100.0, "percent"
+        return (
+            ["accuracy (%)", "score x20"],
+            [block.get("accuracy"), (block.get("mean") or 0) * 20 if block.get("mean") is not None else None],
+            100.0,
+            "percent",
+        )
     scale = result.get("scale", 1) or 1
     labels = list(result["criteria"])
     values = [result["criteria"][c]["scaled"] for c in labels]
@@ -142,11 +162,21 @@ def render_chart(results: list[dict], path: Path) -> None:
     for ax, result in zip(axes[0], results):
         labels, values, top, ylabel = _bars(result)
         heights = [v if v is not None else 0.0 for v in values]
-        colors = ["#4C72B0" if v is not None else "#BBBBBB" for v in values]
+        colors = [
+            "#BBBBBB" if v is None else ("#1F3A68" if label in ("all", "overall") else "#4C72B0")
+            for label, v in zip(labels, values)
+        ]
         bars = ax.bar(range(len(labels)), heights, color=colors)
         for bar, value in zip(bars, values):
-            ax.annotate("n/a" if value is None else f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+            ax.annotate(
+                "n/a" if value is None else f"{value:.1f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, top * 1.1)
@@ -183,7 +213,9 @@ def _item_bad(result: dict, item: dict) -> bool:
     return any(v is None for v in scores.values()) or any(v is not None and v < 3 for v in scores.values())
 
 
-def render_gallery(results: list[dict], out_dir: Path, video_root: str | Path | None, title: str, max_items: int) -> str:
+def render_gallery(
+    results: list[dict], out_dir: Path, video_root: str | Path | None, title: str, max_items: int
+) -> str:
     esc = html.escape
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -207,28 +239,41 @@ def render_gallery(results: list[dict], out_dir: Path, video_root: str | Path | 
             bad = _item_bad(result, item)
             src = _video_src(item.get("video", ""), video_root, out_dir)
             video = f"<video controls preload='none' src='{esc(src, quote=True)}'></video>" if src else ""
-            body = [f"<div class='meta'>{esc(str(item.get('id')))} · {esc(str(item.get('task', '')))} · {esc(item.get('video', ''))}</div>",
-                    f"<p><b>Q:</b> {esc(item.get('question') or '')}</p>"]
+            body = [
+                f"<div class='meta'>{esc(str(item.get('id')))} · {esc(str(item.get('task', '')))} · "
+                f"{esc(item.get('video', ''))}</div>",
+                f"<p><b>Q:</b> {esc(item.get('question') or '')}</p>",
+            ]
             if result.get("kind") == "mcq":
                 rows = "".join(
                     f"<li>{'<b>' if letter == item.get('answer_letter') else ''}({esc(letter)}) {esc(text)}"
                     f"{'</b>' if letter == item.get('answer_letter') else ''}</li>"
                     for letter, text in (item.get("choices") or {}).items()
                 )
-                verdict = "correct" if item.get("correct") else ("missing: " + str(item.get("parse_status")) if item.get("missing") else "wrong")
-                body += [f"<ul>{rows}</ul>",
-                         f"<p><b>Prediction:</b> {esc(item.get('prediction') or '(none)')}</p>",
-                         f"<p><b>Parsed:</b> {esc(str(item.get('parsed_letter')))} ({esc(str(item.get('parse_method') or ''))}) — "
-                         f"<span class='{'ok' if item.get('correct') else 'miss'}'>{esc(verdict)}</span></p>"]
+                verdict = (
+                    "correct"
+                    if item.get("correct")
+                    else ("missing: " + str(item.get("parse_status")) if item.get("missing") else "wrong")
+                )
+                body += [
+                    f"<ul>{rows}</ul>",
+                    f"<p><b>Prediction:</b> {esc(item.get('prediction') or '(none)')}</p>",
+                    f"<p><b>Parsed:</b> {esc(str(item.get('parsed_letter')))} "
+                    f"({esc(str(item.get('parse_method') or ''))}) — "
+                    f"<span class='{'ok' if item.get('correct') else 'miss'}'>{esc(verdict)}</span></p>",
+                ]
             else:
-                body += [f"<p><b>Answer:</b> {esc(item.get('answer') or '')}</p>",
-                         f"<p><b>Prediction:</b> {esc(item.get('prediction') or '(none)')}</p>"]
+                body += [
+                    f"<p><b>Answer:</b> {esc(item.get('answer') or '')}</p>",
+                    f"<p><b>Prediction:</b> {esc(item.get('prediction') or '(none)')}</p>",
+                ]
                 if item.get("consistency_predictions"):
                     p1, p2 = item["consistency_predictions"]
                     body.append(f"<p class='meta'>Consistency predictions: {esc(p1)} | {esc(p2)}</p>")
                 cells = "".join(
                     f"<tr><td>{esc(c)}</td><td>{'—' if v is None else esc(_fmt(v))}</td>"
-                    f"<td class='{'ok' if item['status'].get(c) == 'ok' else 'miss'}'>{esc(str(item['status'].get(c)))}</td></tr>"
+                    f"<td class='{'ok' if item['status'].get(c) == 'ok' else 'miss'}'>"
+                    f"{esc(str(item['status'].get(c)))}</td></tr>"
                     for c, v in item.get("scores", {}).items()
                 )
                 if item.get("pred"):

@@ -28,7 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from llavidal.data.feature_store import FeatureFileError, FeatureFolder, UnsafePickleError
+from llavidal.data.feature_store import (
+    FeatureFileError,
+    FeatureFolder,
+    UnsafePickleError,
+)
 from llavidal.eval.benchmarks import BenchmarkSpec
 from llavidal.eval.records import EvalRecord
 from llavidal.utils import dist
@@ -100,9 +104,26 @@ def merge_predictions(output: str | Path, records: Sequence[EvalRecord] | None =
     order += [rid for rid in latest if rid not in known]
     text = "".join(json.dumps(latest[rid], ensure_ascii=False) + "\n" for rid in order if rid in latest)
     atomic_write_text(output, text)
-    for part in list(output.parent.glob(f"{output.stem}.rank*.jsonl")) + list(output.parent.glob(f"{output.stem}.rank*.done")):
+    for part in list(output.parent.glob(f"{output.stem}.rank*.jsonl")) + list(
+        output.parent.glob(f"{output.stem}.rank*.done")
+    ):
         part.unlink()
     return output
+
+
+def repair_torn_tail(path: str | Path) -> bool:
+    """Cut an unterminated last line (a write killed half-way) so that new rows start on a fresh line."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb+") as handle:
+        handle.seek(-1, 2)
+        if handle.read(1) == b"\n":
+            return False
+        data = handle.seek(0) or handle.read()
+        handle.truncate(data.rfind(b"\n") + 1)
+    logger.warning("%s: removed a torn last line left by an interrupted run", path)
+    return True
 
 
 def _engine_suffixes(engine: Any) -> dict[str, str]:
@@ -118,7 +139,9 @@ def _default_request_factory() -> Callable[..., Any]:
     return GenerationRequest
 
 
-def _open_folders(feature_folders: dict[str, str | Path | FeatureFolder], engine: Any, allow_text_only: bool) -> dict[str, FeatureFolder]:
+def _open_folders(
+    feature_folders: dict[str, str | Path | FeatureFolder], engine: Any, allow_text_only: bool
+) -> dict[str, FeatureFolder]:
     folders: dict[str, FeatureFolder] = {}
     engine_modalities = set(_engine_suffixes(engine))
     for name, folder in feature_folders.items():
@@ -138,8 +161,9 @@ def _open_folders(feature_folders: dict[str, str | Path | FeatureFolder], engine
     return folders
 
 
-def _load_features(record: EvalRecord, folders: dict[str, FeatureFolder], suffixes: dict[str, str],
-                   optional: set[str]) -> tuple[dict[str, Any], list[str], str]:
+def _load_features(
+    record: EvalRecord, folders: dict[str, FeatureFolder], suffixes: dict[str, str], optional: set[str]
+) -> tuple[dict[str, Any], list[str], str]:
     """(features, missing modalities, error message)."""
     features: dict[str, Any] = {}
     missing: list[str] = []
@@ -201,6 +225,7 @@ def run_inference(
     target = out_jsonl if num_shards == 1 else shard_path(out_jsonl, shard_rank)
     if num_shards > 1:
         _done_marker(out_jsonl, shard_rank).unlink(missing_ok=True)  # a stale marker from an earlier run
+    repair_torn_tail(target)
     done = completed_ids(out_jsonl)
     shard = dist.shard(list(benchmark_records), shard_rank, num_shards)
     todo = [r for r in shard if r.id not in done]
@@ -208,13 +233,27 @@ def run_inference(
     generation = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
     identity = benchmark.identity if benchmark is not None else {}
 
-    def row(record: EvalRecord, status: str, outputs: dict[str, str] | None = None, missing: list[str] | None = None,
-            error: str = "", used: list[str] | None = None) -> dict:
+    def row(
+        record: EvalRecord,
+        status: str,
+        outputs: dict[str, str] | None = None,
+        missing: list[str] | None = None,
+        error: str = "",
+        used: list[str] | None = None,
+    ) -> dict:
         outputs = outputs or {}
         return {
-            "id": record.id, "status": status, "prediction": outputs.get("main"), "outputs": outputs,
-            "missing": missing or [], "error": error, "modalities": used or [], **identity,
-            "generation": generation, "record": record.to_dict(),
+            "id": record.id,
+            "status": status,
+            "prediction": outputs.get("main"),
+            "outputs": outputs,
+            "prompts": prompt_fn(record),
+            "missing": missing or [],
+            "error": error,
+            "modalities": used or [],
+            **identity,
+            "generation": generation,
+            "record": record.to_dict(),
         }
 
     progress = None
@@ -231,8 +270,15 @@ def run_inference(
                 append_jsonl(target, row(record, "feature_error", error=error))
                 summary.errors += 1
             elif missing:
-                append_jsonl(target, row(record, "missing_features", missing=missing,
-                                         error=f"no {', '.join(missing)} feature file for video {record.video_stem!r}"))
+                append_jsonl(
+                    target,
+                    row(
+                        record,
+                        "missing_features",
+                        missing=missing,
+                        error=f"no {', '.join(missing)} feature file for video {record.video_stem!r}",
+                    ),
+                )
                 summary.missing_features += 1
                 if len(summary.missing_examples) < 5:
                     summary.missing_examples.append(f"{record.id} ({', '.join(missing)})")
@@ -263,7 +309,9 @@ def run_inference(
     return summary
 
 
-def _generate(engine: Any, make_request: Callable[..., Any], ready: list, generation: dict, batch_size: int) -> list[tuple[dict[str, str], str]]:
+def _generate(
+    engine: Any, make_request: Callable[..., Any], ready: list, generation: dict, batch_size: int
+) -> list[tuple[dict[str, str], str]]:
     """Outputs per ready record; a failing batch is retried record by record to isolate the culprit."""
     if not ready:
         return []
@@ -286,7 +334,7 @@ def _generate(engine: Any, make_request: Callable[..., Any], ready: list, genera
     for (index, question), text in zip(owners, texts):
         answers[index][question] = text
     out = []
-    for (record, _, prompts), by_question in zip(ready, answers):
+    for (_, _, prompts), by_question in zip(ready, answers):
         out.append(({key: by_question[question] for key, question in prompts.items()}, ""))
     return out
 
@@ -306,7 +354,11 @@ def _wait_and_merge(output: Path, num_shards: int, records: Sequence[EvalRecord]
             merge_predictions(output, records)
             return True
         if time.time() > deadline:
-            logger.warning("ranks %s did not finish in %.0fs; merge later with: llavidal eval infer --merge_only ...", pending, timeout)
+            logger.warning(
+                "ranks %s did not finish in %.0fs; merge later with: llavidal eval infer --merge_only ...",
+                pending,
+                timeout,
+            )
             return False
         time.sleep(2.0)
 

@@ -9,20 +9,21 @@ reply after the bounded retries), ``judge_malformed`` (a reply that could not be
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from pathlib import Path
+from typing import Any, Iterable
 
 from llavidal.eval.benchmarks import BenchmarkSpec
 from llavidal.eval.judges.base import Judge, JudgeItem
-from llavidal.eval.predictions import Prediction, join
+from llavidal.eval.predictions import Prediction, as_predictions, join
 from llavidal.eval.records import EvalRecord
 
 DEFAULT_SPLIT = "default"
 
 
-def _as_splits(predictions: Iterable[Prediction] | dict[str, list[Prediction]]) -> dict[str, list[Prediction]]:
-    if isinstance(predictions, dict):
-        return {k: list(v) for k, v in predictions.items()}
-    return {DEFAULT_SPLIT: list(predictions)}
+def _as_splits(predictions: Any, kind: str) -> dict[str, list[Prediction]]:
+    if isinstance(predictions, dict) and all(isinstance(v, (list, tuple, str, Path)) for v in predictions.values()):
+        return {split: as_predictions(value, kind) for split, value in predictions.items()}
+    return {DEFAULT_SPLIT: as_predictions(predictions, kind)}
 
 
 def _item_for(criterion: str, record: EvalRecord, prediction: Prediction | None) -> tuple[JudgeItem | None, str]:
@@ -37,11 +38,21 @@ def _item_for(criterion: str, record: EvalRecord, prediction: Prediction | None)
         if first is None or second is None:
             return None, "no_prediction"
         return JudgeItem(
-            criterion=criterion, question=record.consistency_questions[0], question2=record.consistency_questions[1],
-            answer=record.consistency_answer or record.answer, prediction=first, prediction2=second, item_id=record.id,
+            criterion=criterion,
+            question=record.consistency_questions[0],
+            question2=record.consistency_questions[1],
+            answer=record.consistency_answer or record.answer,
+            prediction=first,
+            prediction2=second,
+            item_id=record.id,
         ), ""
-    return JudgeItem(criterion=criterion, question=record.question, answer=record.answer,
-                     prediction=prediction.text, item_id=record.id), ""
+    return JudgeItem(
+        criterion=criterion,
+        question=record.question,
+        answer=record.answer,
+        prediction=prediction.text,
+        item_id=record.id,
+    ), ""
 
 
 def _mean(values: list[float]) -> float | None:
@@ -63,8 +74,13 @@ def score_judged(
     """
     if spec.kind not in ("open", "zeroshot"):
         raise ValueError(f"benchmark {spec.name} is {spec.kind!r}; judge scoring is for open and zeroshot benchmarks")
-    splits = _as_splits(predictions)
-    record_splits = records if isinstance(records, dict) else ({DEFAULT_SPLIT: records} if records is not None else {})
+    splits = _as_splits(predictions, spec.kind)
+    if records is None or isinstance(records, dict):
+        record_splits = dict(records or {})
+    elif len(splits) == 1:
+        record_splits = {next(iter(splits)): list(records)}
+    else:
+        raise ValueError("with several prediction splits, pass records as a dict split name -> records")
     criteria = list(criteria or spec.criteria)
     unknown = [c for c in criteria if c not in spec.criteria]
     if unknown:
@@ -85,17 +101,29 @@ def score_judged(
             plan.append((criterion, record, prediction, item, reason))
 
     to_judge = [entry[3] for entry in plan if entry[3] is not None]
-    verdicts = iter(judge.judge(to_judge)) if to_judge else iter(())
+    verdict_list = judge.judge(to_judge) if to_judge else []
+    if len(verdict_list) != len(to_judge):
+        raise RuntimeError(f"judge {judge.judge_id} returned {len(verdict_list)} judgements for {len(to_judge)} items")
+    verdicts = iter(verdict_list)
 
     per_record: dict[str, dict] = {}
     per_criterion: dict[str, dict] = {}
     for criterion, record, prediction, item, reason in plan:
         block = per_criterion.setdefault(criterion, {"scores": [], "counts": Counter(), "yes": 0, "no": 0})
-        row = per_record.setdefault(record.id, {
-            "id": record.id, "task": record.task, "video": record.video, "question": record.question,
-            "answer": record.answer, "prediction": prediction.text if prediction is not None else None,
-            "scores": {}, "status": {}, "errors": {},
-        })
+        row = per_record.setdefault(
+            record.id,
+            {
+                "id": record.id,
+                "task": record.task,
+                "video": record.video,
+                "question": record.question,
+                "answer": record.answer,
+                "prediction": prediction.text if prediction is not None else None,
+                "scores": {},
+                "status": {},
+                "errors": {},
+            },
+        )
         if item is None:
             block["counts"][reason if reason == "not_applicable" else "missing_predictions"] += 1
             row["scores"][criterion] = None
@@ -143,9 +171,10 @@ def score_judged(
         else:
             metrics[criterion] = entry["scaled"]
         summary[criterion] = entry
-    if spec.kind == "open" and spec.overall == "mean":
-        values = [metrics.get(c) for c in criteria if c not in skipped]
-        metrics["overall"] = sum(values) / len(values) if values and all(v is not None for v in values) else None
+    if spec.kind == "open" and spec.overall == "mean" and set(criteria) == set(spec.criteria) and not skipped:
+        # The overall score exists only for the complete set of criteria (a subset is not comparable).
+        values = [metrics.get(c) for c in spec.criteria]
+        metrics["overall"] = sum(values) / len(values) if all(v is not None for v in values) else None
 
     return {
         **spec.identity,

@@ -216,7 +216,8 @@ class OpenClipVisionEncoder(VisionEncoder):
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # under torchrun each rank takes its own GPU
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
@@ -316,15 +317,24 @@ def _load_hf_clip(folder: Path, device: torch.device, dtype: torch.dtype, batch_
     import transformers
 
     bars_were_enabled = transformers.utils.logging.is_progress_bar_enabled()
+    verbosity = transformers.logging.get_verbosity()
     transformers.utils.logging.disable_progress_bar()  # our own progress bar follows
+    transformers.logging.set_verbosity_error()  # a full CLIPModel's text weights are reported as unused
     try:
         # A full CLIPModel checkpoint (as upstream's) loads its vision tower; text weights are ignored.
-        model = CLIPVisionModel.from_pretrained(str(folder))
+        model, loading_info = CLIPVisionModel.from_pretrained(str(folder), output_loading_info=True)
     except Exception as err:
         raise ValueError(f"{folder}: cannot load a CLIP vision model ({type(err).__name__}: {err})") from None
     finally:
+        transformers.logging.set_verbosity(verbosity)
         if bars_were_enabled:
             transformers.utils.logging.enable_progress_bar()
+    missing = sorted(loading_info.get("missing_keys") or [])
+    if missing:
+        raise ValueError(
+            f"{folder}: the checkpoint lacks {len(missing)} CLIP vision weights (e.g. {missing[0]}), which would "
+            "be left random; pass a CLIP checkpoint folder (openai/clip-vit-large-patch14 layout)"
+        )
     model = model.float()
     mean, std, rescale = _clip_preprocessing(folder, int(model.config.image_size))
     return HFClipVisionEncoder(model, name="clip", model_id=folder.name, image_mean=mean, image_std=std,

@@ -122,6 +122,20 @@ def merge_outputs(out_dir: Path) -> None:
             part.unlink()
 
 
+def remove_stale_temporaries(out_dir: Path, targets: set[str]) -> None:
+    """Delete temporary files that a killed run left behind for ``targets`` (``.{name}.XXXX.tmp...``).
+
+    Only this rank's targets, so that other ranks' writes in progress are not touched.
+    """
+    for entry in out_dir.iterdir():
+        name = entry.name
+        if name.startswith(".") and ".tmp" in name:
+            target = name[1:].rsplit(".tmp", 1)[0].rsplit(".", 1)[0]  # ".{target}.{random}.tmp{suffix}"
+            if target in targets:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+
+
 def run_per_sample(
     items: Sequence[tuple[str, Any]],
     out_dir: str | os.PathLike,
@@ -152,6 +166,7 @@ def run_per_sample(
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()  # this run retries everything that failed before
     mine = dist.shard(sorted(items, key=lambda item: item[0]))
+    remove_stale_temporaries(out_dir, {output_path(out_dir, i, suffix, save_format, pickle_ext).name for i, _ in mine})
     summary = ExtractionSummary(manifest.modality, out_dir)
     started = time.perf_counter()
     bar = tqdm(mine, desc=f"extract {manifest.modality}", unit="sample", disable=not progress, dynamic_ncols=True)

@@ -101,7 +101,9 @@ class VideoExtractionArgs:
 
 
 def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
+    """Half of this rank's share of the CPU cores (at most 8): the other half runs the encoder."""
+    cores = (os.cpu_count() or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, min(8, cores // 2))
 
 
 @dataclass
@@ -455,6 +457,7 @@ def _run_pipeline(jobs: list[_Job], encoder: VisionEncoder, pooling: PoolingConf
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_keep_as_is,
         worker_init_fn=_decode_worker_init if workers > 0 else None, prefetch_factor=4 if workers > 0 else None,
+        pin_memory=encoder.device.type == "cuda",
     )
     backlog: deque[_Pending] = deque()  # decoded videos with frames still to encode, in arrival order
     backlog_frames = 0
@@ -516,30 +519,32 @@ def parse_args(argv: list[str] | None = None) -> VideoExtractionArgs:
 
 def main(argv: list[str] | None = None) -> int:
     """``llavidal extract video`` / ``scripts/save_spatio_temporal_clip_features.py``: 0 when every video succeeded."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger(__name__).setLevel(logging.ERROR)  # failures are in failed.jsonl and the summary
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     device = args.device
-    if device in ("", "auto") and torch.cuda.is_available():
-        device = f"cuda:{dist_utils.local_rank()}"
-    if (device in ("", "auto", "cpu")) and "OMP_NUM_THREADS" not in os.environ:
+    on_cpu = device == "cpu" or (device in ("", "auto") and not torch.cuda.is_available())
+    if on_cpu and "OMP_NUM_THREADS" not in os.environ:
         # decoding workers each take a core; the encoder gets the rest
-        torch.set_num_threads(max(1, ((os.cpu_count() or 1) - args.workers) // max(1, dist_utils.world_size())))
+        local_cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        torch.set_num_threads(max(1, local_cores - args.workers))
     try:
         videos = find_videos(args.video_dir_path)
         encoder = load_vision_encoder(args.encoder, device=device, dtype=args.dtype, batch_size=args.batch_size)
         if dist_utils.rank() == 0:
             print(f"{len(videos)} videos under {args.video_dir_path}; encoder {encoder.model_id} "
                   f"({encoder.feature_dim}-d, {encoder.num_patches} patches) on {encoder.device}", file=sys.stderr)
-        summary = extract_video_features(
-            videos, args.clip_feat_path, encoder, num_frames=args.num_frames, pooling=args.pooling(),
-            output_format=args.format, feature_dtype=args.feature_dtype, batch_size=args.batch_size,
-            workers=args.workers, decoder=args.decoder, progress=args.progress,
-        )
+        with logging_redirect_tqdm():  # failure messages print above the progress bar
+            summary = extract_video_features(
+                videos, args.clip_feat_path, encoder, num_frames=args.num_frames, pooling=args.pooling(),
+                output_format=args.format, feature_dtype=args.feature_dtype, batch_size=args.batch_size,
+                workers=args.workers, decoder=args.decoder, progress=args.progress,
+            )
     except (FileNotFoundError, FeatureFileError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

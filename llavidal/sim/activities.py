@@ -7,7 +7,7 @@ stable ``name``, a short ``label`` (the text of multiple-choice answers), a one-
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -151,5 +151,3 @@ TRANSITIONS: dict[str, dict[str, float]] = {
     "point": {"wave": 1, "stoop": 2, "pick_up": 2},
     "stoop": {"pick_up": 1, "point": 1, "wave": 1, "sit_down": 1},
 }
-# pick_up chooses its object by what usually follows
-PICK_FOR_NEXT = {"drink": ("mug", "bottle"), "read": ("book",), "phone_call": ("phone",)}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from llavidal.sim import quat
-from llavidal.sim.body import REVOLUTE, Y_TO_Z, Pose, swap_side
+from llavidal.sim.body import Y_TO_Z, Pose, swap_side
 
 _MOCAP_LAYOUT = (
     ("chest", 4), ("neck", 4), ("right_hip", 4), ("right_knee", 1), ("right_ankle", 4), ("right_shoulder", 4),
@@ -175,4 +175,4 @@ class KeyframeTrack:
         return a.pose.blend(b.pose, smoothstep((t - a.time) / max(b.time - a.time, 1e-9)))
 
 
-__all__ = ["Key", "KeyframeTrack", "MocapClip", "MocapTrack", "Placement", "load_mocap", "smoothstep", "REVOLUTE"]
+__all__ = ["Key", "KeyframeTrack", "MocapClip", "MocapTrack", "Placement", "load_mocap", "smoothstep"]

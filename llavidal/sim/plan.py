@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from llavidal.sim.activities import ACTIVITIES, BY_NAME, MOCAP, PICK_FOR_NEXT, PROCEDURAL, TRANSITIONS
+from llavidal.sim.activities import ACTIVITIES, BY_NAME, PROCEDURAL, TRANSITIONS
 from llavidal.sim.body import BodyShape
 from llavidal.sim.camera import CameraRig
 from llavidal.sim.props import DRINKABLE, HAND_OBJECTS
@@ -49,7 +49,7 @@ PRESETS: dict[str, Preset] = {
     "small": Preset("small", subjects=6, setups=2, performances_per_activity=1, routines=4,
                     cameras_per_performance=1, fps=10, loop_seconds=(2.0, 2.5), routine_length=(2, 3)),
     # the quickstart: enough for a small model to learn recognition on held-out subjects
-    "medium": Preset("medium", subjects=15, setups=3, performances_per_activity=14, routines=60,
+    "medium": Preset("medium", subjects=15, setups=3, performances_per_activity=24, routines=80,
                      cameras_per_performance=1, fps=10, loop_seconds=(2.5, 3.0), routine_length=(2, 4)),
 }
 
@@ -88,7 +88,7 @@ def make_setups(preset: Preset, seed: int) -> dict[int, list[CameraRig]]:
     for number in range(1, preset.setups + 1):
         rng = _rng(seed, 2, number)
         heights = rng.permutation([float(rng.uniform(0.9, 1.2)), float(rng.uniform(1.3, 1.6)), float(rng.uniform(1.7, 2.0))])
-        distance = float(rng.uniform(2.6, 3.1))
+        distance = float(rng.uniform(2.3, 2.7))
         setups[number] = [
             CameraRig(number=k + 1, azimuth_deg=CAMERA_AZIMUTHS[k] + float(rng.uniform(-5, 5)), height=float(heights[k]),
                       distance=distance + float(rng.uniform(-0.15, 0.15)), target_height=float(rng.uniform(0.75, 0.9)))

@@ -304,6 +304,9 @@ class Builder:
         return KeyframeTrack(self.keys)
 
 
+TRAY_LATERAL = 0.3  # the tray sits this far (shoulder swing, radians) outwards of the objects' spot
+
+
 def reach_spec(lateral: float) -> Spec:
     """Right arm reaching forward-down to a table top; ``lateral`` (rad) moves the target outwards."""
     return {"right_shoulder": arm(0.75, 0.12 + max(lateral, 0.0), -min(lateral, 0.0) + 0.05), "right_elbow": 0.35,
@@ -335,11 +338,10 @@ def eat(b: Builder, rng, seg: Segment) -> None:
     """Take pieces of food from a tray on the table and bring them to the mouth; 1-3 bites."""
     bites = int(rng.integers(1, 4))
     seg.repetitions = bites
-    point = b.reach_point("tray", lateral=0.25)
     food_keys = [k for k in b.objects if k.startswith("food")]
     b.key(0.25, REST_ARMS)
     for bite in range(bites):
-        reach = b.key(0.6, reach_spec(0.25))
+        reach = b.key(0.6, reach_spec(TRAY_LATERAL))
         key = food_keys[bite % len(food_keys)] if food_keys else None
         if key and b.objects[key].phase_at(b.time).mode == "rest":
             b.grab(key, reach)
@@ -350,7 +352,6 @@ def eat(b: Builder, rng, seg: Segment) -> None:
             b.objects[key].phases.append(ObjectPhase(b.time, "hidden"))
             b.held = None
         b.key(0.5, REST_ARMS)
-    del point
 
 
 def pick_up(b: Builder, rng, seg: Segment) -> None:
@@ -371,7 +372,6 @@ def put_down(b: Builder, rng, seg: Segment) -> None:
     key = b.held
     seg.objects = [b.objects[key].kind]
     b.key(0.3, HOLD_RIGHT)
-    b.reach_point("objects", 0.0)
     reach = b.key(0.8, reach_spec(0.0))
     b.release(key, reach)
     b.hold(0.2)
@@ -442,11 +442,12 @@ def clap(b: Builder, rng, seg: Segment) -> None:
     """Clap the hands in front of the chest 2-5 times."""
     claps = int(rng.integers(2, 6))
     seg.repetitions = claps
-    lift = _amp(rng, 0.95)
-    apart = {"right_shoulder": arm(lift, 0.35, 0.2), "right_elbow": 1.3,
-             "left_shoulder": quat.mirror_z(arm(lift, 0.35, 0.2)), "left_elbow": 1.3}
-    together = {"right_shoulder": arm(lift, 0.2, 0.75), "right_elbow": 1.1,
-                "left_shoulder": quat.mirror_z(arm(lift, 0.2, 0.75)), "left_elbow": 1.1}
+    lift = _amp(rng, 0.85)
+    # found with forward kinematics: hands about 7 cm apart in front of the chest
+    together = {"right_shoulder": arm(lift, 0.0, 0.6), "right_elbow": 1.5,
+                "left_shoulder": quat.mirror_z(arm(lift, 0.0, 0.6)), "left_elbow": 1.5}
+    apart = {"right_shoulder": arm(lift, 0.3, 0.05), "right_elbow": 1.4,
+             "left_shoulder": quat.mirror_z(arm(lift, 0.3, 0.05)), "left_elbow": 1.4}
     b.key(0.45, apart)
     for _ in range(claps):
         b.key(0.16, together, jitter=0.01)
@@ -497,10 +498,10 @@ def stand_up(b: Builder, rng, seg: Segment) -> None:
 def stoop(b: Builder, rng, seg: Segment) -> None:
     """Bend down until the hand nearly touches the floor, pause, straighten up."""
     depth = _amp(rng, 1.0, 0.1)
-    low = {"chest": bend(0.75 * depth), "neck": bend(0.2), "right_hip": leg(1.0 * depth), "left_hip": quat.mirror_z(leg(1.0 * depth)),
+    low = {"chest": bend(1.0 * depth), "neck": bend(0.1), "right_hip": leg(1.2 * depth), "left_hip": quat.mirror_z(leg(1.2 * depth)),
            "right_knee": -1.6 * depth, "left_knee": -1.6 * depth,
            "right_ankle": quat.compose(("z", 0.55 * depth)), "left_ankle": quat.compose(("z", 0.55 * depth)),
-           "right_shoulder": arm(0.9, 0.15), "right_elbow": 0.1,
+           "right_shoulder": arm(0.5, 0.15), "right_elbow": 0.1,
            "left_shoulder": quat.mirror_z(arm(0.3, 0.2)), "left_elbow": 0.5}
     b.key(0.3, REST_ARMS)
     b.key(0.9, low)

@@ -56,10 +56,13 @@ def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
 
 def rotate(q: np.ndarray, vector: np.ndarray) -> np.ndarray:
     """Rotate a 3-vector by the unit quaternion q."""
-    x, y, z, w = q
-    u = np.array([x, y, z])
-    v = np.asarray(vector, dtype=np.float64)
-    return v + 2.0 * np.cross(u, np.cross(u, v) + w * v)
+    # v + 2 u x (u x v + w v), written out: this runs per joint per frame and numpy's cross is slow
+    x, y, z, w = (float(c) for c in q)
+    vx, vy, vz = (float(c) for c in vector)
+    cx = y * vz - z * vy + w * vx
+    cy = z * vx - x * vz + w * vy
+    cz = x * vy - y * vx + w * vz
+    return np.array([vx + 2.0 * (y * cz - z * cy), vy + 2.0 * (z * cx - x * cz), vz + 2.0 * (x * cy - y * cx)])
 
 
 def to_matrix(q: np.ndarray) -> np.ndarray:

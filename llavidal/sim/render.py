@@ -9,9 +9,8 @@ NTU skeleton and object tracks.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ from llavidal.sim.body import BodyShape, Humanoid, Pose, shaped_urdf
 from llavidal.sim.bullet import Client, data_path, silenced
 from llavidal.sim.camera import CameraRig, View, place, smooth_path
 from llavidal.sim.motion import MocapTrack, Placement, load_mocap
-from llavidal.sim.procedural import PROGRAMS, Builder, ObjectPhase, SceneObject, compose_transform, grip_offset_at
+from llavidal.sim.procedural import (PROGRAMS, TRAY_LATERAL, Builder, ObjectPhase, SceneObject, compose_transform,
+                                     grip_offset_at)
 
 FLOOR_RGB = (0.62, 0.60, 0.55)
 SKY_RGB = (1.0, 1.0, 1.0)  # the tiny renderer's clear colour
@@ -40,7 +40,8 @@ class Performance:
     objects: list[SceneObject]
     object_poses: list[dict[str, tuple[np.ndarray, np.ndarray] | None]]  # per frame, key -> pose (None: hidden)
     segments: list[dict]
-    details: dict = field(default_factory=dict)
+    humanoid: Humanoid
+    activity_ends: list[float]  # when each activity's own motion ends, before the blend into the next one
 
     @property
     def num_frames(self) -> int:
@@ -52,53 +53,71 @@ class Stage:
 
     def __init__(self) -> None:
         self.client = Client()
-        self.urdf_dir = Path(tempfile.mkdtemp(prefix="llavidal-sim-"))
         self.source_urdf = Path(data_path()) / "humanoid" / "humanoid.urdf"
         self.motions = Path(data_path()) / "data" / "motions"
 
     def reset(self) -> None:
         with silenced():
             self.client.resetSimulation()
-        floor = self.client.createVisualShape(self.client.p.GEOM_BOX, halfExtents=[30, 30, 0.01],
-                                              rgbaColor=[*FLOOR_RGB, 1.0])
-        self.client.createMultiBody(0, -1, floor, [0, 0, -0.01])
 
-    def humanoid(self, shape: BodyShape, subject: int) -> Humanoid:
-        path = self.urdf_dir / f"subject{subject:03d}_{abs(hash(shape)) % 10**8}.urdf"
-        if not path.exists():
+    def humanoid(self, shape: BodyShape) -> Humanoid:
+        """Load the humanoid with ``shape``'s proportions (pybullet reads the URDF from a file once)."""
+        with tempfile.TemporaryDirectory(prefix="llavidal-sim-") as folder:
+            path = Path(folder) / "humanoid.urdf"
             path.write_text(shaped_urdf(self.source_urdf, shape), encoding="utf-8")
-        return Humanoid(self.client, path, shape)
+            return Humanoid(self.client, path, shape)
 
     def close(self) -> None:
         self.client.close()
-        for child in self.urdf_dir.glob("*"):
-            child.unlink()
-        os.rmdir(self.urdf_dir)
 
 
 class PropBodies:
-    """The pybullet bodies of one prop (one per box) and its bounding-box corners."""
+    """One prop as one pybullet multibody: a box per link, so one reset moves it all."""
 
     def __init__(self, client: Client, model: props.PropModel) -> None:
         self.client = client
         self.model = model
-        self.ids: list[int] = []
-        self.offsets: list[np.ndarray] = []
-        for box in model.boxes:
-            shape = client.createVisualShape(client.p.GEOM_BOX, halfExtents=list(box.half), rgbaColor=[*box.colour, 1.0])
-            self.ids.append(client.createMultiBody(0, -1, shape, [0, 0, -10]))
-            self.offsets.append(np.array(box.centre, dtype=np.float64))
-        self.hidden = False
+        visuals = [client.createVisualShape(client.p.GEOM_BOX, halfExtents=list(box.half), rgbaColor=[*box.colour, 1.0],
+                                            visualFramePosition=list(box.centre) if k == 0 else [0, 0, 0])
+                   for k, box in enumerate(model.boxes)]
+        links = len(model.boxes) - 1
+        self.id = client.createMultiBody(
+            baseMass=0, baseCollisionShapeIndex=-1, baseVisualShapeIndex=visuals[0], basePosition=[0, 0, -10],
+            linkMasses=[0] * links, linkCollisionShapeIndices=[-1] * links, linkVisualShapeIndices=visuals[1:],
+            linkPositions=[list(box.centre) for box in model.boxes[1:]], linkOrientations=[[0, 0, 0, 1]] * links,
+            linkInertialFramePositions=[[0, 0, 0]] * links, linkInertialFrameOrientations=[[0, 0, 0, 1]] * links,
+            linkParentIndices=[0] * links, linkJointTypes=[client.p.JOINT_FIXED] * links,
+            linkJointAxis=[[0, 0, 1]] * links)
+        self.centre = model.corners().mean(axis=0)
 
     def set_pose(self, pose: tuple[np.ndarray, np.ndarray] | None) -> None:
-        if pose is None:
-            for body in self.ids:
-                self.client.resetBasePositionAndOrientation(body, [0, 0, -10], [0, 0, 0, 1])
-            return
-        position, orientation = pose
-        for body, offset in zip(self.ids, self.offsets):
-            self.client.resetBasePositionAndOrientation(body, (position + quat.rotate(orientation, offset)).tolist(),
-                                                        orientation.tolist())
+        if pose is None:  # hidden (eaten): far below the floor
+            self.client.resetBasePositionAndOrientation(self.id, [0, 0, -10], [0, 0, 0, 1])
+        else:
+            self.client.resetBasePositionAndOrientation(self.id, pose[0].tolist(), pose[1].tolist())
+
+
+def background(view: View) -> np.ndarray:
+    """(H, W, 3) uint8 floor and sky as seen by ``view``.
+
+    The floor is drawn analytically (a ray-plane test per pixel) instead of by the renderer, which
+    spends most of each frame filling a floor polygon; renders are composited over this wherever the
+    segmentation mask is empty. The floor gets a slight fall-off with distance, which reads as depth.
+    """
+    rows, cols = np.mgrid[0:view.height, 0:view.width]
+    x = -((cols + 0.5) - view.width / 2.0) / view.focal  # Kinect camera space direction (x to the left)
+    y = -((rows + 0.5) - view.height / 2.0) / view.focal
+    rotation = view.matrix[:3, :3]  # world -> eye
+    eye_directions = np.stack([-x, y, -np.ones_like(x)], axis=-1)  # back to OpenGL eye space
+    world_directions = eye_directions @ rotation  # eye -> world is the transpose
+    down = world_directions[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        distance = np.where(down < -1e-6, -view.eye[2] / down, np.inf)
+    reach = np.linalg.norm(world_directions[..., :2], axis=-1) * distance
+    shade = np.clip(1.0 - 0.012 * np.nan_to_num(reach, posinf=0.0), 0.82, 1.0)[..., None]
+    floor = np.array(FLOOR_RGB)[None, None] * shade
+    image = np.where(np.isfinite(distance)[..., None], floor, np.array(SKY_RGB)[None, None])
+    return np.round(image * 255.0).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- perform
@@ -133,7 +152,7 @@ def _setup_procedural(b: Builder, plan: dict, rng: np.random.Generator) -> None:
         b.start_holding("held")
     if plan.get("table"):
         objects_point = b.reach_point("objects", 0.0)
-        tray_point = b.reach_point("tray", 0.3)
+        tray_point = b.reach_point("tray", TRAY_LATERAL)
         centre = (objects_point + tray_point) / 2.0 + 0.12 * forward
         centre[2] = b.table_top
         table = b.add_object("table", "table", "brown", props.WOOD, top_height=round(b.table_top, 4),
@@ -169,12 +188,44 @@ def _setup_procedural(b: Builder, plan: dict, rng: np.random.Generator) -> None:
         b.posture = "sitting"
 
 
+MIN_SINGLE_SECONDS = 2.0
+MAX_SINGLE_SECONDS = 6.0
+
+
+def _build_procedural(humanoid: Humanoid, spot: np.ndarray, yaw: float, speed: float, plan: dict) -> Builder:
+    """Run the plan's activity programs; the keyframes, objects and segments end up in the builder."""
+    from llavidal.sim.procedural import HOLD_RIGHT, REST_ARMS
+
+    rng = np.random.default_rng([plan["seed"], 1])
+    builder = Builder(humanoid, spot, yaw, plan["hand"], speed, rng)
+    _setup_procedural(builder, plan, rng)
+    builder.key(0.2, HOLD_RIGHT if builder.held else (REST_ARMS if builder.posture == "standing" else {}))
+    for entry in plan["segments"]:
+        if entry["activity"] == "pick_up" and not builder.objects_on_table():
+            raise RuntimeError(f"plan {plan['performance_id']}: pick_up with nothing on the table")
+        segment = builder.begin(entry["activity"])
+        segment.hand = builder.hand if BY_NAME[entry["activity"]].one_handed else None
+        if builder.held and entry["activity"] in ("drink", "phone_call", "put_down", "read"):
+            segment.objects = [builder.objects[builder.held].kind]
+        PROGRAMS[entry["activity"]](builder, rng, segment)
+        if entry["activity"] == "pick_up":
+            segment.objects = [builder.objects[builder.held].kind]
+        if entry["activity"] in ("pick_up", "put_down"):
+            segment.objects = segment.objects + ["table"]
+        if entry["activity"] == "eat":
+            segment.objects = ["tray", "food", "table"]
+        if entry["activity"] in ("sit_down", "stand_up"):
+            segment.objects = ["chair"]
+        builder.end(segment)
+    builder.hold(0.25)
+    return builder
+
+
 def perform(stage: Stage, plan: dict) -> Performance:
     """Build a performance from its plan entry (see ``llavidal.sim.plan``)."""
-    rng = np.random.default_rng(plan["seed"])
     stage.reset()
     shape = BodyShape(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan["subject_shape"].items()})
-    humanoid = stage.humanoid(shape, plan["subject"])
+    humanoid = stage.humanoid(shape)
     fps = float(plan["fps"])
     yaw = math.radians(plan["facing_deg"])
     spot = np.array(plan["position"], dtype=np.float64)
@@ -191,8 +242,6 @@ def perform(stage: Stage, plan: dict) -> Performance:
         else:
             start = -0.25 * speed  # a moment of stillness before a one-shot motion
             duration = min(max(clip.duration / speed + 0.5, 2.0), 6.0)
-        first = clip.pose_at(start)
-        first_root = first.root_pos * scale
         placement = Placement(scale=scale, yaw=yaw, mirror=bool(plan["mirror"]))
         origin = placement.apply(clip.pose_at(max(start, 0.0))).root_pos
         placement.offset = np.array([spot[0] - origin[0], spot[1] - origin[1], 0.0])
@@ -203,29 +252,16 @@ def perform(stage: Stage, plan: dict) -> Performance:
         segments_out.append({"activity": activity, "start": 0.0, "end": round(count / fps, 4), "objects": [],
                              "hand": None, "repetitions": None, "posture": "standing", "details": {}})
         object_poses = [{} for _ in poses]
-        del first_root
+        activity_ends = [segments_out[0]["end"]]
     else:
-        builder = Builder(humanoid, spot, yaw, plan["hand"], float(plan["speed"]), rng)
-        _setup_procedural(builder, plan, rng)
-        from llavidal.sim.procedural import HOLD_RIGHT, REST_ARMS
-
-        builder.key(0.2, HOLD_RIGHT if builder.held else (REST_ARMS if builder.posture == "standing" else {}))
-        for entry in plan["segments"]:
-            if entry["activity"] == "pick_up" and not builder.objects_on_table():
-                raise RuntimeError(f"plan {plan['performance_id']}: pick_up with nothing on the table")
-            segment = builder.begin(entry["activity"])
-            segment.hand = builder.hand if BY_NAME[entry["activity"]].one_handed else None
-            if builder.held and entry["activity"] in ("drink", "phone_call", "put_down", "read"):
-                segment.objects = [builder.objects[builder.held].kind]
-            PROGRAMS[entry["activity"]](builder, rng, segment)
-            if entry["activity"] == "pick_up":
-                segment.objects = [builder.objects[builder.held].kind]
-            if entry["activity"] == "eat":
-                segment.objects = ["tray", "food"]
-            if entry["activity"] in ("sit_down", "stand_up"):
-                segment.objects = ["chair"]
-            builder.end(segment)
-        builder.hold(0.25)
+        speed = float(plan["speed"])
+        builder = _build_procedural(humanoid, spot, yaw, speed, plan)
+        if plan["kind"] == "single" and builder.time > MAX_SINGLE_SECONDS:
+            # a long draw (many repetitions at a slow pace): perform it faster to stay within the clip length
+            speed *= builder.time / (MAX_SINGLE_SECONDS - 0.2)
+            builder = _build_procedural(humanoid, spot, yaw, speed, plan)
+        if plan["kind"] == "single" and builder.time < MIN_SINGLE_SECONDS:
+            builder.hold((MIN_SINGLE_SECONDS - builder.time + 0.05) * builder.speed)
         track = builder.track()
         count = max(2, int(round(track.duration * fps)) + 1)
         poses = [track.pose_at(i / fps) for i in range(count)]
@@ -251,6 +287,7 @@ def perform(stage: Stage, plan: dict) -> Performance:
                                  "end": round(segment.end, 4), "objects": segment.objects, "hand": segment.hand,
                                  "repetitions": segment.repetitions, "posture": segment.posture,
                                  "details": segment.details})
+        activity_ends = [s["end"] for s in segments_out]
         # boundaries sit in the middle of each blend, so segments tile the clip
         for before, after in zip(segments_out, segments_out[1:]):
             middle = round((before["end"] + after["start"]) / 2.0, 4)
@@ -258,7 +295,7 @@ def perform(stage: Stage, plan: dict) -> Performance:
         segments_out[0]["start"] = 0.0
         segments_out[-1]["end"] = round(count / fps, 4)
     return Performance(fps=fps, poses=poses, objects=objects, object_poses=object_poses, segments=segments_out,
-                       details={"humanoid": humanoid})
+                       humanoid=humanoid, activity_ends=activity_ends)
 
 
 # ---------------------------------------------------------------------------------------------- film
@@ -274,12 +311,8 @@ class Footage:
 def film(stage: Stage, performance: Performance, rig: CameraRig, size: int) -> Footage:
     """Render ``performance`` from ``rig`` (following the subject): frames, skeleton, object tracks."""
     client = stage.client
-    humanoid: Humanoid = performance.details["humanoid"]
+    humanoid = performance.humanoid
     bodies = {obj.key: PropBodies(client, _object_model(obj)) for obj in performance.objects}
-    seg_owner: dict[int, str] = {}
-    for key, prop in bodies.items():
-        for body in prop.ids:
-            seg_owner[body] = key
     roots = np.array([pose.root_pos[:2] for pose in performance.poses])
     follow = smooth_path(roots, performance.fps)
     projection = client.computeProjectionMatrixFOV(rig.fov_deg, 1.0, 0.05, 40.0)
@@ -288,6 +321,7 @@ def film(stage: Stage, performance: Performance, rig: CameraRig, size: int) -> F
     skeleton_pixels = np.zeros((performance.num_frames, 25, 2))
     track_frames: dict[str, list[dict]] = {obj.key: [] for obj in performance.objects}
     views = []
+    backdrops: dict[bytes, np.ndarray] = {}  # a following camera only translates: one backdrop per clip
     for index, pose in enumerate(performance.poses):
         humanoid.apply(pose)
         joints = humanoid.skeleton(humanoid.link_frames())
@@ -298,28 +332,31 @@ def film(stage: Stage, performance: Performance, rig: CameraRig, size: int) -> F
         _, _, rgba, _, segmentation = client.getCameraImage(
             size, size, view.matrix.T.reshape(-1).tolist(), projection, renderer=client.p.ER_TINY_RENDERER,
             shadow=0, **LIGHT)
-        frames[index] = np.asarray(rgba, dtype=np.uint8).reshape(size, size, 4)[:, :, :3]
+        mask = np.asarray(segmentation, dtype=np.int64).reshape(size, size)
+        rendered = np.asarray(rgba, dtype=np.uint8).reshape(size, size, 4)[:, :, :3]
+        backdrop_key = np.round(np.append(view.matrix[:3, :3].ravel(), view.eye[2]), 6).tobytes()
+        if backdrop_key not in backdrops:
+            backdrops[backdrop_key] = background(view)
+        frames[index] = np.where((mask < 0)[..., None], backdrops[backdrop_key], rendered)
         camera_points = view.to_camera(joints)
         skeleton_camera[index] = camera_points
         skeleton_pixels[index] = view.project(camera_points)
-        if bodies:
-            mask = np.asarray(segmentation, dtype=np.int64).reshape(size, size)
-            for key, prop in bodies.items():
-                object_pose = performance.object_poses[index].get(key)
-                if object_pose is None:
-                    continue
-                visible = np.isin(mask, prop.ids)
-                if not visible.any():
-                    continue
-                rows = np.flatnonzero(visible.any(axis=1))
-                cols = np.flatnonzero(visible.any(axis=0))
-                centre = object_pose[0] + quat.rotate(object_pose[1], prop.model.corners().mean(axis=0))
-                track_frames[key].append({
-                    "frame": index,
-                    "box": [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1],
-                    "position_3d": [round(float(v), 4) for v in view.to_camera(centre[None])[0]],
-                    "score": 1.0,
-                })
+        for key, prop in bodies.items():
+            object_pose = performance.object_poses[index].get(key)
+            if object_pose is None:
+                continue
+            visible = mask == prop.id
+            if not visible.any():
+                continue
+            rows = np.flatnonzero(visible.any(axis=1))
+            cols = np.flatnonzero(visible.any(axis=0))
+            centre = object_pose[0] + quat.rotate(object_pose[1], prop.centre)
+            track_frames[key].append({
+                "frame": index,
+                "box": [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1],
+                "position_3d": [round(float(v), 4) for v in view.to_camera(centre[None])[0]],
+                "score": 1.0,
+            })
     tracks = []
     for object_id, obj in enumerate(performance.objects):
         tracks.append({"object_id": object_id, "class": obj.kind, "frames": track_frames[obj.key]})

@@ -10,7 +10,8 @@ Compatibility notes:
   ``warmup_steps`` by transformers 5) are accepted and mapped;
 * ``--mm_use_vid_start_end`` and ``--lazy_preprocess`` are accepted: spans always carry start/end tokens
   and data are always read lazily, as the upstream command asks;
-* without CUDA, ``--bf16``/``--fp16``/``--tf32`` degrade to fp32 with one warning, and DDP uses gloo.
+* without CUDA, ``--bf16``/``--fp16``/``--tf32`` degrade to fp32 with one warning, and torchrun runs
+  DDP on the CPU over gloo.
 """
 
 from __future__ import annotations
@@ -209,8 +210,12 @@ class TrainingArguments(transformers.TrainingArguments):
         if not torch.cuda.is_available():
             self._degrade_precision_without_cuda()
             self.dataloader_pin_memory = False  # nothing to pin for
-            if self.ddp_backend is None and dist.world_size() > 1:
-                self.ddp_backend = "gloo"  # NCCL needs CUDA; torchrun on CPU runs over gloo
+            if dist.world_size() > 1:
+                # torchrun on CPU: accelerate treats the run as distributed (DDP over gloo; NCCL needs
+                # CUDA) only with use_cpu; without it every rank would train alone, unsynchronised.
+                self.use_cpu = True
+                if self.ddp_backend is None:
+                    self.ddp_backend = "gloo"
         super().__post_init__()
 
     def _degrade_precision_without_cuda(self) -> None:

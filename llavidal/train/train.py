@@ -51,18 +51,20 @@ def configure_logging(training_args: TrainingArguments) -> None:
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
 
 
-def make_collator(data_args: DataArguments, training_args: TrainingArguments, tokenizer: Any) -> Callable:
-    """The single place where the batch collator is chosen (padded rows, or packed rows with --packing)."""
+def make_collator(
+    data_args: DataArguments, training_args: TrainingArguments, tokenizer: Any, attn_implementation: str | None = None
+) -> Callable:
+    """The single place where the batch collator is chosen (padded rows, or packed rows with --packing).
+
+    With --packing, ``attn_implementation`` is what ``prepare_model_for_packing`` returned: varlen kernels
+    get one padding-free row per micro-batch, mask-based ones rows of at most --packing_max_length tokens.
+    """
     if data_args.packing:
-        try:
-            from llavidal.data.packing import make_packing_collator  # type: ignore[attr-defined]
-        except ImportError as err:
-            raise SystemExit(
-                f"--packing needs llavidal.data.packing.make_packing_collator, which is not available ({err}); "
-                "train without --packing"
-            ) from None
+        from llavidal.data.packing import make_packing_collator
+
         return make_packing_collator(
-            tokenizer, max_length=data_args.packing_max_length or training_args.model_max_length
+            tokenizer, max_length=data_args.packing_max_length or training_args.model_max_length,
+            attn_implementation=attn_implementation,
         )
     return PaddedCollator(pad_token_id=tokenizer.pad_token_id, max_length=training_args.model_max_length)
 
@@ -106,16 +108,22 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
         strict_features=data_args.strict_features, mask_probs=data_args.mask_probs(), seed=training_args.seed,
         log_summary=dist.is_main_process(),
     )
-    collator = make_collator(data_args, training_args, tokenizer)
+    if data_args.packing:  # cache off (else samples of a row see each other), exact per-sample attention
+        from llavidal.data.packing import prepare_model_for_packing
+
+        attn = prepare_model_for_packing(model)
+    collator = make_collator(data_args, training_args, tokenizer, attn_implementation=attn)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    state = training_args.distributed_state
     logger.info(
         "model %s (%s, attention %s); modalities: %s; template %s; trainable %d of %d parameters (%s); "
-        "%d samples, world size %d",
+        "%d samples; world size %d (%s, backend %s)",
         model_args.model_name_or_path, torch_dtype, attn or "default", describe_registry(registry),
         model_args.version, trainable, total,
         "LoRA" if model_args.lora_enable else ("LLM frozen" if model_args.tune_mm_mlp_adapter else "full LLM"),
-        len(dataset), dist.world_size(),
+        len(dataset), training_args.world_size, getattr(state, "distributed_type", "single process"),
+        getattr(state, "backend", None),
     )
     trainer = LlavidalTrainer(
         model=model, args=training_args, train_dataset=dataset, data_collator=collator,

@@ -2,8 +2,8 @@
 
 * saving (final and every checkpoint) writes the trainable weights as ``trainable.safetensors`` and
   ``llavidal_config.json`` through ``LlavidalModel.save_pretrained``, never the frozen LLM;
-* resuming loads them back from ``checkpoint-*`` (optimizer, scheduler, RNG and trainer state are the
-  Trainer's own);
+* resuming loads them back from ``checkpoint-*`` (``load_trainable`` also restores a fully fine-tuned
+  LLM from its ``llm/`` folder; optimizer, scheduler, RNG and trainer state are the Trainer's own);
 * ``group_by_length`` takes lengths from the dataset (known without reading any feature file);
 * the loss history is appended to ``loss_history.jsonl`` in the output folder as training goes.
 """
@@ -70,7 +70,8 @@ class LlavidalTrainer(Trainer):
                 "Delete it or train into a new --output_dir"
             )
         report = model.load_trainable(resume_from_checkpoint, strict=True)
-        logger.info("resumed trainable weights from %s (%s)", resume_from_checkpoint, report)
+        # (load_trainable also restores a fully fine-tuned LLM from the checkpoint's llm/ folder)
+        logger.info("resumed trainable weights from %s (%d entries)", resume_from_checkpoint, len(report.loaded))
 
     def _load_best_model(self) -> None:
         if self.state.best_model_checkpoint:

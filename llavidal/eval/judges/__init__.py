@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llavidal.eval.judges.base import Judge, JudgeConfigError, Judgement, JudgeItem
+from llavidal.eval.judges.base import Judge, JudgeConfigError, JudgeItem, Judgement
 
 JUDGE_TYPES = ("openai", "local")
 

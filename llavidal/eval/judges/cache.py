@@ -27,7 +27,9 @@ def cache_key(judge_id: str, prompt_version: str, request: dict[str, Any]) -> st
     """sha256 of the canonical JSON of (judge id, prompt version, request fields)."""
     payload = json.dumps(
         {"judge_id": judge_id, "prompt_version": prompt_version, "request": request},
-        sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -60,10 +62,14 @@ class JudgeCache:
 
     def get(self, key: str) -> CachedReply | None:
         with self._lock:
-            row = self._db.execute("SELECT reply, served_model, created FROM judgements WHERE key = ?", (key,)).fetchone()
+            row = self._db.execute(
+                "SELECT reply, served_model, created FROM judgements WHERE key = ?", (key,)
+            ).fetchone()
         return CachedReply(*row) if row else None
 
-    def put(self, key: str, judge_id: str, prompt_version: str, criterion: str, reply: str, served_model: str = "") -> None:
+    def put(
+        self, key: str, judge_id: str, prompt_version: str, criterion: str, reply: str, served_model: str = ""
+    ) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO judgements VALUES (?, ?, ?, ?, ?, ?, ?)",

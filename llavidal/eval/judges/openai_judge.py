@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llavidal.eval.judges.base import Judgement, JudgeConfigError, JudgeItem
+from llavidal.eval.judges.base import JudgeConfigError, JudgeItem, Judgement
 from llavidal.eval.judges.cache import JudgeCache, cache_key
 from llavidal.eval.judges.parsing import parse_judge_reply
 from llavidal.eval.judges.prompts import PROMPT_VERSION, render_messages
@@ -63,14 +63,33 @@ def judgement_from_reply(item: JudgeItem, reply: str, judge_id: str, prompt_vers
     """Parse a reply into a judgement; unparseable replies are ``malformed`` with ``score=None``."""
     values, reason = parse_judge_reply(reply, reply_keys(item.criterion))
     if values is None:
-        return Judgement(score=None, status="malformed", error=reason, reply=reply, judge_id=judge_id,
-                         prompt_version=prompt_version, **extra)
+        return Judgement(
+            score=None,
+            status="malformed",
+            error=reason,
+            reply=reply,
+            judge_id=judge_id,
+            prompt_version=prompt_version,
+            **extra,
+        )
     if item.criterion == "mcq":
         choice = values["choice"]
-        return Judgement(score=None, pred=None if choice == "none" else choice, reply=reply, judge_id=judge_id,
-                         prompt_version=prompt_version, **extra)
-    return Judgement(score=values["score"], pred=values.get("pred"), reply=reply, judge_id=judge_id,
-                     prompt_version=prompt_version, **extra)
+        return Judgement(
+            score=None,
+            pred=None if choice == "none" else choice,
+            reply=reply,
+            judge_id=judge_id,
+            prompt_version=prompt_version,
+            **extra,
+        )
+    return Judgement(
+        score=values["score"],
+        pred=values.get("pred"),
+        reply=reply,
+        judge_id=judge_id,
+        prompt_version=prompt_version,
+        **extra,
+    )
 
 
 @dataclass
@@ -100,7 +119,9 @@ class OpenAIJudge:
 
     def __post_init__(self) -> None:
         if not self.model or not self.model.strip():
-            raise JudgeConfigError("the judge model id is required (e.g. --judge_model gpt-4o-2024-08-06); there is no default")
+            raise JudgeConfigError(
+                "the judge model id is required (e.g. --judge_model gpt-4o-2024-08-06); there is no default"
+            )
         if self.max_retries < 0 or self.concurrency < 1 or self.timeout <= 0:
             raise JudgeConfigError("max_retries must be >= 0, concurrency >= 1 and timeout > 0")
         if self.is_openai and not _SNAPSHOT.search(self.model) and not self.allow_unpinned:
@@ -172,7 +193,9 @@ class OpenAIJudge:
                 pass
         return delay
 
-    async def _call(self, client: Any, semaphore: asyncio.Semaphore, request: dict[str, Any]) -> tuple[str | None, str, int, str]:
+    async def _call(
+        self, client: Any, semaphore: asyncio.Semaphore, request: dict[str, Any]
+    ) -> tuple[str | None, str, int, str]:
         """(reply or None, served model, attempts, error)."""
         openai = require("openai", "the OpenAI-compatible judge")
         last_error, last_exception = "", None
@@ -204,8 +227,15 @@ class OpenAIJudge:
         return None, "", self.max_retries + 1, f"{last_error} after {self.max_retries + 1} attempts"
 
     async def ajudge(self, items: list[JudgeItem]) -> list[Judgement]:
-        openai = require("openai", "the OpenAI-compatible judge")
+        """Judge ``items`` (asynchronously); results are aligned with ``items``."""
         cache = JudgeCache(self.cache_path)
+        try:
+            return await self._ajudge(items, cache)
+        finally:
+            cache.close()
+
+    async def _ajudge(self, items: list[JudgeItem], cache: JudgeCache) -> list[Judgement]:
+        openai = require("openai", "the OpenAI-compatible judge")
         results: list[Judgement | None] = [None] * len(items)
         groups: dict[str, list[int]] = {}
         requests: dict[str, dict[str, Any]] = {}
@@ -218,12 +248,16 @@ class OpenAIJudge:
                 self.stats["cache_hits"] += 1
                 if cached.served_model:
                     self.served_models.add(cached.served_model)
-                results[index] = judgement_from_reply(item, cached.reply, self.judge_id, self.prompt_version, cached=True)
+                results[index] = judgement_from_reply(
+                    item, cached.reply, self.judge_id, self.prompt_version, cached=True
+                )
                 continue
             groups.setdefault(key, []).append(index)
             requests[key] = request
         if groups:
-            client = openai.AsyncOpenAI(api_key=self._api_key(), base_url=self.base_url, timeout=self.timeout, max_retries=0)
+            client = openai.AsyncOpenAI(
+                api_key=self._api_key(), base_url=self.base_url, timeout=self.timeout, max_retries=0
+            )
             semaphore = asyncio.Semaphore(self.concurrency)
             progress = None
             if self.show_progress:
@@ -240,11 +274,18 @@ class OpenAIJudge:
                         self.served_models.add(served)
                 for index in groups[key]:
                     if reply is None:
-                        results[index] = Judgement(score=None, status="failed", error=error, judge_id=self.judge_id,
-                                                   prompt_version=self.prompt_version, attempts=attempts)
+                        results[index] = Judgement(
+                            score=None,
+                            status="failed",
+                            error=error,
+                            judge_id=self.judge_id,
+                            prompt_version=self.prompt_version,
+                            attempts=attempts,
+                        )
                     else:
-                        results[index] = judgement_from_reply(items[index], reply, self.judge_id, self.prompt_version,
-                                                              attempts=attempts)
+                        results[index] = judgement_from_reply(
+                            items[index], reply, self.judge_id, self.prompt_version, attempts=attempts
+                        )
                 if progress is not None:
                     progress.update(1)
 
@@ -254,7 +295,6 @@ class OpenAIJudge:
                 if progress is not None:
                     progress.close()
                 await client.close()
-        cache.close()
         final = [r for r in results if r is not None]
         self.stats["failed"] += sum(1 for r in final if r.status == "failed")
         self.stats["malformed"] += sum(1 for r in final if r.status == "malformed")

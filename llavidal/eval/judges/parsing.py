@@ -78,7 +78,9 @@ def _valid(key: str, value: Any) -> tuple[bool, Any]:
             return True, value.strip().lower().strip(".")
         return False, None
     if key == "choice":
-        if isinstance(value, str) and (value.strip().lower() == "none" or re.fullmatch(r"\(?[A-Za-z]\)?", value.strip())):
+        if isinstance(value, str) and (
+            value.strip().lower() == "none" or re.fullmatch(r"\(?[A-Za-z]\)?", value.strip())
+        ):
             return True, value.strip().strip("()").upper() if value.strip().lower() != "none" else "none"
         return False, None
     return True, value

@@ -158,7 +158,8 @@ def activity_text(meta: dict) -> str:
     segments = meta.get("segments") or meta.get("timeline")
     if isinstance(segments, list) and segments:
         names = [activity_text(s) if isinstance(s, dict) else _describe_activity_name(str(s)) for s in segments]
-        return ", then ".join(n.rstrip(".") for n in names) + "."
+        names = [n.rstrip(".") for n in names]
+        return ", then ".join([names[0]] + [n[:1].lower() + n[1:] for n in names[1:]]) + "."
     raise ValueError("no 'activity', 'description' or 'segments' field")
 
 
@@ -169,11 +170,11 @@ def _sentence(text: str) -> str:
 
 def _describe_activity_name(name: str) -> str:
     """An activity name as a sentence, using the world's own descriptions when it has them."""
-    try:  # the embedded world's catalogue, when installed
-        from llavidal.sim import ACTIVITIES  # type: ignore[attr-defined]
+    try:  # the embedded world's catalogue: name -> Activity with a one-sentence description
+        from llavidal.sim import BY_NAME
     except ImportError:
-        ACTIVITIES = None
-    entry = ACTIVITIES.get(name) if isinstance(ACTIVITIES, dict) else None
+        BY_NAME = None
+    entry = BY_NAME.get(name) if isinstance(BY_NAME, dict) else None
     for key in ("description", "text", "caption"):
         value = entry.get(key) if isinstance(entry, dict) else getattr(entry, key, None)
         if isinstance(value, str) and value.strip():
@@ -181,8 +182,11 @@ def _describe_activity_name(name: str) -> str:
     return f"A person {name.replace('_', ' ').strip()}."
 
 
-def load_world_samples(world_dir: str | os.PathLike) -> list[PoseTextSample]:
-    """Pairs from the embedded world: ``skeletons/{id}.skeleton`` with the text of ``meta/{id}.json``."""
+def load_world_samples(world_dir: str | os.PathLike, include_routines: bool = False) -> list[PoseTextSample]:
+    """Pairs from the embedded world: ``skeletons/{id}.skeleton`` with the text of ``meta/{id}.json``.
+
+    Single-activity clips only, unless ``include_routines`` (then a routine's text lists its
+    activities in order)."""
     world_dir = Path(world_dir)
     skeleton_dir, meta_dir = world_dir / "skeletons", world_dir / "meta"
     if not skeleton_dir.is_dir() or not meta_dir.is_dir():
@@ -194,7 +198,10 @@ def load_world_samples(world_dir: str | os.PathLike) -> list[PoseTextSample]:
             logger.warning("%s: no %s; skipped", skeleton, meta_path.name)
             continue
         try:
-            text = activity_text(json.loads(meta_path.read_text(encoding="utf-8")))
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not include_routines and not meta.get("activity") and len(meta.get("segments") or []) != 1:
+                continue
+            text = activity_text(meta)
         except (ValueError, json.JSONDecodeError) as err:
             raise ValueError(f"{meta_path}: cannot get an activity description ({err})") from None
         samples.append(PoseTextSample(skeleton.stem, skeleton, text))
@@ -279,6 +286,8 @@ class PosePretrainArguments:
     """Folder for the trained encoder and the resumable checkpoint (required)."""
     world_dir: str = ""
     """The embedded world's folder (skeletons/ + meta/), from 'llavidal synth'."""
+    include_routines: bool = False
+    """With --world_dir: also train on multi-activity routine clips (their text lists the activities)."""
     data: str = ""
     """A CSV/JSON/JSONL of {skeleton, text} pairs (paths relative to the file); instead of --world_dir."""
     text_encoder: str = DEFAULT_TEXT_ENCODER
@@ -409,16 +418,23 @@ def _load_checkpoint(folder: Path, encoder: PoseEncoder, optimizer, scheduler) -
 
 def pretrain_pose_encoder(
     samples: Sequence[PoseTextSample],
-    args: PosePretrainArguments,
+    args: PosePretrainArguments | None = None,
     encoder_config: PoseEncoderConfig | None = None,
     text_encoder: FrozenTextEncoder | None = None,
     progress: bool = True,
+    **settings: Any,
 ) -> PretrainResult:
     """Train a pose encoder on ``samples``; save it into ``args.output_dir`` (resumable).
 
-    Returns the trained encoder with the held-out (and training-set) contrastive loss and pose -> text
-    retrieval accuracy before and after training.
+    Settings come as ``args`` or as keywords of :class:`PosePretrainArguments`
+    (``pretrain_pose_encoder(samples, output_dir="runs/pose", max_steps=500)``). Returns the trained
+    encoder with the held-out (and training-set) contrastive loss and pose -> text retrieval accuracy
+    before and after training.
     """
+    if args is None:
+        args = PosePretrainArguments(**settings)
+    elif settings:
+        args = dataclasses.replace(args, **settings)
     if not args.output_dir:
         raise ValueError("output_dir is required")
     output_dir = Path(args.output_dir)
@@ -650,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args, encoder_config = parse_args(argv)
     try:
-        samples = load_world_samples(args.world_dir) if args.world_dir else load_pair_file(args.data)
+        samples = load_world_samples(args.world_dir, args.include_routines) if args.world_dir else load_pair_file(args.data)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,14 @@
+"""Video-ChatGPT benchmark, criterion 'context', at the upstream path (a thin wrapper of llavidal eval).
+
+Run as:
+    python evaluation/quantitative_evaluation/evaluate_benchmark_3_context.py --pred_path PRED.json \
+        --output_dir OUT --judge_model gpt-4o-2024-08-06 [--base_url URL] [--num_tasks 8]
+The API key comes from $OPENAI_API_KEY (or --api_key_env NAME); --judge local needs no API.
+"""
+
+import sys
+
+from llavidal.eval.cli import upstream_main
+
+if __name__ == "__main__":
+    sys.exit(upstream_main("context"))

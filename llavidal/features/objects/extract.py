@@ -1,0 +1,332 @@
+"""Object features: crop each tracked object, encode the crops, 8 tokens per object -> ``(n, 8, D)``.
+
+Run as::
+
+    llavidal extract object --video_dir WORLD/videos --tracks_dir WORLD/tracks --out features/object
+    llavidal extract object --video_dir videos/ --tracks_dir tracks/ --out features/object \\
+        --encoder /models/clip-vit-large-patch14 --detector ssd:/models/objectron_solution_packed_assets.data
+
+For each video ``{id}``: read ``tracks_dir/{id}.json`` (the object-tracks format of
+docs/ARCHITECTURE.md; with ``--detector``, a missing tracks file is made by running the detector and
+the tracker, and saved there). For each object (in ``object_id`` order), take 8 of the frames where it
+has a box, evenly spaced over its track (repeating frames when it has fewer than 8), crop the box with a
+margin (by default enlarged to a square around the box, so the object keeps its aspect ratio), encode
+the crops with the vision encoder (``--encoder embedded`` or a CLIP folder; penultimate layer) and
+average each crop's patch tokens: one token per crop, 8 per object. Output:
+``{id}_object.safetensors`` ``(n, 8, D)`` and ``manifest.json``; ``--format pickle`` writes upstream's
+``{id}_object.pkl``.
+
+Resumable, atomic, failures in ``OUT/failed.jsonl`` (exit status 1 when any), sharded by torchrun rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from llavidal.constants import OBJECT_TOKENS_PER_OBJECT
+from llavidal.data.feature_store import FeatureFileError, FeatureManifest
+from llavidal.features.per_sample import SAVE_DTYPES, run_per_sample
+from llavidal.utils.io import atomic_write_json
+from llavidal.utils.optional import require
+
+logger = logging.getLogger(__name__)
+
+FILE_SUFFIX = "_object"
+PICKLE_EXTENSION = ".pkl"  # upstream: {id}_object.pkl
+
+
+class TracksError(ValueError):
+    """A tracks file is missing, malformed or does not fit its video."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tracks and crops
+
+
+def load_tracks(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        tracks = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TracksError(f"{path}: no tracks file") from None
+    except json.JSONDecodeError as err:
+        raise TracksError(f"{path}: not valid JSON ({err})") from None
+    validate_tracks(tracks, str(path))
+    return tracks
+
+
+def validate_tracks(tracks: dict, source: str = "tracks") -> None:
+    if not isinstance(tracks, dict) or not isinstance(tracks.get("objects"), list):
+        raise TracksError(f"{source}: expected an object with an 'objects' list (see docs/ARCHITECTURE.md)")
+    for number, obj in enumerate(tracks["objects"]):
+        if not isinstance(obj, dict) or not isinstance(obj.get("frames"), list):
+            raise TracksError(f"{source}: object {number} needs a 'frames' list")
+        for entry in obj["frames"]:
+            box = entry.get("box") if isinstance(entry, dict) else None
+            if not isinstance(entry, dict) or not isinstance(entry.get("frame"), int) or not (
+                isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+            ):
+                raise TracksError(f"{source}: object {obj.get('object_id', number)}: bad frame entry {entry!r}; "
+                                  "expected {'frame': int, 'box': [x1, y1, x2, y2]}")
+
+
+def crop_region(
+    box: Sequence[float], width: int, height: int, margin: float = 0.15, square: bool = True
+) -> tuple[int, int, int, int] | None:
+    """Integer pixel region ``(x1, y1, x2, y2)`` (exclusive ends) to crop for ``box``, inside the frame.
+
+    The box grows by ``margin`` times its size on each side; with ``square`` the region is the square
+    of the larger side centred on the box (shifted to stay inside the frame where it fits). ``None``
+    when the box lies outside the frame or is empty.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    box_w, box_h = x2 - x1, y2 - y1
+    if box_w <= 0 or box_h <= 0:
+        return None
+    centre_x, centre_y = (x1 + x2) / 2, (y1 + y2) / 2
+    half_w, half_h = box_w * (0.5 + margin), box_h * (0.5 + margin)
+    if square:
+        half_w = half_h = min(max(half_w, half_h), max(width, height) / 2)
+        # Keep the square inside the frame by sliding it (it still contains the box where possible).
+        centre_x = min(max(centre_x, half_w), width - half_w) if 2 * half_w <= width else width / 2
+        centre_y = min(max(centre_y, half_h), height - half_h) if 2 * half_h <= height else height / 2
+    left, top = int(np.floor(centre_x - half_w)), int(np.floor(centre_y - half_h))
+    right, bottom = int(np.ceil(centre_x + half_w)), int(np.ceil(centre_y + half_h))
+    left, top, right, bottom = max(left, 0), max(top, 0), min(right, width), min(bottom, height)
+    if right - left < 1 or bottom - top < 1:
+        return None
+    return left, top, right, bottom
+
+
+def _resize_crop(crop: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``(h, w, 3)`` -> uint8 ``(size, size, 3)`` (bilinear with antialiasing)."""
+    image_module = require("PIL.Image", "resizing object crops", extra="extract")
+    return np.asarray(image_module.fromarray(np.ascontiguousarray(crop)).resize((size, size), image_module.BILINEAR))
+
+
+def read_video_frames(path: str | os.PathLike, indices: Sequence[int]) -> tuple[dict[int, np.ndarray], int]:
+    """Decode ``path`` once, keeping the frames at ``indices`` at full resolution.
+
+    Returns ``({index: uint8 (H, W, 3)}, frames decoded)``; stops after the last wanted frame.
+    """
+    av = require("av", "video decoding")
+    path = Path(path)
+    wanted = set(int(i) for i in indices)
+    last = max(wanted) if wanted else -1
+    try:
+        if path.stat().st_size == 0:
+            raise TracksError(f"{path}: empty file (0 bytes)")
+        container = av.open(str(path))
+    except TracksError:
+        raise
+    except Exception as err:
+        raise TracksError(f"{path}: cannot open as a video ({type(err).__name__}: {err})") from None
+    frames: dict[int, np.ndarray] = {}
+    decoded = 0
+    with container:
+        if not container.streams.video:
+            raise TracksError(f"{path}: has no video stream")
+        try:
+            for index, frame in enumerate(container.decode(container.streams.video[0])):
+                decoded = index + 1
+                if index in wanted:
+                    frames[index] = frame.to_ndarray(format="rgb24")
+                if index >= last:
+                    break
+        except Exception as err:
+            raise TracksError(f"{path}: decoding failed after frame {decoded} ({type(err).__name__}: {err})") from None
+    return frames, decoded
+
+
+def _sample_entries(entries: list[dict], count: int) -> list[dict]:
+    """``count`` entries evenly spaced over a track (repeats when the track is shorter)."""
+    positions = np.linspace(0, len(entries) - 1, count)
+    return [entries[int(round(p))] for p in positions]
+
+
+def object_features_for_video(
+    video_path: str | os.PathLike,
+    tracks: dict | str | os.PathLike,
+    vision_encoder: Any,
+    tokens_per_object: int = OBJECT_TOKENS_PER_OBJECT,
+    margin: float = 0.15,
+    square: bool = True,
+) -> np.ndarray:
+    """Object features of one video: float32 ``(n, tokens_per_object, D)``, objects in ``object_id`` order.
+
+    ``vision_encoder`` is a :class:`llavidal.features.encoders.VisionEncoder` (or anything with
+    ``image_size`` and ``encode(uint8 (N, S, S, 3)) -> (N, P, D)``). Objects with no usable box are
+    left out; a video without objects gives ``(0, tokens_per_object, D)``.
+    """
+    if not isinstance(tracks, dict):
+        tracks = load_tracks(tracks)
+    else:
+        validate_tracks(tracks)
+    size = int(vision_encoder.image_size)
+    objects = sorted(tracks["objects"], key=lambda o: o.get("object_id", 0))
+    chosen: list[list[dict]] = []  # per object, the entries of the crops
+    for obj in objects:
+        entries = sorted((e for e in obj["frames"] if e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1]),
+                         key=lambda e: e["frame"])
+        if entries:
+            chosen.append(_sample_entries(entries, tokens_per_object))
+        else:
+            logger.debug("%s: object %s has no non-empty box; left out", video_path, obj.get("object_id"))
+    feature_dim = int(vision_encoder.feature_dim)
+    if not chosen:
+        return np.zeros((0, tokens_per_object, feature_dim), dtype=np.float32)
+    needed = sorted({e["frame"] for entries in chosen for e in entries})
+    frames, decoded = read_video_frames(video_path, needed)
+    missing = [i for i in needed if i not in frames]
+    if missing:
+        raise TracksError(f"{video_path}: the tracks refer to frame {missing[0]} but the video has {decoded} frames")
+    height, width = next(iter(frames.values())).shape[:2]
+    # Boxes are in the tracks' pixel space; rescale when the video has another resolution.
+    scale_x = width / float(tracks.get("width") or width)
+    scale_y = height / float(tracks.get("height") or height)
+    crops = []
+    for entries in chosen:
+        for entry in entries:
+            x1, y1, x2, y2 = entry["box"]
+            region = crop_region((x1 * scale_x, y1 * scale_y, x2 * scale_x, y2 * scale_y), width, height, margin, square)
+            if region is None:
+                raise TracksError(f"{video_path}: frame {entry['frame']}: box {entry['box']} lies outside the {width}x{height} frame")
+            left, top, right, bottom = region
+            crops.append(_resize_crop(frames[entry["frame"]][top:bottom, left:right], size))
+    patch_features = vision_encoder.encode(np.stack(crops))  # (n*k, P, D)
+    patch_features = patch_features.float().cpu().numpy() if hasattr(patch_features, "cpu") else np.asarray(patch_features)
+    if patch_features.ndim != 3 or patch_features.shape[-1] != feature_dim:
+        raise ValueError(f"the vision encoder returned {patch_features.shape}, expected (N, patches, {feature_dim})")
+    tokens = patch_features.mean(axis=1)  # (n*k, D): one token per crop
+    return tokens.reshape(len(chosen), tokens_per_object, feature_dim).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Extraction over a folder
+
+
+def object_manifest(encoder: Any, dtype: str, margin: float, square: bool, tokens_per_object: int, detector: str) -> FeatureManifest:
+    return FeatureManifest(
+        modality="object",
+        extractor="llavidal-object/crops",
+        feature_dim=int(encoder.feature_dim),
+        shape=[-1, tokens_per_object, int(encoder.feature_dim)],
+        dtype=dtype,
+        model_id=str(getattr(encoder, "model_id", "")),
+        weights_sha256=str(getattr(encoder, "weights_sha256", "")),
+        layer=getattr(encoder, "layer", None),
+        frames=tokens_per_object,
+        pooling=f"per object: {tokens_per_object} crops evenly spaced over its track (margin {margin}, "
+                f"{'square' if square else 'box'}), mean over patch tokens",
+        extra={"detector": detector, "image_size": int(getattr(encoder, "image_size", 0))},
+    )
+
+
+def extract_object_features(
+    video_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    vision_encoder: Any,
+    tracks_dir: str | os.PathLike | None = None,
+    detector: Any = None,
+    detector_frame_stride: int = 1,
+    margin: float = 0.15,
+    square: bool = True,
+    tokens_per_object: int = OBJECT_TOKENS_PER_OBJECT,
+    save_format: str = "safetensors",
+    dtype: str = "float16",
+    overwrite: bool = False,
+    progress: bool = True,
+):
+    """Library form of ``llavidal extract object``; returns the :class:`ExtractionSummary`."""
+    from llavidal.features.decode import find_videos, video_id_for
+
+    out_dir = Path(out_dir)
+    if tracks_dir is None and detector is None:
+        raise ValueError("pass tracks_dir (tracks files) or a detector (or both)")
+    tracks_dir = Path(tracks_dir) if tracks_dir is not None else out_dir / "tracks"
+    videos = [(video_id_for(p), p) for p in find_videos(video_dir)]
+    if not videos:
+        raise FileNotFoundError(f"no videos under {video_dir}")
+
+    def compute(sample_id: str, video_path: Path) -> np.ndarray:
+        tracks_path = tracks_dir / f"{sample_id}.json"
+        if not tracks_path.is_file():
+            if detector is None:
+                raise TracksError(f"no tracks file {tracks_path} (pass --detector to detect objects)")
+            from llavidal.features.objects.detect import detect_tracks
+
+            atomic_write_json(tracks_path, detect_tracks(video_path, detector, frame_stride=detector_frame_stride))
+        return object_features_for_video(video_path, load_tracks(tracks_path), vision_encoder, tokens_per_object, margin, square)
+
+    detector_name = f"detector:{detector.name}" if detector is not None else "tracks only"
+    manifest = object_manifest(vision_encoder, dtype, margin, square, tokens_per_object, detector_name)
+    return run_per_sample(
+        videos, out_dir, compute, manifest, suffix=FILE_SUFFIX, pickle_ext=PICKLE_EXTENSION,
+        expected_shape=manifest.shape, save_format=save_format, overwrite=overwrite, progress=progress,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llavidal extract object", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--video_dir", required=True, help="folder of videos (searched recursively; id = file name stem)")
+    parser.add_argument("--tracks_dir", default=None,
+                        help="folder of {id}.json object tracks; detector output is written here (default OUT/tracks)")
+    parser.add_argument("--out", required=True, help="output folder for {id}_object.safetensors and manifest.json")
+    parser.add_argument("--encoder", default="embedded",
+                        help="vision encoder: 'embedded' (default), a local CLIP folder, or open_clip:ARCH:WEIGHTS")
+    parser.add_argument("--detector", default=None,
+                        help="run this detector where no tracks file exists: ssd:PATH (.data/.tflite) or owlv2:FOLDER")
+    parser.add_argument("--classes", default=None, help="comma-separated classes to keep (SSD) or to query (OWLv2)")
+    parser.add_argument("--score_threshold", type=float, default=None, help="detector score threshold")
+    parser.add_argument("--detector_frame_stride", type=int, default=1, help="detect on every n-th frame")
+    parser.add_argument("--margin", type=float, default=0.15, help="crop margin as a fraction of the box size, per side")
+    parser.add_argument("--no_square", action="store_true", help="crop the box itself instead of a square around it")
+    parser.add_argument("--format", dest="save_format", choices=("safetensors", "pickle"), default="safetensors",
+                        help="'pickle' writes upstream's {id}_object.pkl")
+    parser.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="float16")
+    parser.add_argument("--device", default=None, help="torch device of the vision encoder (default: cuda when available)")
+    parser.add_argument("--batch_size", type=int, default=64, help="crops per encoder batch")
+    parser.add_argument("--overwrite", action="store_true", help="recompute existing outputs; replace a different recipe")
+    parser.add_argument("--no_progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.tracks_dir is None and args.detector is None:
+        print("error: pass --tracks_dir, --detector, or both", file=sys.stderr)
+        return 2
+    try:
+        from llavidal.features.encoders import load_vision_encoder
+
+        encoder = load_vision_encoder(args.encoder, device=args.device, batch_size=args.batch_size)
+        detector = None
+        if args.detector:
+            from llavidal.features.objects.detect import load_detector
+
+            classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+            options = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
+            detector = load_detector(args.detector, classes=classes, **options)
+        summary = extract_object_features(
+            args.video_dir, args.out, encoder, tracks_dir=args.tracks_dir, detector=detector,
+            detector_frame_stride=args.detector_frame_stride, margin=args.margin, square=not args.no_square,
+            save_format=args.save_format, dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress,
+        )
+    except (OSError, ValueError, FeatureFileError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
