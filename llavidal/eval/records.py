@@ -206,7 +206,7 @@ def normalise_record(raw: dict, kind: str, where: str, default_task: str = "") -
         raise ValueError(f"unknown record kind {kind!r}; one of {RECORD_KINDS}")
     if not isinstance(raw, dict):
         raise RecordFormatError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-    video_key, video = _first(raw, _VIDEO_KEYS)
+    _, video = _first(raw, _VIDEO_KEYS)
     if video is None:
         raise RecordFormatError(f"{where}: no video field (one of {', '.join(_VIDEO_KEYS)}); fields are {sorted(raw)}")
     video = _text(video)
@@ -272,8 +272,8 @@ def normalise_record(raw: dict, kind: str, where: str, default_task: str = "") -
         if not record.answer:
             raise RecordFormatError(f"{where}: no reference answer (one of {', '.join(_ANSWER_TEXT_KEYS)})")
         record.label = record.label or (record.answer if kind == "zeroshot" and len(record.answer) < 40 else "")
-    used = {video_key}
-    record.meta.update({k: v for k, v in raw.items() if k not in used and k in ("start", "end", "subject", "view")})
+    # Segment bounds and subject/view are kept for cross-subject / cross-view breakdowns.
+    record.meta.update({k: raw[k] for k in ("start", "end", "subject", "view") if k in raw})
     return record
 
 

@@ -10,6 +10,7 @@ LLaVA v1 folder (``LlavaLlamaForCausalLM``, see :mod:`llavidal.model.upstream`).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -200,6 +201,22 @@ def load_pretrained(
     return model, tokenizer
 
 
+def _legacy_sentencepiece_kwargs(path: str) -> dict:
+    """LLaMA SentencePiece folders whose tokenizer_config.json has no ``legacy`` key (upstream
+    Vicuna/LLaVA checkpoints) were trained with the legacy behaviour; recent transformers would
+    default to ``legacy=False``, which changes how text after special tokens is split and breaks the
+    upstream ``v1`` label masking. Keep the behaviour they were trained with."""
+    folder = Path(path)
+    if not (folder / "tokenizer.model").is_file():
+        return {}
+    config_file = folder / "tokenizer_config.json"
+    try:
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+    return {} if "legacy" in config else {"legacy": True}
+
+
 def load_tokenizer(path: str | os.PathLike) -> Any:
     """The tokenizer of a model folder (LLaVA v1 folders included), given a pad token if it has none
     (unk, as upstream LLaVA does, else eos)."""
@@ -207,14 +224,15 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
 
     path = str(path)
     _check_local(path, "tokenizer folder")
+    kwargs = _legacy_sentencepiece_kwargs(path)
     try:
         if is_llava_v1_folder(path):
             from llavidal.model.upstream import llama_config_from_llava, read_config_json
 
             config = llama_config_from_llava(read_config_json(path) or {})
-            tokenizer = AutoTokenizer.from_pretrained(path, config=config)
+            tokenizer = AutoTokenizer.from_pretrained(path, config=config, **kwargs)
         else:
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except OSError as err:
         raise FileNotFoundError(f"could not load a tokenizer from {path!r} ({err})") from err
     if tokenizer.pad_token is None:
