@@ -34,6 +34,16 @@ from typing import Any
 _MARK = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
 
 
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def local_only_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without proxy settings, so that clients reach 127.0.0.1 directly and nothing else."""
+    env = {k: v for k, v in env.items() if k not in PROXY_VARIABLES}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
 def request_key(messages: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
 

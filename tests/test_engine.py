@@ -100,3 +100,18 @@ def test_from_pretrained_and_v1_template(tmp_path):
     assert text.rstrip().endswith("ASSISTANT:") and "USER: What is the person doing?\n<vid_start>" in text
     answers = engine.generate(requests()[:1], max_new_tokens=3, temperature=0.7, top_p=0.9)
     assert len(answers) == 1 and isinstance(answers[0], str)
+
+
+def test_generation_never_emits_modality_tokens():
+    engine = tiny_engine()
+    model = engine.model
+    modality_ids = model.modality_token_ids()
+    assert len(modality_ids) == 9
+    # Make the LM head prefer modality tokens strongly: generation must still avoid them.
+    head = model.llm.get_output_embeddings()
+    with torch.no_grad():
+        head.weight[modality_ids] = head.weight[modality_ids] * 0 + 5.0
+    inputs, features, _ = engine._encode(requests())
+    new = model.generate(inputs["input_ids"], inputs["attention_mask"], modality_features=features,
+                         max_new_tokens=6, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
+    assert not set(new.flatten().tolist()) & set(modality_ids)

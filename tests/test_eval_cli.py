@@ -14,10 +14,20 @@ from llavidal.eval.cli import main as eval_main
 from llavidal.eval.cli import upstream_main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_openai_server import FakeOpenAIServer  # noqa: E402
+from fake_openai_server import PROXY_VARIABLES, FakeOpenAIServer, local_only_env  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_proxies(monkeypatch):
+    """Clients must talk to the local server directly, never through a proxy from the environment."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+ENV = local_only_env({**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
 SIX = {
     "A": "drink water",
     "B": "eat food",

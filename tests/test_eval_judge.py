@@ -19,7 +19,17 @@ from llavidal.eval.records import EvalRecord
 from llavidal.eval.scoring import score_judged
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_openai_server import FakeOpenAIServer  # noqa: E402
+from fake_openai_server import PROXY_VARIABLES, FakeOpenAIServer  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_proxies(monkeypatch):
+    """Clients must talk to the local server directly, never through a proxy from the environment."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
 
 pytest.importorskip("openai")
 
@@ -234,3 +244,26 @@ def test_cache_is_wal_and_keyed_by_judge_and_prompt_version(server, tmp_path):
     before = server.count()
     other.judge(items)
     assert server.count() == before + 1  # a different judge id is a different key
+
+
+def test_mcq_fallback_through_the_openai_judge(server, tmp_path):
+    from llavidal.eval.mcq import score_mcq
+
+    choices = {"A": "drink water", "B": "eat food", "C": "walk"}
+    records = [
+        EvalRecord(
+            id=f"m{i}", video="v.mp4", question="What next?", choices=choices, answer_letter="B", answer="eat food"
+        )
+        for i in range(3)
+    ]
+    replies = {
+        "m0": "(B)",  # parsed deterministically: the judge is not asked
+        "m1": "[[reply={'choice': 'B'}]] the person has a meal",
+        "m2": "[[reply=I am not sure]] something else happens",
+    }
+    result = score_mcq(replies, records, judge=make_judge(server, tmp_path))
+    assert server.count() == 2
+    methods = {item["id"]: (item["parse_method"], item["parsed_letter"]) for item in result["items"]}
+    assert methods == {"m0": ("bare", "B"), "m1": ("judge", "B"), "m2": ("none", None)}
+    assert result["metrics"]["correct"] == 2 and result["metrics"]["missing"] == 1
+    assert result["judge"]["model"] == "judge-model-2024-01-01"

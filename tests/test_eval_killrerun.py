@@ -17,7 +17,17 @@ from llavidal.eval.judges.cache import JudgeCache
 from llavidal.eval.records import EvalRecord
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_openai_server import FakeOpenAIServer  # noqa: E402
+from fake_openai_server import PROXY_VARIABLES, FakeOpenAIServer, local_only_env  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_proxies(monkeypatch):
+    """Clients must talk to the local server directly, never through a proxy from the environment."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
 
 pytest.importorskip("openai")
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +90,7 @@ def test_kill9_then_rerun_gives_identical_report_without_repeating_committed_cal
 
         # Killed run.
         cache, out = tmp_path / "run.sqlite", tmp_path / "run"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        env = local_only_env({**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
         command = [sys.executable, "-m", "llavidal.eval.cli", *judge_args(server, predictions, cache, out)]
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.time() + 60

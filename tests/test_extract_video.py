@@ -273,12 +273,16 @@ def test_llavidal_extract_video_command_and_duplicate_ids(corpus, tiny_clip, tmp
     copy_file(corpus["good"]["sit"], videos / "b" / "same.mkv")  # the same id from another folder
     copy_file(corpus["good"]["sit"], videos / "b" / "other.mkv")
     out = tmp_path / "features"
+    out.mkdir()
+    stale = out / ".other.safetensors.k3x9q2ab.tmp.safetensors"  # what a run killed mid-write leaves
+    stale.write_bytes(b"half a file")
     code = cli_main(["extract", "video", "--video_dir_path", str(videos), "--clip_feat_path", str(out),
                      "--encoder", str(tiny_clip), "--num_frames", "8", "--spatial_grid", "4", "--workers", "0",
                      "--feature_dtype", "float32", "--progress", "False"])
     assert code == 1  # the duplicate id is a failure, not a silent overwrite
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["other.safetensors", "same.safetensors"]
     assert load_feature_file(out / "other.safetensors").shape == (8 + 16, 32)
+    assert not stale.exists()
     [failure] = [json.loads(line) for line in (out / "failed.jsonl").read_text().splitlines()]
     assert "duplicate video id 'same'" in failure["reason"] and failure["video"].endswith("same.mkv")
 

@@ -48,7 +48,15 @@ from llavidal.data.feature_store import (
     save_features,
     save_pickle_features,
 )
-from llavidal.features.decode import DECODERS, DecodedVideo, VideoDecodeError, decode_video, find_videos, video_id_for
+from llavidal.features.decode import (
+    DECODERS,
+    VIDEO_EXTENSIONS,
+    DecodedVideo,
+    VideoDecodeError,
+    decode_video,
+    find_videos,
+    video_id_for,
+)
 from llavidal.features.encoders import EMBEDDED_NAME, VisionEncoder, load_vision_encoder
 from llavidal.features.pooling import PoolingConfig, spatio_temporal_pool
 from llavidal.utils import dist as dist_utils
@@ -535,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, local_cores - args.workers))
     try:
         videos = find_videos(args.video_dir_path)
+        if not videos:
+            raise FileNotFoundError(f"no video files under {args.video_dir_path} (looked for {', '.join(VIDEO_EXTENSIONS)})")
         encoder = load_vision_encoder(args.encoder, device=device, dtype=args.dtype, batch_size=args.batch_size)
         if dist_utils.rank() == 0:
             print(f"{len(videos)} videos under {args.video_dir_path}; encoder {encoder.model_id} "

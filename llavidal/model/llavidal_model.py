@@ -470,7 +470,15 @@ class LlavidalModel(nn.Module):
                 "generate() needs LEFT padding (tokenizer.padding_side = 'left'): some rows end in padding"
             )
         inputs_embeds, _ = self.embed_inputs(input_ids, modality_features, sample_ids)
+        # Modality tokens are inputs only: never let the LLM emit one (an untrained or weakly trained
+        # projector can otherwise make a model answer with patch tokens that decode to nothing).
+        if "suppress_tokens" not in generate_kwargs and "generation_config" not in generate_kwargs:
+            generate_kwargs["suppress_tokens"] = self.modality_token_ids()
         return self.llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    def modality_token_ids(self) -> list[int]:
+        """Ids of every modality token (patch, start, end of each modality)."""
+        return sorted({int(i) for ids in self.token_ids.values() for i in ids.values()})
 
     # ------------------------------------------------------------------ weights
     def trainable_state_dict(self) -> dict[str, Tensor]:

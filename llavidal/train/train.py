@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
         model=model, args=training_args, train_dataset=dataset, data_collator=collator,
         extra_config={
             "feature_folders": data_args.feature_folders(),
+            # Copies of the folders' manifests, so that a weights folder describes its own features
+            # (the demo and the engine check extractors against these, wherever the folders went).
+            "feature_manifests": _feature_manifests(data_args.feature_folders()),
             "data_path": data_args.data_path,
             "model_max_length": training_args.model_max_length,
         },
@@ -146,3 +149,15 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _feature_manifests(folders: dict) -> dict:
+    from llavidal.data.feature_store import FeatureManifest
+
+    manifests = {}
+    for name, folder in (folders or {}).items():
+        manifest = FeatureManifest.load(folder) if folder else None
+        if manifest is not None:
+            manifests[name] = manifest.to_dict()
+    return manifests
+

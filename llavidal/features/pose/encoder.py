@@ -14,8 +14,9 @@ Pipeline (one sample)::
       -> transformer encoder (absent persons masked out)                  (F*M, hidden)
       -> pool/interpolate the time-major sequence to ``tokens`` rows      (tokens, dim)
 
-With the defaults F = 128 frames and M = 2 persons the sequence already has 256 positions, so the
-output rows are the transformer's own outputs. A pooled embedding (masked mean) and an optional linear
+With the defaults F = 64 frames and M = 2 persons the sequence has 128 positions, linearly
+interpolated to the 256 output rows (``num_frames=128`` makes them the transformer's own outputs at
+about four times the attention cost; a clip is rarely longer than a few seconds of motion). A pooled embedding (masked mean) and an optional linear
 projection into a text encoder's space serve contrastive pretraining
 (:mod:`llavidal.features.pose.pretrain`).
 
@@ -70,7 +71,7 @@ class PoseEncoderConfig:
     mlp_ratio: float = 2.0
     """Feed-forward width as a multiple of ``hidden``."""
     dropout: float = 0.1
-    num_frames: int = 128
+    num_frames: int = 64
     """Frames the input is resampled to (F); the sequence has F x persons positions."""
     num_persons: int = 2
     num_joints: int = NUM_JOINTS

