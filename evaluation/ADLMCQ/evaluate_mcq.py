@@ -1,4 +1,4 @@
-"""ADLMCQ scoring (action recognition and forecasting): deterministic answer parsing, accuracy with
+r"""ADLMCQ scoring (action recognition and forecasting): deterministic answer parsing, accuracy with
 missing answers counted wrong, per-task and per-class tables, report and gallery.
 
 Run as:

@@ -1,4 +1,4 @@
-"""Zero-shot QA (ActivityNet-QA, MSVD-QA, MSRVTT-QA style) at the upstream path: yes/no accuracy + score.
+r"""Zero-shot QA (ActivityNet-QA, MSVD-QA, MSRVTT-QA style) at the upstream path: yes/no accuracy + score.
 
 Run as:
     python evaluation/quantitative_evaluation/evaluate_activitynet_qa.py --pred_path PRED.json \

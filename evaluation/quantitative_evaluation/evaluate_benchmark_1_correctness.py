@@ -1,4 +1,4 @@
-"""Video-ChatGPT benchmark, criterion 'correctness', at the upstream path (a thin wrapper of llavidal eval).
+r"""Video-ChatGPT benchmark, criterion 'correctness', at the upstream path (a thin wrapper of llavidal eval).
 
 Run as:
     python evaluation/quantitative_evaluation/evaluate_benchmark_1_correctness.py --pred_path PRED.json \

@@ -1,4 +1,4 @@
-"""Video-ChatGPT benchmark, criterion 'detail', at the upstream path (a thin wrapper of llavidal eval).
+r"""Video-ChatGPT benchmark, criterion 'detail', at the upstream path (a thin wrapper of llavidal eval).
 
 Run as:
     python evaluation/quantitative_evaluation/evaluate_benchmark_2_detailed_orientation.py --pred_path PRED.json \

@@ -1,4 +1,4 @@
-"""``llavidal eval``: inference, MCQ scoring, judging and reports.
+r"""``llavidal eval``: inference, MCQ scoring, judging and reports.
 
 Run as:
     llavidal eval infer  --benchmark adlmcq_forecasting --records lemma.json --weights W --video_folder V \

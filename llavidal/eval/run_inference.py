@@ -1,4 +1,4 @@
-"""Batched, resumable, sharded generation over a benchmark's records through the inference engine.
+r"""Batched, resumable, sharded generation over a benchmark's records through the inference engine.
 
 Run as:
     llavidal eval infer --benchmark adlmcq_forecasting --records lemma_mcq.json --weights out/stage3 \

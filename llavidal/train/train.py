@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
     attn = model_args.attn_implementation
     if attn is None and fastest_attention:
         attn = best_attn_implementation(torch_dtype=torch_dtype)
+    # Seed before the projectors are created, so that a run is reproducible from its arguments.
+    transformers.set_seed(training_args.seed)
     model, tokenizer = build_model(
         model_args.model_name_or_path, registry, torch_dtype=torch_dtype, attn_implementation=attn,
         use_modality_string_prefix=model_args.use_modality_string_prefix,
