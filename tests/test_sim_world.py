@@ -255,9 +255,11 @@ def test_rerun_is_byte_identical_and_resumes(small_world, tmp_path):
     other = tmp_path / "again"
     generate_world(other, preset="small", seed=0, workers=1, progress=False)  # other worker count, fresh folder
     assert _hashes(other) == first
-    # resume: delete one clip's video; a rerun redoes only that performance and ends identical
+    # resume: delete one clip's video and add a stale one; a rerun redoes only that performance, removes the
+    # stale clip and ends identical
     victim = sorted((other / "videos").glob("*A001.mp4"))[0]
     victim.unlink()
+    (other / "videos" / "S009C001P001R001A001.mp4").write_bytes(b"stale clip of another plan")
     started = time.perf_counter()
     generate_world(other, preset="small", seed=0, workers=1, progress=False)
     print(f"\nresume: {time.perf_counter() - started:.1f} s")

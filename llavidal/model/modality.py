@@ -210,7 +210,9 @@ def expand_placeholders(
         if count == 0:
             continue
         rows = feature_rows.get(spec.name)
-        replacement = "" if rows is None else spec.span_text(rows, use_prefix)
+        # A variable-length modality with no items (a clip without objects) is absent, not an empty span.
+        absent = rows is None or (spec.variable and rows == 0)
+        replacement = "" if absent else spec.span_text(rows, use_prefix)
         text = text.replace(spec.placeholder, replacement)
     return text
 

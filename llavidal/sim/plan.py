@@ -10,6 +10,7 @@ the end of its k-th activity) appends ``K{k}``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -226,7 +227,8 @@ def make_plan(preset: Preset, seed: int) -> dict:
             performances.append(entry)
     for number in range(1, preset.routines + 1):
         rng = _rng(seed, 4, number)
-        subject = (number * 5) % preset.subjects + 1
+        step = 7 if math.gcd(7, preset.subjects) == 1 else 1  # visit every subject in turn
+        subject = (number * step) % preset.subjects + 1
         setup = number % preset.setups + 1
         replication = number % 2 + 1
         length = int(rng.integers(preset.routine_length[0], preset.routine_length[1] + 1))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from llavidal import __version__
 from llavidal.sim.activities import ACTIVITIES, BY_NAME
-from llavidal.sim.plan import PRESETS, clip_id, make_plan
+from llavidal.sim.plan import PRESETS, clip_id, make_plan, parse_clip_id
 from llavidal.utils.io import atomic_write_json
 
 SUBDIRS = ("videos", "skeletons", "tracks", "meta")
@@ -167,6 +167,20 @@ def render_task(task: tuple[str, dict]) -> list[dict]:
     return metas
 
 
+def _remove_stale_clips(root: Path, keep: set[str]) -> None:
+    """Delete clips of an earlier plan (another preset or seed in the same folder), so the folder holds
+    exactly this world."""
+    for sub, suffix in (("videos", ".mp4"), ("skeletons", ".skeleton"), ("tracks", ".json"), ("meta", ".json")):
+        for path in (root / sub).glob(f"*{suffix}"):
+            name = path.name[: -len(suffix)]
+            try:
+                parse_clip_id(name)
+            except ValueError:
+                continue  # not ours: leave it
+            if name not in keep:
+                path.unlink()
+
+
 def _estimated_cost(performance: dict) -> float:
     return len(performance["cameras"]) * (len(performance["segments"]) * 3.0 + (2 if performance["kind"] == "routine" else 0))
 
@@ -205,6 +219,7 @@ def generate_world(out_dir: str | os.PathLike, preset: str = "small", seed: int 
                 bar.update(1)
     bar.close()
     metas.sort(key=lambda m: m["clip_id"])
+    _remove_stale_clips(root, {m["clip_id"] for m in metas})
 
     from llavidal.sim.annotate import write_annotations
 

@@ -226,7 +226,8 @@ def object_manifest(encoder: Any, dtype: str, margin: float, square: bool, token
         frames=tokens_per_object,
         pooling=f"per object: {tokens_per_object} crops evenly spaced over its track (margin {margin}, "
                 f"{'square' if square else 'box'}), mean over patch tokens",
-        extra={"detector": detector, "image_size": int(getattr(encoder, "image_size", 0))},
+        extra={"detector": detector, "image_size": int(getattr(encoder, "image_size", 0)), "margin": margin,
+               "square": square, "tokens_per_object": tokens_per_object},
     )
 
 
