@@ -486,6 +486,11 @@ class LazySupervisedDataset(Dataset):
         prepared = self.samples[index]
         record = self.records[prepared.record_index]
         features = self._load_features(prepared, index)
+        # A variable-length modality with no items (a clip without objects) is absent for this sample.
+        features = {
+            name: tensor for name, tensor in features.items()
+            if not (self.modalities[name].variable and tensor.shape[0] == 0)
+        }
         rows = {name: int(tensor.shape[0]) for name, tensor in features.items()}
         # Tokenise with one patch token per span, then repeat it k times: identical to tokenising the
         # text from expand_placeholders (patch tokens are atomic added tokens), without paying for
