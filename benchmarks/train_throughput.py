@@ -3,11 +3,20 @@
 Run as: python benchmarks/train_throughput.py                      # CPU: tiny + small Llama configs
         python benchmarks/train_throughput.py --configs 1b 7b      # CUDA: bf16, random weights
 
-Samples imitate ADL-X instruction data: videos with 6 QAs each, every QA one sample of a system prompt,
-a question (8-30 tokens), the video span (356 tokens), an object span (8 per object, 1-6 objects), a
-pose span (256 tokens) and an answer (20-300 tokens). Token ids and features are random. The LLM is a
-randomly initialised Llama of the chosen size, frozen; the projectors and modality token rows train
-(upstream ``--tune_mm_mlp_adapter True``), with AdamW.
+Two length distributions of training records (``--records``); token ids and features are random:
+
+* ``six_qa`` (default): ADL-X instruction data as upstream lays it out: videos with 6 QAs each, every QA
+  one sample of a system prompt, a question (8-30 tokens), the video span (356 tokens), an object span
+  (8 per object, 1-6 objects), a pose span (256 tokens) and an answer (20-300 tokens);
+* ``single_qa``: every QA its own record, as in mixed Video-ChatGPT + ADL-X data: a question of 10-40
+  tokens and an answer of 20-300 tokens; half the records are Video-ChatGPT-like (video span only), the
+  other half ADL-X-like (video + pose, and an object span of 1-6 objects in 2 of 3 of them). Same
+  number of samples as ``six_qa`` (``--videos`` x 6), each with its own features.
+
+The LLM is a randomly initialised Llama of the chosen size, frozen; the projectors and modality token
+rows train (upstream ``--tune_mm_mlp_adapter True``), with AdamW. Training-mode forwards compute the
+LM head only where a label is supervised (``LlavidalModel.forward``); ``--full_logits`` computes it at
+every position (the behaviour before that change).
 
 Each mode runs in its own subprocess (its own peak memory), on the same samples in the same order
 (``padded-grouped`` reorders them with the HF length-grouped sampler, as ``--group_by_length`` does):
@@ -111,6 +120,48 @@ def make_samples(num_videos: int, vocab: int, token_ids: dict[str, dict[str, int
     return items
 
 
+def make_single_qa_samples(
+    num_records: int, vocab: int, token_ids: dict[str, dict[str, int]], seed: int
+) -> list[dict[str, Any]]:
+    """One QA per record: questions 10-40 tokens, answers 20-300; half video-only (Video-ChatGPT-like),
+    half ADL-X-like (video + pose, objects 1-6 in 2 of 3 records)."""
+    generator = torch.Generator().manual_seed(seed)
+    first_text_id = 1 + max(i for ids in token_ids.values() for i in ids.values())  # never a modality token
+
+    def randint(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+    def text(count: int) -> list[int]:
+        return torch.randint(first_text_id, vocab, (count,), generator=generator).tolist()
+
+    items = []
+    for record in range(num_records):
+        adl = randint(0, 1) == 1
+        objects = randint(1, 6) if adl and randint(0, 2) > 0 else 0
+        features: dict[str, torch.Tensor] = {"video": torch.randn(VIDEO_TOKENS, VIDEO_DIM, generator=generator)}
+        if objects:
+            features["object"] = torch.randn(objects, OBJECT_GROUP, OBJECT_DIM, generator=generator)
+        if adl:
+            features["pose"] = torch.randn(POSE_TOKENS, POSE_DIM, generator=generator)
+        spans: list[int] = []
+        for name, rows in (("video", VIDEO_TOKENS), ("object", OBJECT_GROUP * objects), ("pose", POSE_TOKENS)):
+            if name not in features:
+                continue
+            ids = token_ids[name]
+            spans += [ids["start"], *[ids["patch"]] * rows, ids["end"]]
+        context = text(SYSTEM_TOKENS) + text(randint(10, 40)) + spans + text(3)  # "... ASSISTANT:"
+        answer = text(randint(20, 300)) + [2]  # answer + </s>
+        items.append({
+            "input_ids": torch.tensor(context + answer), "labels": torch.tensor([-100] * len(context) + answer),
+            "modality_features": features, "id": f"{'adl' if adl else 'vcgpt'}{record:04d}",
+        })
+    return items
+
+
+RECORDS = {"six_qa": make_samples, "single_qa": lambda videos, *rest: make_single_qa_samples(videos * 6, *rest)}
+"""--records: name -> (videos, vocab, token_ids, seed) -> items."""
+
+
 def batch_order(items: list[dict[str, Any]], batch_size: int, mode: str, seed: int) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     if mode == "padded-grouped":
@@ -188,10 +239,12 @@ def run_worker(args: argparse.Namespace) -> Result:
     else:
         model.llm.config.use_cache = False
         collator = PaddedCollator(pad_token_id=tokenizer.pad_token_id)
-    items = make_samples(args.videos, CONFIGS[args.config][5], model.token_ids, args.seed)
+    items = RECORDS[args.records](args.videos, CONFIGS[args.config][5], model.token_ids, args.seed)
     batches = batch_order(items, args.batch_size, args.mode, args.seed)[: args.steps + 1]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
+    if args.full_logits:
+        model.sparse_training_logits = False  # LM head at every position, as before sparse logits
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -277,13 +330,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="model sizes (default: tiny small on CPU, 1b 7b on CUDA)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--videos", type=int, default=6, help="videos (6 samples each)")
+    parser.add_argument("--videos", type=int, default=6, help="videos (6 samples each; single_qa makes the same number of records)")
     parser.add_argument("--batch_size", type=int, default=4, help="samples per micro-batch (upstream: 4)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per mode (after one warm-up step)")
     parser.add_argument("--packing_max_length", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (default: by name)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--records", choices=sorted(RECORDS), default="six_qa",
+                        help="length distribution: six_qa (6 QAs per video) or single_qa (one QA per record, "
+                             "mixed Video-ChatGPT + ADL-X modalities)")
+    parser.add_argument("--full_logits", action="store_true",
+                        help="compute the LM head at every position (the behaviour before sparse training logits)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -307,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
             command = [sys.executable, os.path.abspath(__file__), "--worker", config, mode,
                        "--device", args.device, "--videos", str(args.videos), "--batch_size", str(args.batch_size),
                        "--steps", str(args.steps), "--packing_max_length", str(args.packing_max_length),
-                       "--seed", str(args.seed)]
+                       "--seed", str(args.seed), "--records", args.records]
+            if args.full_logits:
+                command.append("--full_logits")
             if args.threads:
                 command += ["--threads", str(args.threads)]
             print(f"running {config} {mode} ...", file=sys.stderr, flush=True)
@@ -318,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     threads = args.threads or torch.get_num_threads()
     print(f"device: {device_name}" + (f" ({threads} threads)" if device.type == "cpu" else "")
-          + f"; {args.videos * 6} samples, {args.batch_size} per micro-batch, {args.steps} timed steps per mode; "
-          f"packing_max_length {args.packing_max_length}")
+          + f"; records {args.records}, {args.videos * 6} samples, {args.batch_size} per micro-batch, "
+          f"{args.steps} timed steps per mode; packing_max_length {args.packing_max_length}; "
+          f"{'full' if args.full_logits else 'supervised-only'} training logits")
     print_table(results, peak_tflops(device_name, args.peak_tflops) if device.type == "cuda" else None)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

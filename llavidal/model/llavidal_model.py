@@ -72,23 +72,53 @@ class LoadReport:
     """Our parameter names the file had no value for."""
 
 
+def shifted_labels(labels: Tensor) -> Tensor:
+    """labels (B, T) -> the label each position predicts (B, T): ``labels[:, t + 1]``, ``IGNORE_INDEX`` last."""
+    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+
+
+def supervised_positions(labels: Tensor) -> Tensor:
+    """(B, T) bool: positions whose next label is supervised, the only ones whose logits the loss uses."""
+    return shifted_labels(labels) != IGNORE_INDEX
+
+
 def causal_lm_loss(logits: Tensor, labels: Tensor, num_items_in_batch: int | Tensor | None = None) -> Tensor:
     """Next-token cross-entropy, shifted as transformers does.
 
-    logits: (B, T, V); labels: (B, T) with ``IGNORE_INDEX`` on unsupervised positions. Returns the
-    sum over supervised tokens divided by ``num_items_in_batch`` when given (the HF Trainer passes the
-    count over all gradient-accumulation micro-batches), else the mean over this batch's supervised
-    tokens. Padded and packed batches thus optimise the same objective.
+    logits: (B, T, V) at every position, or (N, V) at the :func:`supervised_positions` of ``labels``
+    only (row-major order; what :meth:`LlavidalModel.forward` returns in training mode); labels: (B, T)
+    with ``IGNORE_INDEX`` on unsupervised positions. Returns the sum over supervised tokens divided by
+    ``num_items_in_batch`` when given (the HF Trainer passes the count over all gradient-accumulation
+    micro-batches), else the mean over this batch's supervised tokens. Padded and packed batches thus
+    optimise the same objective.
     """
     labels = labels.to(logits.device)
-    shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1)  # (B*T,)
-    flat_logits = logits.float().reshape(-1, logits.shape[-1])  # (B*T, V)
+    shift_labels = shifted_labels(labels).reshape(-1)  # (B*T,)
+    if logits.dim() == 2:  # kept logits: one row per supervised position
+        shift_labels = shift_labels[shift_labels != IGNORE_INDEX]  # (N,)
+        if logits.shape[0] != shift_labels.shape[0]:
+            raise ValueError(
+                f"logits of shape {tuple(logits.shape)} hold {logits.shape[0]} positions but the labels supervise "
+                f"{shift_labels.shape[0]}; pass (B, T, V) logits or those of supervised_positions(labels)"
+            )
+    flat_logits = logits.float().reshape(-1, logits.shape[-1])  # (B*T, V) or (N, V)
     if num_items_in_batch is None:
         return F.cross_entropy(flat_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="mean")
     loss = F.cross_entropy(flat_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     if isinstance(num_items_in_batch, Tensor):
         num_items_in_batch = num_items_in_batch.to(loss.device)
     return loss / num_items_in_batch
+
+
+def _transformers_keeps_masked_logits() -> bool:
+    """Whether transformers' ``slice_logits_to_keep`` takes a boolean (B, T) mask (5.x does)."""
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep
+
+        kept = slice_logits_to_keep(torch.zeros(2, 3, 1), torch.tensor([[True, False, True], [False, False, True]]))
+    except Exception:  # noqa: BLE001 - an older transformers: positions only
+        return False
+    return tuple(kept.shape) == (3, 1)
 
 
 def add_modality_tokens(
@@ -150,6 +180,9 @@ class LlavidalModel(nn.Module):
     accepts_loss_kwargs = True
     # Let the HF Trainer know parameters may be frozen.
     supports_gradient_checkpointing = True
+    # Training-mode forwards with labels compute the LM head only at supervised positions (see forward).
+    # Set False (or pass ``full_logits=True``) for logits at every position.
+    sparse_training_logits = True
 
     def __init__(
         self,
@@ -210,6 +243,9 @@ class LlavidalModel(nn.Module):
             package_version=_package_version(),
         )
         self.setup_training(freeze_llm=True)
+        # Start in the LLM's mode, as a transformers model would (``from_pretrained`` gives eval mode);
+        # the HF Trainer calls ``train()``.
+        self.train(bool(llm.training))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -419,6 +455,7 @@ class LlavidalModel(nn.Module):
         modality_features: ModalityFeatures | None = None,
         sample_ids: Sequence[Any] | None = None,
         num_items_in_batch: int | Tensor | None = None,
+        full_logits: bool | None = None,
         **llm_kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Splice features, run the LLM, and compute the loss when ``labels`` are given.
@@ -426,11 +463,24 @@ class LlavidalModel(nn.Module):
         input_ids, attention_mask, labels, position_ids: (B, T). Extra kwargs (``use_cache``,
         flash-attention varlen ``cu_seq_lens_*`` of packed rows...) go to the LLM unchanged. A packed row
         is given with ``position_ids`` restarting at 0 for each sample and ``attention_mask=None``.
+
+        Logits. By default (``full_logits=None``) a forward in training mode with ``labels`` runs the LM
+        head only at the positions whose next label is supervised (:func:`supervised_positions`; the
+        LLM's ``logits_to_keep`` with a boolean (B, T) mask), since the loss reads no other logits: the
+        returned ``logits`` are then (N, V), N = number of supervised next-token labels, in row-major
+        (row, position) order, so ``logits[i]`` predicts the i-th supervised label. Loss and gradients
+        are those of the full logits. Otherwise (eval mode, no labels, ``full_logits=True`` or
+        ``sparse_training_logits = False``, or an LLM whose forward takes no ``logits_to_keep``) the
+        logits are (B, T, V), as before; ``full_logits=False`` asks for the sparse head in eval mode too.
         """
         inputs_embeds, used = self.embed_inputs(input_ids, modality_features, sample_ids)
         # No KV cache unless asked: training needs none, and transformers only builds the block-diagonal
         # mask of packed rows (position_ids restarting, no attention_mask) when there is no cache.
         llm_kwargs.setdefault("use_cache", False)
+        if full_logits is None:
+            full_logits = not (self.training and self.sparse_training_logits)
+        if labels is not None and not full_logits and "logits_to_keep" not in llm_kwargs and self._llm_keeps_logits():
+            llm_kwargs["logits_to_keep"] = supervised_positions(labels).to(inputs_embeds.device)  # (B, T) bool
         outputs = self.llm(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **llm_kwargs
         )
@@ -447,6 +497,24 @@ class LlavidalModel(nn.Module):
             hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
         )
+
+    def _llm_keeps_logits(self) -> bool:
+        """Whether the LLM's forward takes ``logits_to_keep`` (transformers' causal LMs; a boolean
+        (B, T) mask selects positions, flattened to (N, V), since transformers 5)."""
+        cached = self.__dict__.get("_keeps_logits")
+        if cached is None:
+            import inspect
+
+            try:
+                parameters = inspect.signature(self.base_llm.forward).parameters
+            except (TypeError, ValueError):
+                parameters = {}
+            cached = "logits_to_keep" in parameters and _transformers_keeps_masked_logits()
+            if not cached:
+                logger.info("%s takes no logits_to_keep: training computes logits at every position",
+                            type(self.base_llm).__name__)
+            self.__dict__["_keeps_logits"] = cached
+        return cached
 
     @torch.no_grad()
     def generate(
