@@ -5,7 +5,8 @@ Run as:
     python benchmarks/extract_video.py --encoder /models/clip-vit-large-patch14 --device cuda --videos 200
 
 Both pipelines use the same encoder object, the same frame sampling, pooling and output format, and
-write into separate folders; the outputs are compared at the end. The baseline is upstream's algorithm:
+write into fresh folders; the outputs are compared at the end. Rounds interleave the pipelines and
+the best time of each counts, so that other load on the machine does not favour one of them. The baseline is upstream's algorithm:
 for each video decode it, encode its frames in chunks of ``--batch_size``, pool, save. Ours decodes in
 ``--workers`` processes while the main process encodes frames of several videos per batch. A row with
 ``--workers 0`` separates the gain of cross-video batching from that of overlapped decoding.
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds; the best time of each pipeline counts")
     parser.add_argument("--keep", default="", help="keep the generated videos and features in this folder")
     args = parser.parse_args(argv)
 
@@ -133,11 +135,20 @@ def main(argv: list[str] | None = None) -> int:
         encoder = load_vision_encoder(args.encoder, device=None if args.device == "auto" else args.device,
                                       dtype=args.dtype, batch_size=args.batch_size)
         encoder.encode(np.zeros((2, encoder.image_size, encoder.image_size, 3), dtype=np.uint8))  # warm up
-        rows = [("sequential (upstream loop)", sequential_baseline(paths, work / "out_sequential", encoder, args.num_frames, args.batch_size))]
+        pipelines = [("sequential (upstream loop)", lambda out: sequential_baseline(paths, out, encoder, args.num_frames, args.batch_size))]
         if args.workers > 0:
-            rows.append(("ours, workers=0 (cross-video batches)", ours(paths, work / "out_ours_w0", encoder, args.num_frames, args.batch_size, 0)))
-        rows.append((f"ours, workers={args.workers}", ours(paths, work / "out_ours", encoder, args.num_frames, args.batch_size, args.workers)))
-        difference = max_difference(work / "out_sequential", work / "out_ours")
+            pipelines.append(("ours, workers=0 (cross-video batches)", lambda out: ours(paths, out, encoder, args.num_frames, args.batch_size, 0)))
+        pipelines.append((f"ours, workers={args.workers}", lambda out: ours(paths, out, encoder, args.num_frames, args.batch_size, args.workers)))
+        # Rounds interleave the pipelines, so that a change in machine load affects them alike; best of rounds.
+        best = {name: float("inf") for name, _ in pipelines}
+        for round_index in range(args.repeat):
+            for index, (name, run) in enumerate(pipelines):
+                out = work / f"out_{index}"
+                shutil.rmtree(out, ignore_errors=True)  # every round starts from nothing (ours would skip)
+                best[name] = min(best[name], run(out))
+                print(f"round {round_index + 1}: {name}: {len(paths) / best[name]:.2f} videos/s (best so far)", file=sys.stderr)
+        rows = [(name, best[name]) for name, _ in pipelines]
+        difference = max_difference(work / "out_0", work / f"out_{len(pipelines) - 1}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -146,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nencoder {encoder.model_id} ({encoder.feature_dim}-d) on {encoder.device} {str(encoder.dtype).replace('torch.', '')}, "
           f"{args.num_frames} frames/video, batch {args.batch_size}, {os.cpu_count()} CPU cores, "
           f"torch threads {torch.get_num_threads()}")
-    print(f"| pipeline | videos | seconds | videos/s | vs sequential |")
-    print(f"|---|---:|---:|---:|---:|")
+    print("| pipeline | videos | seconds | videos/s | vs sequential |")
+    print("|---|---:|---:|---:|---:|")
     for name, seconds in rows:
         rate = len(paths) / seconds
         print(f"| {name} | {len(paths)} | {seconds:.2f} | {rate:.2f} | {rate / baseline:.2f}x |")

@@ -26,7 +26,7 @@ Each mode runs in its own subprocess (its own peak memory), on the same samples 
 * ``packed``: ``--packing True``: one padding-free row per micro-batch, exact per-sample attention
   (flash-attention varlen when installed on CUDA, else ``llavidal_varlen_sdpa``).
 
-Printed per mode: useful-token fraction (sample tokens / computed token slots), tokens/s (sample
+Printed per mode: the positions the LM head ran at (``all`` or ``supervised``), useful-token fraction (sample tokens / computed token slots), tokens/s (sample
 tokens per second of training steps, first step excluded as warm-up), peak memory (CPU: peak RSS of the
 process; CUDA: ``torch.cuda.max_memory_allocated``), mean loss, and on CUDA the model FLOPs
 utilisation (model FLOPs of the sample tokens only / step time / peak FLOP/s). Ratios vs ``padded``
@@ -76,6 +76,8 @@ class Result:
     peak_memory_mb: float
     mean_loss: float
     model_flops: float
+    lm_head: str = "all"
+    """Positions the training forward runs the LM head at: ``all``, or ``supervised`` (sparse logits)."""
 
     @property
     def useful_fraction(self) -> float:
@@ -261,7 +263,8 @@ def run_worker(args: argparse.Namespace) -> Result:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            loss = model(**batch, num_items_in_batch=num_items).loss
+            outputs = model(**batch, num_items_in_batch=num_items)
+            loss, logits = outputs.loss, outputs.logits  # logits (N, V) when only supervised rows are kept
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -269,6 +272,7 @@ def run_worker(args: argparse.Namespace) -> Result:
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
         losses.append(float(loss.detach()))
+        lm_head = "supervised" if logits.dim() == 2 else "all"
         if step == 0:
             continue  # warm-up
         seconds += elapsed
@@ -282,7 +286,7 @@ def run_worker(args: argparse.Namespace) -> Result:
     return Result(
         config=args.config, mode=args.mode, device=str(device), attention=attention, steps=len(batches) - 1,
         tokens=tokens, slots=slots, seconds=seconds, peak_memory_mb=peak,
-        mean_loss=sum(losses[1:]) / max(len(losses) - 1, 1), model_flops=flops,
+        mean_loss=sum(losses[1:]) / max(len(losses) - 1, 1), model_flops=flops, lm_head=lm_head,
     )
 
 
@@ -307,7 +311,7 @@ def peak_tflops(device_name: str, override: float | None) -> float | None:
 
 
 def print_table(results: list[Result], peak: float | None) -> None:
-    header = f"{'config':<7}{'mode':<16}{'attention':<22}{'useful':>7}{'tokens/s':>11}{'x padded':>9}{'peak MB':>10}{'loss':>8}"
+    header = f"{'config':<7}{'mode':<16}{'attention':<22}{'lm head':<11}{'useful':>7}{'tokens/s':>11}{'x padded':>9}{'peak MB':>10}{'loss':>8}"
     if peak:
         header += f"{'MFU':>7}"
     print(header)
@@ -316,7 +320,7 @@ def print_table(results: list[Result], peak: float | None) -> None:
         base = next((r for r in results if r.config == result.config and r.mode == "padded"), None)
         ratio = result.tokens_per_second / base.tokens_per_second if base else float("nan")
         line = (
-            f"{result.config:<7}{result.mode:<16}{result.attention:<22}{result.useful_fraction:>7.3f}"
+            f"{result.config:<7}{result.mode:<16}{result.attention:<22}{result.lm_head:<11}{result.useful_fraction:>7.3f}"
             f"{result.tokens_per_second:>11.0f}{ratio:>8.2f}x{result.peak_memory_mb:>10.0f}{result.mean_loss:>8.4f}"
         )
         if peak:
@@ -379,8 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or torch.get_num_threads()
     print(f"device: {device_name}" + (f" ({threads} threads)" if device.type == "cpu" else "")
           + f"; records {args.records}, {args.videos * 6} samples, {args.batch_size} per micro-batch, "
-          f"{args.steps} timed steps per mode; packing_max_length {args.packing_max_length}; "
-          f"{'full' if args.full_logits else 'supervised-only'} training logits")
+          f"{args.steps} timed steps per mode; packing_max_length {args.packing_max_length}")
     print_table(results, peak_tflops(device_name, args.peak_tflops) if device.type == "cuda" else None)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

@@ -9,6 +9,7 @@ set -u
 PY=${1:-python3}
 "$PY" -m pip install --quiet 'playwright>=1.40' 'pytest-timeout>=2.3' || echo "warning: playwright not installed; the browser test will be skipped"
 "$PY" -m pip install --quiet --no-deps sports2d || echo "warning: sports2d not installed; real-video tests will be skipped"
+"$PY" -m pip install --quiet decord || echo "warning: decord not installed; the decord fast-path test will be skipped"
 if command -v npm >/dev/null 2>&1; then
   npm cache add @mediapipe/objectron >/dev/null 2>&1 || echo "warning: @mediapipe/objectron not cached; the SSD detector test will be skipped"
 fi

@@ -1,0 +1,68 @@
+"""End to end: `llavidal quickstart` on the small world with a tiny random LLM, run twice.
+
+The first run goes through every step (world, features, pose pretraining, data, torchrun training,
+evaluation, report); the second must skip them all. Quality is not checked here (the LLM is random);
+the committed report of a real medium run is docs/quickstart_report/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pybullet")
+pytest.importorskip("av")
+pytest.importorskip("sentence_transformers")
+
+STEPS = ["world", "llm", "video", "pose_pretrain", "pose", "object", "data", "train", "evaluate", "report"]
+
+
+def _run(out: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    return subprocess.run(
+        [sys.executable, "-m", "llavidal", "quickstart", "--out", str(out), "--preset", "small", "--llm", "tiny",
+         "--recipe", "ci", "--workers", "2"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+
+
+@pytest.mark.timeout(900)
+def test_quickstart_small_tiny_runs_every_step_then_skips_them(tmp_path):
+    out = tmp_path / "qs"
+    first = _run(out)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    for step in STEPS:
+        assert (out / ".steps" / f"{step}.json").is_file(), f"step {step} left no completion record"
+
+    report_dir = out / "report"
+    for name in ("report.md", "report.json", "loss_curve.png", "accuracy_by_modality.png"):
+        assert (report_dir / name).is_file(), f"missing {name}"
+    report = json.loads((report_dir / "report.json").read_text())
+    mcq = report["results"]["mcq"]
+    assert set(mcq) == {"recognition", "forecasting"}
+    for task, by_set in mcq.items():
+        assert set(by_set) == {"video", "pose", "video+pose", "all"}, task
+        for set_name, entry in by_set.items():
+            assert isinstance(entry["accuracy"], float) and 0.0 <= entry["accuracy"] <= 1.0, (task, set_name, entry)
+            assert entry["n"] > 0
+    descriptions = report["results"]["descriptions"]
+    assert descriptions is not None and descriptions["n"] > 0
+    assert report["training"]["global_steps"] == 4
+    assert all(math.isfinite(v) for v in report["step_seconds"].values())
+    assert "video_demo.py" in first.stdout and "--projection_path" in first.stdout
+
+    # Pose pretraining saw train-split skeletons only (held-out subjects stay unseen).
+    splits = json.loads((out / "world" / "annotations" / "splits.json").read_text())["cross_subject"]
+    pairs = [json.loads(line) for line in (out / "pose_encoder" / "train_pairs.jsonl").read_text().splitlines()]
+    assert {p["id"] for p in pairs} == set(splits["train"])
+
+    second = _run(out)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    assert second.stdout.count("done already, skipped") == len(STEPS), second.stdout
+    assert "$ " not in second.stdout  # no command was run
