@@ -13,9 +13,9 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from llavidal.utils.io import atomic_write_json
 
@@ -89,16 +89,18 @@ def run_command(args: list[str], env: dict | None = None, log_file: str | os.Pat
     full_env = dict(os.environ)
     full_env.update(env or {})
     if log_file is None:
-        completed = subprocess.run(args, env=full_env)
+        completed = subprocess.run(args, env=full_env, check=False)
         code = completed.returncode
     else:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "ab") as handle:
             process = subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             assert process.stdout is not None
-            for line in process.stdout:
-                handle.write(line)
-                sys.stdout.buffer.write(line)
+            # Chunks, not lines: progress bars redraw with "\r" and must show as they happen.
+            while chunk := process.stdout.read1(65536):
+                handle.write(chunk)
+                handle.flush()
+                sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
             code = process.wait()
     if code != 0:

@@ -33,9 +33,10 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from llavidal.pipeline import Pipeline, Step, StepFailed, run_command
 from llavidal.utils.io import atomic_write_json, atomic_write_text
@@ -72,7 +73,7 @@ class Recipe:
     pose_hidden: int = 128
     pose_heads: int = 4
     pose_depth: int = 2
-    pose_steps: int = 300
+    pose_steps: int = 150
     pose_batch: int = 64
     mcq_answer: str = "letter_text"
     """How MCQ training answers are written: ``letter`` ("B") or ``letter_text`` ("(B) reading a book")."""
@@ -81,11 +82,14 @@ class Recipe:
     that the same model answers when features are withheld at inference (the ablation)."""
     record_turns: tuple[str, ...] = ("recognition", "description")
     """Which kinds of question of the world's training records are kept (besides the MCQ turn)."""
+    description_fraction: float = 0.25
+    """Share of the clips whose detailed description is trained on (descriptions are the longest turns;
+    a quarter teaches their form and costs a fraction of the time)."""
     mcq_max_new_tokens: int = 16
     description_limit: int | None = 40
     """Held-out description records generated and judged (None: all)."""
     description_max_new_tokens: int = 96
-    ablation_limit: int | None = None
+    ablation_limit: int | None = 80
     """Held-out MCQs per task for the reduced modality sets (None: all; 'all' always uses every record)."""
     eval_batch_size: int = 16
     train_procs: int = 2
@@ -153,6 +157,9 @@ class Paths:
 
 
 # --------------------------------------------------------------------------- helpers
+SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def _cli(*words: str) -> list[str]:
     """Our own CLI in a child process of this interpreter (works without the console script on PATH)."""
     return [sys.executable, "-m", "llavidal", *words]
@@ -220,10 +227,10 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
     """Training conversations from the TRAIN split: one per clip, plus reduced-modality MCQ copies.
 
     Each clip's conversation asks its ADLMCQ question (recognition, or forecasting for routine prefixes)
-    with the exact prompt the benchmark uses at evaluation, answered with the correct letter, plus the
+    with the exact prompt the benchmark uses at evaluation, answered with the correct letter, and the
     recipe's kinds of turns from the world's training record (e.g. "What is the person doing?", a detailed
-    description), in a per-clip random order. The features' placeholders follow the first question, as the
-    inference engine writes them.
+    description for a share of the clips), in a per-clip random order. The features' placeholders follow
+    the first question, as the inference engine writes them.
     """
     from llavidal.eval.benchmarks import load_benchmark
 
@@ -246,15 +253,15 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
     for clip_id, record in records.items():
         modalities = [m for m in ("video", "pose", "object") if record.get(m)]
         pairs = list(mcq_turns.get(clip_id, []))
-        kept = [(q, a) for kind, q, a in _record_turns(record) if kind in recipe.record_turns]
+        with_description = rng.random() < recipe.description_fraction
+        kept = [(q, a) for kind, q, a in _record_turns(record)
+                if kind in recipe.record_turns and (kind != "description" or with_description)]
         counts["record_turns"] += len(kept)
-        rng.shuffle(kept)
         pairs += kept
+        rng.shuffle(pairs)
         if not pairs:
             continue
-        first = pairs[0] if clip_id in mcq_turns else pairs[0]
-        order = [first] + rng.sample(pairs[1:], len(pairs) - 1)
-        out.append(_conversation(clip_id, record, modalities, order, suffix=""))
+        out.append(_conversation(clip_id, record, modalities, pairs, suffix=""))
         counts["clips"] += 1
         if recipe.reduced_modality_copies:
             for index, (question, answer) in enumerate(mcq_turns.get(clip_id, [])):
@@ -421,10 +428,23 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
 
+def _display(path: str | Path) -> str:
+    """A path as a user would type it: relative to the working folder when inside it, else with ~."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        home = Path.home().resolve()
+        try:
+            return str(Path("~") / path.resolve().relative_to(home))
+        except ValueError:
+            return str(path)
+
+
 def demo_command(paths: Paths, base_model: str) -> str:
-    return " ".join(shlex.quote(p) for p in [
-        "python", "llavidal/demo/video_demo.py", "--model-name", base_model,
-        "--projection_path", str(paths.train), "--examples", str(paths.world),
+    return " ".join(shlex.quote(p) if not p.startswith("~/") else p for p in [
+        "python", "llavidal/demo/video_demo.py", "--model-name", _display(base_model),
+        "--projection_path", _display(paths.train), "--examples", _display(paths.world),
     ])
 
 
@@ -433,9 +453,12 @@ def write_report(paths: Paths, recipe: Recipe, settings: dict, base_model: str) 
     losses = _loss_history(paths)
     paths.report.mkdir(parents=True, exist_ok=True)
     plots = _plots(paths, results, losses)
-    steps = {}
-    for record in sorted((paths.out / ".steps").glob("*.json")):
-        steps[record.stem] = round(float(_read_json(record).get("seconds", 0.0)), 1)
+    steps, step_notes = {}, {}
+    for record in sorted((paths.out / ".steps").glob("*.json"), key=lambda r: r.stat().st_mtime):
+        saved = _read_json(record)
+        steps[record.stem] = round(float(saved.get("seconds", 0.0)), 1)
+        if saved.get("note"):
+            step_notes[record.stem] = saved["note"]
     train_config = {}
     if (paths.train / "llavidal_config.json").is_file():
         train_config = _read_json(paths.train / "llavidal_config.json")
@@ -454,9 +477,10 @@ def write_report(paths: Paths, recipe: Recipe, settings: dict, base_model: str) 
                      "modalities": train_config.get("modalities"), "template": train_config.get("template")},
         "results": results,
         "step_seconds": steps,
+        "step_notes": step_notes,
         "total_seconds": round(sum(steps.values()), 1),
         "plots": plots,
-        "demo_command": demo_command(paths, "BASE_MODEL"),
+        "demo_command": demo_command(paths, base_model),
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     atomic_write_json(paths.report / "report.json", report)
@@ -469,9 +493,10 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# LLAVIDAL quickstart report",
         "",
-        f"Recipe **{recipe['name']}**: {recipe['description']}. World preset **{report['world']['preset']}** "
-        f"(seed {report['world']['seed']}); trained on the {PROTOCOL.replace('_', '-')} train split "
-        f"({report['world']['train_clips']} clips), evaluated on held-out subjects ({report['world']['test_clips']} clips).",
+        (f"Recipe **{recipe['name']}**: {recipe['description']}. World preset **{report['world']['preset']}** "
+         f"(seed {report['world']['seed']}); trained on the {PROTOCOL.replace('_', '-')} train split "
+         f"({report['world']['train_clips']} clips), evaluated on held-out subjects "
+         f"({report['world']['test_clips']} clips)."),
         "",
         "## ADLMCQ accuracy on held-out subjects",
         "",
@@ -482,7 +507,7 @@ def render_markdown(report: dict) -> str:
     ]
     for set_name in MODALITY_SETS:
         cells = []
-        for task, by_set in results.get("mcq", {}).items():
+        for by_set in results.get("mcq", {}).values():
             entry = by_set.get(set_name)
             cells.append(f"{_fmt(entry['accuracy'])} ({entry['n']})" if entry else "n/a")
         lines.append(f"| {set_name} | " + " | ".join(cells) + " |")
@@ -500,16 +525,18 @@ def render_markdown(report: dict) -> str:
         lines.append("")
     training = report["training"]
     lines += ["## Training", "",
-              f"{report['training_data'].get('samples', 'n/a')} samples ({json.dumps(report['training_data'])}); "
-              f"{training['global_steps']} optimizer steps ({_fmt(training['epochs'])} epochs); loss "
-              f"{_fmt(training['first_loss'])} -> {_fmt(training['last_loss'])}; "
-              f"{recipe['train_procs']} torchrun rank(s) x {recipe['train_threads']} thread(s).", ""]
+              (f"{report['training_data'].get('samples', 'n/a')} samples ({json.dumps(report['training_data'])}); "
+               f"{training['global_steps']} optimizer steps ({_fmt(training['epochs'])} epochs); loss "
+               f"{_fmt(training['first_loss'])} -> {_fmt(training['last_loss'])}; "
+               f"{recipe['train_procs']} torchrun rank(s) x {recipe['train_threads']} thread(s)."), ""]
     for name, title in (("loss_curve.png", "loss"), ("accuracy_by_modality.png", "accuracy per modality set"),
                         ("accuracy_by_activity.png", "accuracy per activity")):
         if name in report["plots"]:
             lines += [f"![{title}]({name})", ""]
     lines += ["## Wall time per step (seconds)", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds} |" for name, seconds in report["step_seconds"].items()]
+    for name, note in (report.get("step_notes") or {}).items():
+        lines.append(f"\n{name}: {note}")
     lines += [f"| **total** | {report['total_seconds']} |", "", "## Settings", "", "```json",
               json.dumps({"settings": report["settings"], "recipe": recipe}, indent=1), "```", ""]
     return "\n".join(lines)
@@ -542,7 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve_llm(choice: str, paths: Paths) -> tuple[str, Callable[[], None], Callable[[], bool]]:
     """(model folder, run, validate) of the llm step."""
     if choice == "embedded":
-        from llavidal.model.embedded import default_cache_dir, ensure_embedded_llm, is_complete
+        from llavidal.model.embedded import (
+            default_cache_dir,
+            ensure_embedded_llm,
+            is_complete,
+        )
 
         folder = default_cache_dir()
         return str(folder), lambda: print(f"  {ensure_embedded_llm()}"), lambda: is_complete(folder)
@@ -612,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         _cli("extract", "video", "--video_dir_path", str(paths.world / "videos"), "--clip_feat_path", str(paths.video),
              "--num_frames", str(recipe.video_frames), "--temporal_tokens", str(recipe.video_temporal_tokens),
              "--spatial_grid", str(recipe.video_spatial_grid), "--workers", str(max(0, min(workers, 2) - 1)),
-             "--no_progress"), log_file=log_file("video")),
+             "--no_progress"), env=SINGLE_THREAD, log_file=log_file("video")),
         lambda: _features_complete(paths.video, "*.safetensors", clips()),
         {"frames": recipe.video_frames, "temporal": recipe.video_temporal_tokens, "grid": recipe.video_spatial_grid})
 
@@ -634,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
                          "--depth", str(recipe.pose_depth), "--max_steps", str(recipe.pose_steps),
                          "--batch_size", str(recipe.pose_batch), "--warmup_steps", str(max(1, recipe.pose_steps // 10)),
                          "--log_steps", str(max(1, recipe.pose_steps // 6)), "--seed", str(args.seed), "--device", "cpu"),
-                    log_file=log_file("pose_pretrain"))
+                    env=SINGLE_THREAD, log_file=log_file("pose_pretrain"))
 
     pose_pretrain_step = Step("pose_pretrain", "Pretrain the pose encoder (contrastive, train-split skeletons only)",
                               pose_pretrain, lambda: (paths.pose_encoder / "pose_encoder.safetensors").is_file(),
@@ -642,11 +673,11 @@ def main(argv: list[str] | None = None) -> int:
                                "depth": recipe.pose_depth, "steps": recipe.pose_steps, "seed": args.seed})
     pose_step = Step("pose", "Extract pose features", lambda: run_command(
         _cli("extract", "pose", "--skeleton_dir", str(paths.world / "skeletons"), "--out", str(paths.pose),
-             "--encoder", str(paths.pose_encoder), "--device", "cpu", "--no_progress"), log_file=log_file("pose")),
+             "--encoder", str(paths.pose_encoder), "--device", "cpu", "--no_progress"), env=SINGLE_THREAD, log_file=log_file("pose")),
         lambda: _features_complete(paths.pose, "*_pose.safetensors", clips()), {"encoder": pose_pretrain_step.settings})
     object_step = Step("object", "Extract object features (ground-truth tracks)", lambda: run_command(
         _cli("extract", "object", "--video_dir", str(paths.world / "videos"), "--tracks_dir", str(paths.world / "tracks"),
-             "--out", str(paths.object), "--device", "cpu", "--no_progress"), log_file=log_file("object")),
+             "--out", str(paths.object), "--device", "cpu", "--no_progress"), env=SINGLE_THREAD, log_file=log_file("object")),
         lambda: _features_complete(paths.object, "*_object.safetensors", 1), {})
 
     # --- 7 data
@@ -662,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- 8 train
     def train() -> None:
-        import llavidal.train.train_mem as train_mem
+        from llavidal.train import train_mem
 
         flags = {**recipe.train_overrides, **extra_flags}
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(recipe.train_procs),
@@ -703,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         results = pipeline.run(steps)
     except StepFailed as err:
         print(f"llavidal quickstart: {err}", file=sys.stderr)
-        print(f"Fix the cause and rerun the same command: finished steps are skipped.", file=sys.stderr)
+        print("Fix the cause and rerun the same command: finished steps are skipped.", file=sys.stderr)
         return 1
     total = time.perf_counter() - start
     print("\nSummary")
