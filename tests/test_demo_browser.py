@@ -9,8 +9,6 @@ else to the test's temporary folder.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,27 +18,11 @@ from pathlib import Path
 import pytest
 
 from demo_helpers import make_tiny_weights, make_video
+from llavidal.demo.browser import chromium_path, free_port, launch_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]
-
-
-def chromium_path() -> str | None:
-    for candidate in (os.environ.get("LLAVIDAL_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +34,8 @@ def browser():
     if executable is None:
         pytest.skip("chromium is not installed (apt-get install chromium; see scripts/install_test_deps.sh)")
     with sync_api.sync_playwright() as playwright:
-        # Never let playwright fetch a browser: the system chromium, no background traffic. Each launch
-        # gets a new, empty profile folder from playwright itself.
-        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        # Never let playwright fetch a browser: the system chromium, no background traffic.
+        launched = launch_chromium(playwright, executable)
         yield launched
         launched.close()
 

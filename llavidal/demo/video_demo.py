@@ -45,7 +45,7 @@ ELEM_IDS = {
     "video": "llavidal-video", "status": "llavidal-status", "chatbot": "llavidal-chatbot",
     "question": "llavidal-question", "send": "llavidal-send", "reset": "llavidal-reset",
     "temperature": "llavidal-temperature", "max_new_tokens": "llavidal-max-new-tokens",
-    "modalities": "llavidal-modalities", "skeleton": "llavidal-skeleton",
+    "modalities": "llavidal-modalities", "skeleton": "llavidal-skeleton", "examples": "llavidal-examples",
 }
 
 
@@ -254,6 +254,7 @@ def build_app(engine: ChatEngine, features: FeatureSource, settings: DemoSetting
                     gr.Examples(
                         examples=[[str(p)] for p in settings.examples], inputs=[video],
                         label="Examples (click one)", examples_per_page=MAX_EXAMPLES,
+                        elem_id=ELEM_IDS["examples"],
                     )
                 status = gr.Markdown(waiting_status(), elem_id=ELEM_IDS["status"])
                 with gr.Accordion("Modalities used", open=True):
