@@ -430,15 +430,14 @@ def _fmt(value: Any) -> str:
 
 def _display(path: str | Path) -> str:
     """A path as a user would type it: relative to the working folder when inside it, else with ~."""
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        home = Path.home().resolve()
+    path = Path(os.path.abspath(path))  # not resolve(): a symlinked folder keeps the name the user gave
+    for base, shown in ((Path.cwd(), None), (Path.home(), Path("~"))):
         try:
-            return str(Path("~") / path.resolve().relative_to(home))
+            relative = path.relative_to(os.path.abspath(base))
         except ValueError:
-            return str(path)
+            continue
+        return str(shown / relative if shown else relative)
+    return str(path)
 
 
 def demo_command(paths: Paths, base_model: str) -> str:

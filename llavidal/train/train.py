@@ -149,10 +149,6 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _feature_manifests(folders: dict) -> dict:
     from llavidal.data.feature_store import FeatureManifest
 
@@ -163,3 +159,6 @@ def _feature_manifests(folders: dict) -> dict:
             manifests[name] = manifest.to_dict()
     return manifests
 
+
+if __name__ == "__main__":
+    sys.exit(main())
