@@ -278,3 +278,35 @@ def test_cli_tiny_is_silent_and_writes_a_preview(tmp_path):
 
 def test_activity_labels_in_mcq_are_catalogue_labels():
     assert all(BY_NAME[a.name] is a for a in ACTIVITIES)
+
+
+def test_records_load_through_the_training_loader_and_mcqs_through_the_mcq_loader(small_world, tmp_path):
+    """The world's annotations are usable as they are: training records through the training dataset
+    (features absent here, so zeros as upstream), MCQ files through the evaluation benchmarks."""
+    from llavidal.data.dataset import LazySupervisedDataset
+    from llavidal.eval.benchmarks import load_benchmark
+    from llavidal.model.builder import build_model
+    from llavidal.model.modality import ModalityRegistry
+    from llavidal.testing import tiny_causal_lm_dir
+
+    root, _ = small_world
+    split = root / "annotations" / "cross_subject" / "train"
+    registry = ModalityRegistry.default(video_dim=8, video_tokens=4, pose_dim=6, pose_tokens=3, object_dim=5)
+    _, tokenizer = build_model(str(tiny_causal_lm_dir(tmp_path / "llm")), registry, template="chat")
+    folders = {name: tmp_path / "features" / name for name in ("video", "pose", "object")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    records = json.loads((split / "records.json").read_text())
+    dataset = LazySupervisedDataset(split / "records.json", tokenizer, registry,
+                                    {k: str(v) for k, v in folders.items()}, template="chat", max_length=4096)
+    assert len(dataset) == len(records) and sum(dataset.summary.dropped.values()) == 0
+    item = dataset[0]
+    assert (item["labels"] != -100).any() and set(item["modality_features"]) <= {"video", "pose", "object"}
+
+    for name, file in (("adlmcq_action_recognition", "mcq_action_recognition.json"),
+                       ("adlmcq_forecasting", "mcq_forecasting.json")):
+        raw = json.loads((split / file).read_text())
+        loaded = load_benchmark(name).load_records(split / file)
+        assert len(loaded) == len(raw) > 0
+        for record in loaded:
+            assert record.answer_letter in record.choices and record.choices[record.answer_letter] == record.answer
