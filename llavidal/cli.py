@@ -17,6 +17,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("extract", "pose"): ("llavidal.features.pose.extract:main", "pose features from .skeleton files or video"),
     ("extract", "object"): ("llavidal.features.objects.extract:main", "object features from tracks or a detector"),
     ("pose-pretrain",): ("llavidal.features.pose.pretrain:main", "contrastive (PoseCLIP-style) pose encoder pretraining"),
+    ("align",): ("llavidal.train.align:main", "fit projectors to the LLM's embeddings of label texts (before training)"),
     ("train",): ("llavidal.train.train:main", "train (same flags as llavidal/train/train_mem.py)"),
     ("convert",): ("llavidal.data.convert:main", "convert Video-ChatGPT QA JSON to training records"),
     ("merge-weights",): ("llavidal.model.merge:main", "merge projector weights of LLAVIDAL's staged recipe"),

@@ -736,7 +736,11 @@ class LlavidalModel(nn.Module):
             message = f"{source}: no weights for {report.missing} (they keep their current values)"
             if strict:
                 raise ValueError(message + "; pass a file that holds them, or strict=False")
-            logger.warning(message)
+            if report.missing == [LORA_PREFIX + "*"] and not lora_state:
+                # a projector-only file (upstream mm_projector.bin, `llavidal align`): the expected start of LoRA
+                logger.info("%s: projectors and token rows loaded; the LoRA adapters start fresh", source)
+            else:
+                logger.warning(message)
         if report.skipped_modalities:
             logger.info("%s: skipped weights of modalities not in this model: %s", source, report.skipped_modalities)
         return report
