@@ -15,11 +15,13 @@ Steps (each validates its output; a rerun skips the steps that are done, so an i
 5. ``pose``           ``llavidal extract pose`` with that encoder
 6. ``object``         ``llavidal extract object`` from the world's object tracks
 7. ``data``           training conversations: the train split's records and its ADLMCQ questions
-8. ``train``          ``llavidal/train/train_mem.py`` under torchrun (gloo on CPU) with the recipe's config
-9. ``evaluate``       held-out subjects (cross-subject test split): ADLMCQ recognition and forecasting for
+8. ``align``          ``llavidal align``: projectors fitted to the LLM's embeddings of the train clips'
+                      activity names (no LLM pass; seconds), the starting point of training
+9. ``train``          ``llavidal/train/train_mem.py`` under torchrun (gloo on CPU) with the recipe's config
+10. ``evaluate``      held-out subjects (cross-subject test split): ADLMCQ recognition and forecasting for
                       the modality sets video / pose / video+pose / all (features withheld at inference from
                       the one trained model), ADL descriptions judged by the local MiniLM judge
-10. ``report``        ``report/report.md``, ``report.json`` and PNG plots; the demo command is printed
+11. ``report``        ``report/report.md``, ``report.json`` and PNG plots; the demo command is printed
 """
 
 from __future__ import annotations
@@ -75,8 +77,25 @@ class Recipe:
     pose_depth: int = 2
     pose_steps: int = 150
     pose_batch: int = 64
-    mcq_answer: str = "letter_text"
-    """How MCQ training answers are written: ``letter`` ("B") or ``letter_text`` ("(B) reading a book")."""
+    mcq_answer: str = "text"
+    """How MCQ training answers are written: ``text`` ("reading a book", the option's text, which the MCQ
+    parser maps to its letter), ``letter`` ("B") or ``letter_text`` ("(B) reading a book"). With the letter
+    first, the one token that depends on the features comes before the model has named anything, and a
+    small model learns a constant letter instead; naming the option is what the features can answer."""
+    align: bool = True
+    """Run ``llavidal align`` first: fit the projectors so that a train clip's feature tokens reproduce the
+    LLM's embeddings of its activity's name (no LLM pass), and start training from them."""
+    align_steps: int = 400
+    forecast_variants: int = 3
+    """Extra training samples per train-split forecasting clip, each the same question with options drawn
+    again from the world's rules (other distractors, other order). The train split has few forecasting
+    clips (one per routine prefix), and "what comes next" is the one question whose answer is not what
+    the features show; without more of them the model answers with the activity it sees."""
+    forecast_from_successors: int = 0
+    """Forecasting questions per train clip built from what the train split's routines show: a clip that
+    ends with activity X is asked what comes next, the answer drawn from the activities seen right after X
+    in train routines, the other options from activities never seen after X. Teaches the succession
+    rules from many more clips than the split has routine prefixes (train-split statistics only)."""
     reduced_modality_copies: bool = True
     """Add, per train MCQ, a copy that shows a random reduced modality set (video / pose / video+pose), so
     that the same model answers when features are withheld at inference (the ablation)."""
@@ -124,7 +143,7 @@ RECIPES: dict[str, Recipe] = {
                          "lora_alpha": 8},
         video_frames=4, video_temporal_tokens=2, video_spatial_grid=1,
         pose_tokens=2, pose_frames=8, pose_hidden=32, pose_heads=2, pose_depth=1, pose_steps=5, pose_batch=16,
-        mcq_max_new_tokens=4, description_limit=4, description_max_new_tokens=8, ablation_limit=4,
+        align_steps=20, forecast_variants=1, forecast_from_successors=1, mcq_max_new_tokens=4, description_limit=4, description_max_new_tokens=8, ablation_limit=4,
         eval_batch_size=8, train_procs=2, train_threads=1,
     ),
 }
@@ -143,6 +162,7 @@ class Paths:
         self.object = self.features / "object"
         self.pose_encoder = self.out / "pose_encoder"
         self.data = self.out / "data"
+        self.align = self.out / "align"
         self.train = self.out / "train"
         self.eval = self.out / "eval"
         self.report = self.out / "report"
@@ -245,11 +265,16 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
             continue  # a world without MCQs for this task: the records alone are used
         spec = load_benchmark(MCQ_BENCHMARKS[task])
         for mcq in spec.load_records(path):
-            answer = mcq.answer_letter if recipe.mcq_answer == "letter" else f"({mcq.answer_letter}) {mcq.choices[mcq.answer_letter]}"
+            answer = _mcq_answer(recipe, mcq)
             mcq_turns.setdefault(mcq.video_stem, []).append((spec.prompts(mcq)["main"], answer))
             counts["mcq"] += 1
 
     out: list[dict] = []
+    variants = _forecast_variants(paths, recipe, records) + _successor_questions(paths, recipe, records, rng)
+    counts["forecast_variants"] = len(variants)
+    for clip_id, question, answer in variants:
+        subset = [m for m in rng.choice(list(MODALITY_SETS.values())) if records[clip_id].get(m)]
+        out.append(_conversation(clip_id, records[clip_id], subset, [(question, answer)], suffix=f"#f{len(out)}"))
     for clip_id, record in records.items():
         modalities = [m for m in ("video", "pose", "object") if record.get(m)]
         pairs = list(mcq_turns.get(clip_id, []))
@@ -271,6 +296,112 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
     rng.shuffle(out)
     counts["samples"] = len(out)
     return out, counts
+
+
+def _mcq_answer(recipe: Recipe, mcq: Any) -> str:
+    text = mcq.choices[mcq.answer_letter]
+    return {"letter": mcq.answer_letter, "text": text, "letter_text": f"({mcq.answer_letter}) {text}"}[recipe.mcq_answer]
+
+
+def _forecast_variants(paths: Paths, recipe: Recipe, records: dict) -> list[tuple[str, str, str]]:
+    """(clip id, prompt, answer) of ``recipe.forecast_variants`` re-drawn forecasting MCQs per train clip."""
+    from llavidal.eval.benchmarks import load_benchmark
+    from llavidal.eval.records import normalise_record
+    from llavidal.sim.annotate import forecasting_mcq
+
+    path = paths.annotations("train") / MCQ_FILES["forecasting"]
+    if recipe.forecast_variants <= 0 or not path.is_file():
+        return []
+    spec = load_benchmark(MCQ_BENCHMARKS["forecasting"])
+    world_seed = int(_read_json(paths.world / "world.json").get("seed", 0))
+    out = []
+    for original in spec.load_records(path):
+        meta_path = paths.world / "meta" / f"{original.video_stem}.json"
+        if original.video_stem not in records or not meta_path.is_file():
+            continue
+        meta = _read_json(meta_path)
+        for variant in range(1, recipe.forecast_variants + 1):
+            raw = forecasting_mcq(meta, seed=world_seed + 7919 * variant)
+            mcq = normalise_record(raw, "mcq", where=f"{meta_path} (variant {variant})", default_task="action_forecasting")
+            out.append((original.video_stem, spec.prompts(mcq)["main"], _mcq_answer(recipe, mcq)))
+    return out
+
+
+def _last_label(meta: dict) -> str | None:
+    segments = meta.get("segments") or []
+    return meta.get("label") or (segments[-1].get("label") if segments else None)
+
+
+def _successor_questions(paths: Paths, recipe: Recipe, records: dict, rng: random.Random) -> list[tuple[str, str, str]]:
+    """(clip id, prompt, answer): ``recipe.forecast_from_successors`` questions per train clip (see Recipe)."""
+    from collections import Counter
+
+    from llavidal.eval.benchmarks import load_benchmark
+    from llavidal.eval.records import normalise_record
+    from llavidal.sim.annotate import FORECAST_QUESTIONS, LETTERS
+
+    if recipe.forecast_from_successors <= 0:
+        return []
+    metas = {}
+    for clip_id in _split_ids(paths, "train"):
+        path = paths.world / "meta" / f"{clip_id}.json"
+        if clip_id in records and path.is_file():
+            metas[clip_id] = _read_json(path)
+    successors: dict[str, Counter] = {}
+    in_routines: set[str] = set()  # activities seen in routines: the plausible-looking distractors
+    every: set[str] = set()
+    for meta in metas.values():
+        names = [seg.get("label") for seg in meta.get("segments") or [] if seg.get("label")]
+        every.update(names)
+        if len(names) > 1:
+            in_routines.update(names)
+        for first, second in zip(names, names[1:]):
+            successors.setdefault(first, Counter())[second] += 1
+    spec = load_benchmark(MCQ_BENCHMARKS["forecasting"])
+    out = []
+    for clip_id, meta in sorted(metas.items()):
+        last = _last_label(meta)
+        if last not in successors:
+            continue
+        plausible_looking = sorted(label for label in in_routines if label not in successors[last])
+        others = sorted(label for label in every - in_routines if label not in successors[last])
+        for index in range(recipe.forecast_from_successors):
+            truth = rng.choices(list(successors[last]), weights=list(successors[last].values()))[0]
+            count = min(rng.randint(4, 6), len(plausible_looking) + len(others) + 1)
+            picked = rng.sample(plausible_looking, min(count - 1, len(plausible_looking)))
+            picked += rng.sample(others, count - 1 - len(picked))
+            options = picked + [truth]
+            rng.shuffle(options)
+            raw = {"video_filename": f"{clip_id}.mp4", "question": rng.choice(FORECAST_QUESTIONS),
+                   "answer_choices": {LETTERS[i]: text for i, text in enumerate(options)},
+                   "ground_truth_letter": LETTERS[options.index(truth)], "id": f"{clip_id}#s{index}"}
+            mcq = normalise_record(raw, "mcq", where=f"successor question for {clip_id}", default_task="action_forecasting")
+            out.append((clip_id, spec.prompts(mcq)["main"], _mcq_answer(recipe, mcq)))
+    return out
+
+
+def build_alignment_labels(paths: Paths) -> tuple[list[dict], dict]:
+    """Records for ``llavidal align`` from the TRAIN split: each clip's feature files and the name of the
+    activity it shows (for a routine or a forecasting prefix, the activity it ends with), as the world's
+    metadata gives it; the same names are the ADLMCQ options."""
+    records = {r["id"]: r for r in _read_json(paths.annotations("train") / "records.json")}
+    out, labels = [], set()
+    for clip_id in _split_ids(paths, "train"):
+        record = records.get(clip_id)
+        meta_path = paths.world / "meta" / f"{clip_id}.json"
+        if record is None or not meta_path.is_file():
+            continue
+        meta = _read_json(meta_path)
+        label = _last_label(meta)
+        if not label:
+            continue
+        item = {"id": clip_id, "label": label, "duration": meta.get("duration"),
+                "segments": [{"start": seg["start"], "end": seg["end"], "label": seg["label"]}
+                             for seg in meta.get("segments") or [] if seg.get("label")]}
+        item.update({m: record[m] for m in ("video", "pose", "object") if record.get(m)})
+        out.append(item)
+        labels.add(label)
+    return out, {"records": len(out), "labels": len(labels)}
 
 
 def _conversation(clip_id: str, record: dict, modalities: list[str], pairs: list[tuple[str, str]], suffix: str) -> dict:
@@ -464,6 +595,13 @@ def write_report(paths: Paths, recipe: Recipe, settings: dict, base_model: str) 
     state = _read_json(paths.train / "trainer_state.json") if (paths.train / "trainer_state.json").is_file() else {}
     data_counts = _read_json(paths.data / "summary.json") if (paths.data / "summary.json").is_file() else {}
     world = _read_json(paths.world / "world.json")
+    align_report = paths.align / "align_report.json"
+    alignment = None
+    if align_report.is_file():
+        saved = _read_json(align_report)
+        alignment = {name: {k: figures.get(k) for k in ("samples", "held_out_samples", "labels", "accuracy_before",
+                                                        "accuracy_after", "chance", "seconds")}
+                     for name, figures in saved.get("modalities", {}).items()}
     report = {
         "recipe": asdict(recipe),
         "settings": settings,
@@ -471,6 +609,7 @@ def write_report(paths: Paths, recipe: Recipe, settings: dict, base_model: str) 
                   "protocol": PROTOCOL, "train_clips": len(_split_ids(paths, "train")),
                   "test_clips": len(_split_ids(paths, "test"))},
         "training_data": data_counts,
+        "alignment": alignment,
         "training": {"global_steps": state.get("global_step"), "epochs": state.get("epoch"),
                      "first_loss": losses[0]["loss"] if losses else None, "last_loss": losses[-1]["loss"] if losses else None,
                      "modalities": train_config.get("modalities"), "template": train_config.get("template")},
@@ -523,6 +662,18 @@ def render_markdown(report: dict) -> str:
             lines += [f"- `{example['id']}`", f"  - reference: {example['reference']}", f"  - model: {example['prediction']}"]
         lines.append("")
     training = report["training"]
+    if report.get("alignment"):
+        lines += ["## Projector alignment (before training)", "",
+                  "Nearest-activity-name accuracy of each modality's projected tokens in the LLM's embedding space, "
+                  "on train-split clips held out from the alignment fit.", "",
+                  "| modality | clips (held out) | before | after | chance |", "|---|---|---|---|---|"]
+        for name, figures in report["alignment"].items():
+            if not figures.get("samples"):
+                continue
+            lines.append(f"| {name} | {figures['samples']} ({figures['held_out_samples']}) | "
+                         f"{_fmt((figures['accuracy_before'] or {}).get('held_out'))} | "
+                         f"{_fmt((figures['accuracy_after'] or {}).get('held_out'))} | {_fmt(figures['chance'])} |")
+        lines.append("")
     lines += ["## Training", "",
               (f"{report['training_data'].get('samples', 'n/a')} samples ({json.dumps(report['training_data'])}); "
                f"{training['global_steps']} optimizer steps ({_fmt(training['epochs'])} epochs); loss "
@@ -690,7 +841,31 @@ def main(argv: list[str] | None = None) -> int:
                      lambda: (paths.data / "train.json").is_file() and (paths.data / "summary.json").is_file(),
                      {"recipe": asdict(recipe), "seed": args.seed})
 
-    # --- 8 train
+    # --- 8 align
+    def train_setting(key: str, default: Any) -> Any:
+        import yaml
+
+        config = yaml.safe_load(recipe.config_path().read_text()) or {}
+        return {**config, **recipe.train_overrides, **extra_flags}.get(key, default)
+
+    def align() -> None:
+        labels, counts = build_alignment_labels(paths)
+        atomic_write_json(paths.data / "align_labels.json", labels)
+        print(f"  {counts['records']} labelled train clips, {counts['labels']} activities")
+        run_command(_cli("align", "--model_name_or_path", base_model, "--version", str(train_setting("version", "v1")),
+                         "--mm_projector_type", str(train_setting("mm_projector_type", "linear")),
+                         "--data_path", str(paths.data / "align_labels.json"), "--video_folder", str(paths.video),
+                         "--pose_folder", str(paths.pose), "--object_folder", str(paths.object),
+                         "--align_steps", str(recipe.align_steps), "--seed", str(args.seed),
+                         "--output_dir", str(paths.align)),
+                    env={"OMP_NUM_THREADS": str(max(1, workers)), "TOKENIZERS_PARALLELISM": "false"},
+                    log_file=log_file("align"))
+
+    align_step = Step("align", "Align the projectors to the LLM's embeddings of the activity names", align,
+                      lambda: (paths.align / "trainable.safetensors").is_file() and (paths.align / "align_report.json").is_file(),
+                      {"recipe": asdict(recipe), "llm": base_model, "seed": args.seed, "extra": extra_flags})
+
+    # --- 9 train
     def train() -> None:
         from llavidal.train import train_mem
 
@@ -701,6 +876,8 @@ def main(argv: list[str] | None = None) -> int:
                    "--data_path", str(paths.data / "train.json"), "--video_folder", str(paths.video),
                    "--pose_folder", str(paths.pose), "--object_folder", str(paths.object),
                    "--output_dir", str(paths.train), "--seed", str(args.seed)]
+        if recipe.align and "pretrain_mm_mlp_adapter" not in flags:
+            command += ["--pretrain_mm_mlp_adapter", str(paths.align)]
         for key, value in flags.items():
             command += [f"--{key}", _flag_value(value)]
         run_command(command, env={"OMP_NUM_THREADS": str(recipe.train_threads), "TOKENIZERS_PARALLELISM": "false"},
@@ -711,14 +888,15 @@ def main(argv: list[str] | None = None) -> int:
                       lambda: all((paths.train / n).is_file() for n in ("trainable.safetensors", "llavidal_config.json",
                                                                          "trainer_state.json")),
                       {"recipe": asdict(recipe), "llm": base_model, "extra": extra_flags, "seed": args.seed,
-                       "config": recipe.config_path().read_text()})
+                       "config": recipe.config_path().read_text(),
+                       "align": align_step.settings if recipe.align else None})
 
-    # --- 9 evaluate
+    # --- 10 evaluate
     eval_step = Step("evaluate", "Evaluate on held-out subjects (ADLMCQ x modality sets, descriptions)",
                      lambda: evaluate(paths, recipe), lambda: (paths.eval / "results.json").is_file(),
                      {"train": train_step.settings})
 
-    # --- 10 report
+    # --- 11 report
     settings = {"preset": args.preset, "llm": args.llm if args.llm in ("embedded", "tiny") else "local folder",
                 "recipe": recipe.name, "seed": args.seed, "extra_train_flags": extra_flags}
     report_step = Step("report", "Write the report", lambda: write_report(paths, recipe, settings, base_model),
@@ -726,7 +904,8 @@ def main(argv: list[str] | None = None) -> int:
                        {"eval": eval_step.settings})
 
     steps = [world_step, Step("llm", f"Backbone LLM ({args.llm})", llm_run, llm_validate, {"llm": args.llm}),
-             video_step, pose_pretrain_step, pose_step, object_step, data_step, train_step, eval_step, report_step]
+             video_step, pose_pretrain_step, pose_step, object_step, data_step,
+             *([align_step] if recipe.align else []), train_step, eval_step, report_step]
     pipeline = Pipeline(paths.out)
     start = time.perf_counter()
     try:

@@ -20,7 +20,7 @@ pytest.importorskip("pybullet")
 pytest.importorskip("av")
 pytest.importorskip("sentence_transformers")
 
-STEPS = ["world", "llm", "video", "pose_pretrain", "pose", "object", "data", "train", "evaluate", "report"]
+STEPS = ["world", "llm", "video", "pose_pretrain", "pose", "object", "data", "align", "train", "evaluate", "report"]
 
 
 def _run(out: Path) -> subprocess.CompletedProcess:
@@ -57,10 +57,26 @@ def test_quickstart_small_tiny_runs_every_step_then_skips_them(tmp_path):
     assert all(math.isfinite(v) for v in report["step_seconds"].values())
     assert "video_demo.py" in first.stdout and "--projection_path" in first.stdout
 
-    # Pose pretraining saw train-split skeletons only (held-out subjects stay unseen).
+    # Pose pretraining and the projector alignment saw train-split clips only (held-out subjects stay unseen).
     splits = json.loads((out / "world" / "annotations" / "splits.json").read_text())["cross_subject"]
     pairs = [json.loads(line) for line in (out / "pose_encoder" / "train_pairs.jsonl").read_text().splitlines()]
     assert {p["id"] for p in pairs} == set(splits["train"])
+    labels = json.loads((out / "data" / "align_labels.json").read_text())
+    assert labels and {r["id"] for r in labels} <= set(splits["train"])
+    assert set(report["alignment"]) >= {"video", "pose"}
+    # training started from the aligned projectors
+    assert f"--pretrain_mm_mlp_adapter {out / 'align'}" in first.stdout
+    # MCQ answers are trained as the option's text, which the parser maps back to the letter
+    samples = json.loads((out / "data" / "train.json").read_text())
+    mcq_answers = [s["conversations"][1]["value"] for s in samples if "Choices are" in s["conversations"][0]["value"]]
+    assert mcq_answers and not any(a.startswith("(") for a in mcq_answers)
+    # extra forecasting questions: on train clips only, each answer one of its own options
+    extra = [s for s in samples if "#f" in s["id"]]
+    assert extra, "no extra forecasting questions in the training data"
+    for sample in extra:
+        assert sample["id"].split("#")[0] in set(splits["train"])
+        prompt, answer = sample["conversations"][0]["value"], sample["conversations"][1]["value"]
+        assert "next" in prompt and f") {answer}" in prompt, sample
 
     second = _run(out)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
