@@ -198,3 +198,14 @@ def test_temporal_alignment_spells_a_routine_in_order(tmp_path):
     model, tokenizer = build_model(str(tiny_causal_lm_dir(tmp_path / "llm2")), registry, template="chat")
     align.align_model(model, tokenizer, plain, {"pose": FeatureFolder(pose_dir, "pose")}, args)
     assert first_half_accuracy(model, tokenizer) < 0.6
+
+
+def test_wrong_feature_dim_names_the_record(tmp_path):
+    records, folders, _ = _world(tmp_path, clips=8)
+    save_features(folders["pose"] / "clip005_pose.safetensors", np.zeros((POSE_TOKENS, POSE_DIM + 2), np.float32))
+    model, tokenizer = build_model(str(tiny_causal_lm_dir(tmp_path / "llm")), _registry(), template="chat")
+    from llavidal.data.feature_store import FeatureFolder
+
+    with pytest.raises(ValueError, match=f"clip005.*{POSE_DIM}-d"):
+        align.align_model(model, tokenizer, records, {"pose": FeatureFolder(folders["pose"], "pose")},
+                          align.AlignArguments(output_dir=str(tmp_path / "o"), align_steps=2))

@@ -175,21 +175,24 @@ def collect(
         array = folder.get(str(name), record_id=rid)
         if array is None:
             continue
-        tensor = torch.as_tensor(np.asarray(array, dtype=np.float32)).reshape(-1, modality.feature_dim)
-        if tensor.shape[0] == 0:
+        array = np.asarray(array, dtype=np.float32)
+        if array.shape[-1] != modality.feature_dim:
+            raise ValueError(
+                f"{folder.folder}: {modality.name} features of record {rid} have shape {array.shape}; the model "
+                f"expects {modality.feature_dim}-d rows; re-extract them with the settings this model uses"
+            )
+        tensor = torch.from_numpy(array.reshape(-1, modality.feature_dim))
+        rows = tensor.shape[0]
+        if modality.variable and rows == 0:
             continue  # a clip without objects
-        if tensor.shape[0] % k:
+        if (modality.variable and rows % k) or (not modality.variable and rows != k):
+            expected = f"a multiple of {k}" if modality.variable else str(k)
             raise ValueError(
-                f"{folder.folder}: {modality.name} features of record {rid} have {tensor.shape[0]} rows, "
-                f"not a multiple of {k}; re-extract them with the settings this model uses"
+                f"{folder.folder}: {modality.name} features of record {rid} have {rows} rows, the model expects "
+                f"{expected}; re-extract them with the settings this model uses"
             )
-        groups = tensor.reshape(-1, k, modality.feature_dim) if modality.variable else tensor.reshape(1, k, -1)
-        if not modality.variable and tensor.shape[0] != k:
-            raise ValueError(
-                f"{folder.folder}: {modality.name} features of record {rid} have {tensor.shape[0]} rows, "
-                f"the model expects {k}"
-            )
-        per_token = [labels.index(name) for name in token_labels(record, k, temporal and not modality.variable)]
+        groups = tensor.reshape(-1, k, modality.feature_dim)
+        per_token = [labels.index(text) for text in token_labels(record, k, temporal and not modality.variable)]
         for group in groups:
             feats.append(group)
             label_index.append(per_token)
@@ -317,16 +320,11 @@ def make_parser() -> Any:
 def main(argv: list[str] | None = None) -> int:
     from llavidal.data.feature_store import FeatureFolder
     from llavidal.model.builder import build_model
-    from llavidal.train.args import build_registry, describe_registry, split_config_flag, _yaml_to_argv
+    from llavidal.train.args import build_registry, describe_registry, parse_args
     from llavidal.utils.io import atomic_write_json
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config, rest = split_config_flag(argv)
-    parser = make_parser()
-    model_args, data_args, args = parser.parse_args_into_dataclasses(
-        args=(_yaml_to_argv(config) if config else []) + rest, return_remaining_strings=False
-    )
+    model_args, data_args, args = parse_args(argv, parser=make_parser())
     records = load_label_records(data_args.data_path)
     registry = build_registry(model_args, data_args)
     torch.manual_seed(args.seed)  # the projectors' initialisation

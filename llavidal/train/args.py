@@ -293,13 +293,13 @@ def make_parser() -> transformers.HfArgumentParser:
     return transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Parse flags (and ``--config file.yaml``, overridden by flags) into the three dataclasses."""
+def parse_args(argv: list[str] | None = None, parser: transformers.HfArgumentParser | None = None) -> tuple:
+    """Parse flags (and ``--config file.yaml``, overridden by flags) into the parser's dataclasses
+    (default: ModelArguments, DataArguments, TrainingArguments)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     config, rest = split_config_flag(argv)
     full = (_yaml_to_argv(config) if config else []) + rest  # later flags win in argparse
-    model_args, data_args, training_args = make_parser().parse_args_into_dataclasses(args=full)
-    return model_args, data_args, training_args
+    return tuple((parser or make_parser()).parse_args_into_dataclasses(args=full))
 
 
 # ---------------------------------------------------------------------------- modality registry
