@@ -36,7 +36,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,11 @@ class Recipe:
     pose_depth: int = 2
     pose_steps: int = 150
     pose_batch: int = 64
+    pose_segments: bool = True
+    """Pretrain the pose encoder on each segment of a multi-activity train clip (the segment's frames,
+    encoded within the whole clip, against that activity's text) instead of the whole clip against "A,
+    then B". The tokens then say what happens when, which forecasting needs (the activity a routine
+    prefix ends with)."""
     mcq_answer: str = "text"
     """How MCQ training answers are written: ``text`` ("reading a book", the option's text, which the MCQ
     parser maps to its letter), ``letter`` ("B") or ``letter_text`` ("(B) reading a book"). With the letter
@@ -91,6 +96,12 @@ class Recipe:
     again from the world's rules (other distractors, other order). The train split has few forecasting
     clips (one per routine prefix), and "what comes next" is the one question whose answer is not what
     the features show; without more of them the model answers with the activity it sees."""
+    forecast_reasoning: bool = True
+    """Forecasting training answers first name what the clip ends with, then the answer: "The video ends
+    with sitting down on a chair. The answer is standing up from a chair." (the MCQ parser takes the
+    choice after "the answer is"). Forecasting is two steps, recognising the last activity and knowing
+    what follows it; written out, the first is the recognition the model learns anyway and the second
+    becomes a text-to-text rule, where a small LLM otherwise names what it sees."""
     forecast_from_successors: int = 0
     """Forecasting questions per train clip built from what the train split's routines show: a clip that
     ends with activity X is asked what comes next, the answer drawn from the activities seen right after X
@@ -104,7 +115,7 @@ class Recipe:
     description_fraction: float = 0.25
     """Share of the clips whose detailed description is trained on (descriptions are the longest turns;
     a quarter teaches their form and costs a fraction of the time)."""
-    mcq_max_new_tokens: int = 16
+    mcq_max_new_tokens: int = 40
     description_limit: int | None = 40
     """Held-out description records generated and judged (None: all)."""
     description_max_new_tokens: int = 96
@@ -267,6 +278,8 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
         spec = load_benchmark(MCQ_BENCHMARKS[task])
         for mcq in spec.load_records(path):
             answer = _mcq_answer(recipe, mcq)
+            if task == "forecasting":
+                answer = _forecast_answer(recipe, answer, _clip_last_label(paths, mcq.video_stem))
             mcq_turns.setdefault(mcq.video_stem, []).append((spec.prompts(mcq)["main"], answer))
             counts["mcq"] += 1
 
@@ -299,6 +312,18 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
     return out, counts
 
 
+def _clip_last_label(paths: Paths, clip_id: str) -> str | None:
+    meta_path = paths.world / "meta" / f"{clip_id}.json"
+    return _last_label(_read_json(meta_path)) if meta_path.is_file() else None
+
+
+def _forecast_answer(recipe: Recipe, answer: str, last_label: str | None) -> str:
+    """A forecasting training answer; with ``recipe.forecast_reasoning`` it names the clip's last activity first."""
+    if not recipe.forecast_reasoning or not last_label:
+        return answer
+    return f"The video ends with {last_label}. The answer is {answer}."
+
+
 def _mcq_answer(recipe: Recipe, mcq: Any) -> str:
     text = mcq.choices[mcq.answer_letter]
     return {"letter": mcq.answer_letter, "text": text, "letter_text": f"({mcq.answer_letter}) {text}"}[recipe.mcq_answer]
@@ -324,7 +349,8 @@ def _forecast_variants(paths: Paths, recipe: Recipe, records: dict) -> list[tupl
         for variant in range(1, recipe.forecast_variants + 1):
             raw = forecasting_mcq(meta, seed=world_seed + 7919 * variant)
             mcq = normalise_record(raw, "mcq", where=f"{meta_path} (variant {variant})", default_task="action_forecasting")
-            out.append((original.video_stem, spec.prompts(mcq)["main"], _mcq_answer(recipe, mcq)))
+            answer = _forecast_answer(recipe, _mcq_answer(recipe, mcq), _last_label(meta))
+            out.append((original.video_stem, spec.prompts(mcq)["main"], answer))
     return out
 
 
@@ -377,7 +403,7 @@ def _successor_questions(paths: Paths, recipe: Recipe, records: dict, rng: rando
                    "answer_choices": {LETTERS[i]: text for i, text in enumerate(options)},
                    "ground_truth_letter": LETTERS[options.index(truth)], "id": f"{clip_id}#s{index}"}
             mcq = normalise_record(raw, "mcq", where=f"successor question for {clip_id}", default_task="action_forecasting")
-            out.append((clip_id, spec.prompts(mcq)["main"], _mcq_answer(recipe, mcq)))
+            out.append((clip_id, spec.prompts(mcq)["main"], _forecast_answer(recipe, _mcq_answer(recipe, mcq), last)))
     return out
 
 
@@ -714,7 +740,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_threads", type=int, default=None, help="threads per rank (default: the recipe's)")
     parser.add_argument("--train_flag", action="append", default=[], metavar="FLAG=VALUE",
                         help="extra train_mem.py flag (repeatable), e.g. --train_flag max_steps=200")
+    parser.add_argument("--recipe_set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change one field of the recipe (repeatable), e.g. --recipe_set forecast_variants=5; "
+                             "values are Python/JSON literals (true/false accepted); see Recipe in quickstart.py")
     return parser
+
+
+def apply_recipe_settings(recipe: Recipe, items: list[str]) -> Recipe:
+    """``recipe`` with ``FIELD=VALUE`` changes (values parsed as literals, typed like the field's default)."""
+    import ast
+
+    known = {f.name: f for f in fields(Recipe)}
+    changes = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or key not in known or key in ("name", "description"):
+            raise ValueError(f"--recipe_set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{sorted(k for k in known if k not in ('name', 'description'))}")
+        literal = {"true": "True", "false": "False", "null": "None", "none": "None"}.get(text.strip().lower(), text)
+        try:
+            value = ast.literal_eval(literal)
+        except (ValueError, SyntaxError):
+            value = text  # a bare string
+        current = getattr(recipe, key)
+        if value is None and "None" in str(known[key].type):
+            changes[key] = None
+            continue
+        if isinstance(current, bool) and not isinstance(value, bool) or (
+            isinstance(current, (int, float)) and not isinstance(current, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float)))):
+            kind = {"bool": "a bool (true/false)", "int": "an int", "float": "a number"}[type(current).__name__]
+            raise ValueError(f"--recipe_set {item!r}: {key} takes {kind}, got {value!r}")
+        if isinstance(current, tuple) and isinstance(value, (list, tuple, str)):
+            value = tuple([value] if isinstance(value, str) else value)
+        changes[key] = float(value) if isinstance(current, float) else value
+    return replace(recipe, **changes)
 
 
 def _resolve_llm(choice: str, paths: Paths) -> tuple[str, Callable[[], None], Callable[[], bool]]:
@@ -750,6 +811,11 @@ def main(argv: list[str] | None = None) -> int:
     recipe = RECIPES[args.recipe]
     recipe = replace(recipe, train_procs=args.train_procs or recipe.train_procs,
                      train_threads=args.train_threads or recipe.train_threads)
+    try:
+        recipe = apply_recipe_settings(recipe, args.recipe_set)
+    except ValueError as err:
+        print(f"llavidal quickstart: {err}", file=sys.stderr)
+        return 2
     extra_flags = {}
     for item in args.train_flag:
         if "=" not in item:
@@ -800,15 +866,20 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- 4 pose pretraining on train-split skeletons only
     def pose_pretrain() -> None:
-        from llavidal.features.pose.pretrain import activity_text
+        from llavidal.features.pose.pretrain import activity_text, segment_windows
 
         pairs = paths.pose_encoder / "train_pairs.jsonl"
         pairs.parent.mkdir(parents=True, exist_ok=True)
         lines = []
         for clip_id in _split_ids(paths, "train"):
             meta = _read_json(paths.world / "meta" / f"{clip_id}.json")
-            lines.append(json.dumps({"id": clip_id, "skeleton": str(paths.world / "skeletons" / f"{clip_id}.skeleton"),
-                                     "text": activity_text(meta)}))
+            skeleton = str(paths.world / "skeletons" / f"{clip_id}.skeleton")
+            if recipe.pose_segments and len(meta.get("segments") or []) > 1:
+                for number, ((start, end), text) in enumerate(segment_windows(meta)):
+                    lines.append(json.dumps({"id": f"{clip_id}#{number}", "skeleton": skeleton, "text": text,
+                                             "start_frame": start, "end_frame": end}))
+            else:
+                lines.append(json.dumps({"id": clip_id, "skeleton": skeleton, "text": activity_text(meta)}))
         atomic_write_text(pairs, "\n".join(lines) + "\n")
         run_command(_cli("pose-pretrain", "--data", str(pairs), "--output_dir", str(paths.pose_encoder),
                          "--tokens", str(recipe.pose_tokens), "--num_frames", str(recipe.pose_frames),
@@ -821,7 +892,8 @@ def main(argv: list[str] | None = None) -> int:
     pose_pretrain_step = Step("pose_pretrain", "Pretrain the pose encoder (contrastive, train-split skeletons only)",
                               pose_pretrain, lambda: (paths.pose_encoder / "pose_encoder.safetensors").is_file(),
                               {"tokens": recipe.pose_tokens, "frames": recipe.pose_frames, "hidden": recipe.pose_hidden,
-                               "depth": recipe.pose_depth, "steps": recipe.pose_steps, "seed": args.seed})
+                               "depth": recipe.pose_depth, "steps": recipe.pose_steps, "seed": args.seed,
+                               "segments": recipe.pose_segments, "token_pooling": "frames"})
     pose_step = Step("pose", "Extract pose features", lambda: run_command(
         _cli("extract", "pose", "--skeleton_dir", str(paths.world / "skeletons"), "--out", str(paths.pose),
              "--encoder", str(paths.pose_encoder), "--device", "cpu", "--no_progress"), env=SINGLE_THREAD, log_file=log_file("pose")),

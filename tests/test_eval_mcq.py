@@ -35,6 +35,10 @@ TABLE = [
     ("(A) or (B)", None, "ambiguous"),
     ("Choices: (A) drink water (B) eat food", None, "ambiguous"),  # the options read back
     ("sit down and then stand up", None, "ambiguous"),  # two option texts
+    ("It ends with sitting down. The answer is standing up.", "F", "ok"),  # text after an answer phrase
+    ("The person sits down; the answer: stand up", "F", "ok"),
+    ("Eat food or drink water? The answer is a person walking.", None, "ambiguous"),  # no choice after it
+    ("The answer is to sit down, then stand up.", None, "ambiguous"),
     ("I'm sorry, I cannot determine the answer from the video.", None, "refusal"),
     ("Unable to tell from these frames.", None, "refusal"),
     ("The answer is G", None, "not_a_choice"),  # a letter that is not a choice

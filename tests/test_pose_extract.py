@@ -107,20 +107,20 @@ def test_pretrain_command_resumes_exactly_and_feeds_extraction(tmp_path, monkeyp
 
     # Interrupt a run after its step-3 checkpoint; the rerun continues and ends with the same weights.
     interrupted = tmp_path / "interrupted"
-    original = pretrain.collate_skeletons
+    original = pretrain.collate_skeleton_windows
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
-        if len(args) > 2 and args[2] is not None:  # training batches only (augmentation rng given)
+        if len(args) > 3 and args[3] is not None:  # training batches only (augmentation rng given)
             calls["n"] += 1
             if calls["n"] == 5:
                 raise _Interrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(pretrain, "collate_skeletons", flaky)
+    monkeypatch.setattr(pretrain, "collate_skeleton_windows", flaky)
     with pytest.raises(_Interrupt):
         pretrain.main(common + ["--output_dir", str(interrupted), "--max_steps", "6"])
-    monkeypatch.setattr(pretrain, "collate_skeletons", original)
+    monkeypatch.setattr(pretrain, "collate_skeleton_windows", original)
     assert json.loads((interrupted / "checkpoint" / "state.json").read_text())["step"] == 3
     assert not (interrupted / "pose_encoder.safetensors").exists()
     assert pretrain.main(common + ["--output_dir", str(interrupted), "--max_steps", "6"]) == 0

@@ -265,7 +265,7 @@ def tiny_worlds(tmp_path_factory):
 
 def test_pretraining_on_the_embedded_world(tmp_path, minilm, tiny_worlds):
     from llavidal.features.pose.encoder import as_skeleton_array
-    from llavidal.features.pose.pretrain import evaluate_contrastive, load_world_samples
+    from llavidal.features.pose.pretrain import evaluate_contrastive, load_world_samples, segment_windows
 
     torch.set_num_threads(1)
     train = [s for world in tiny_worlds[:3] for s in load_world_samples(world)]
@@ -273,6 +273,18 @@ def test_pretraining_on_the_embedded_world(tmp_path, minilm, tiny_worlds):
     texts = sorted({s.text for s in train})
     assert len(texts) >= 20 and all(s.text in texts for s in held_out)
     assert all(t.startswith("The person") for t in texts), "texts are the world's activity descriptions"
+    # Routine segments: one windowed pair per segment, the windows tiling the routine's frames.
+    with_segments = load_world_samples(tiny_worlds[0], routine_segments=True)
+    windowed = [s for s in with_segments if s.window is not None]
+    assert windowed and {s.sample_id for s in with_segments if s.window is None} == {
+        s.sample_id for s in load_world_samples(tiny_worlds[0])}
+    for clip in {s.sample_id.split("#")[0] for s in windowed}:
+        meta = json.loads((tiny_worlds[0] / "meta" / f"{clip}.json").read_text())
+        parts = sorted((s for s in windowed if s.sample_id.startswith(clip + "#")), key=lambda s: s.window)
+        assert len(parts) == len(meta["segments"]) >= 2 and parts[0].window[0] == 0
+        assert all(a.window[1] == b.window[0] for a, b in zip(parts, parts[1:]))
+        assert parts[-1].window[1] == len(as_skeleton_array(parts[0].skeleton)) == meta["frames"]
+        assert [s.text for s in parts] == [text for _, text in segment_windows(meta)] and all(s.text in texts for s in parts)
     args = PosePretrainArguments(
         output_dir=str(tmp_path / "pose"), max_steps=150, batch_size=32, learning_rate=2e-3, warmup_steps=10,
         eval_fraction=0.0, save_steps=1000, device="cpu", seed=0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +61,10 @@ def test_quickstart_small_tiny_runs_every_step_then_skips_them(tmp_path):
     # Pose pretraining and the projector alignment saw train-split clips only (held-out subjects stay unseen).
     splits = json.loads((out / "world" / "annotations" / "splits.json").read_text())["cross_subject"]
     pairs = [json.loads(line) for line in (out / "pose_encoder" / "train_pairs.jsonl").read_text().splitlines()]
-    assert {p["id"] for p in pairs} == set(splits["train"])
+    assert {p["id"].split("#")[0] for p in pairs} == set(splits["train"])
+    # a multi-activity clip is pretrained one segment (frame window) at a time, against that segment's text
+    windowed = [p for p in pairs if "start_frame" in p]
+    assert windowed and all("#" in p["id"] and 0 <= p["start_frame"] < p["end_frame"] for p in windowed)
     labels = json.loads((out / "data" / "align_labels.json").read_text())
     assert labels and {r["id"] for r in labels} <= set(splits["train"])
     assert set(report["alignment"]) >= {"video", "pose"}
@@ -70,15 +74,43 @@ def test_quickstart_small_tiny_runs_every_step_then_skips_them(tmp_path):
     samples = json.loads((out / "data" / "train.json").read_text())
     mcq_answers = [s["conversations"][1]["value"] for s in samples if "Choices are" in s["conversations"][0]["value"]]
     assert mcq_answers and not any(a.startswith("(") for a in mcq_answers)
-    # extra forecasting questions: on train clips only, each answer one of its own options
+    # extra forecasting questions: on train clips only; each answer names what the clip ends with, then
+    # one of its own options, and the MCQ parser reads that option
+    from llavidal.eval.mcq import parse_mcq_answer
+
     extra = [s for s in samples if "#f" in s["id"]]
     assert extra, "no extra forecasting questions in the training data"
     for sample in extra:
-        assert sample["id"].split("#")[0] in set(splits["train"])
+        clip = sample["id"].split("#")[0]
+        assert clip in set(splits["train"])
         prompt, answer = sample["conversations"][0]["value"], sample["conversations"][1]["value"]
-        assert "next" in prompt and f") {answer}" in prompt, sample
+        meta = json.loads((out / "world" / "meta" / f"{clip}.json").read_text())
+        match = re.fullmatch(r"The video ends with (.+)\. The answer is (.+)\.", answer)
+        assert match and match.group(1) == meta["segments"][-1]["label"], sample
+        choices = dict(re.findall(r"(?m)\(([A-F])\) (.+?)(?= \([A-F]\) |$)", prompt))
+        assert "next" in prompt and match.group(2) in choices.values(), sample
+        parsed = parse_mcq_answer(answer, choices)
+        assert parsed.status == "ok" and choices[parsed.letter] == match.group(2), (sample, parsed)
 
     second = _run(out)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
     assert second.stdout.count("done already, skipped") == len(STEPS), second.stdout
     assert "$ " not in second.stdout  # no command was run
+
+
+def test_recipe_settings_from_the_command_line(tmp_path, capsys):
+    from llavidal.quickstart import RECIPES, apply_recipe_settings, main
+
+    recipe = apply_recipe_settings(RECIPES["embedded"], [
+        "forecast_from_successors=2", "forecast_reasoning=false", "description_fraction=1",
+        'record_turns=["recognition", "last"]', "description_limit=None"])
+    assert (recipe.forecast_from_successors, recipe.forecast_reasoning, recipe.description_fraction) == (2, False, 1.0)
+    assert recipe.record_turns == ("recognition", "last") and recipe.description_limit is None
+    assert RECIPES["embedded"].forecast_reasoning is True  # the preset itself is untouched
+    for bad, message in (("nope=1", "expected FIELD=VALUE"), ("forecast_reasoning=3", "takes a bool"),
+                         ("align_steps=many", "takes an int"), ("name=x", "expected FIELD=VALUE")):
+        with pytest.raises(ValueError, match=message):
+            apply_recipe_settings(RECIPES["embedded"], [bad])
+    assert main(["--out", str(tmp_path / "qs"), "--recipe_set", "align_steps=many"]) == 2
+    assert "align_steps takes an int" in capsys.readouterr().err
+    assert not (tmp_path / "qs").exists()

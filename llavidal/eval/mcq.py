@@ -8,7 +8,9 @@ Parsing rules (first rule that decides wins; ``PARSER_VERSION`` changes when a r
 3. **Explicit answer phrase**: ``answer is (C)``, ``The best answer is C``, ``Answer: c)``, ``option D``,
    ``I choose E``. Letters must be capitals, or in brackets. One distinct letter -> that letter, even if
    others are mentioned elsewhere (``The answer is B, not A`` -> B). Two or more distinct letters in
-   answer phrases -> ``ambiguous``.
+   answer phrases -> ``ambiguous``. An answer phrase followed by a choice's *text* (``It ends with
+   sitting down. The answer is standing up.``) -> that choice, even if other choices' texts come before
+   the phrase (text after the last answer phrase, matched as in rule 7).
 4. **Leading marker**: the reply starts with ``(C)``, ``C)``, ``C.`` or ``C:`` -> C, unless another
    choice letter appears in brackets later (``(A) or (B)``, or the choices read back) -> ``ambiguous``.
 5. **Refusal** (``I cannot determine``, ``unable to tell``, ``none of the options``...) -> missing
@@ -42,7 +44,7 @@ from llavidal.eval.records import EvalRecord, normalise_text
 if TYPE_CHECKING:
     from llavidal.eval.judges.base import Judge
 
-PARSER_VERSION = "mcq-parser-v1"
+PARSER_VERSION = "mcq-parser-v2"
 
 _REFUSAL = re.compile(
     r"\b(i\s*(?:can ?not|can't|cannot|am unable|'m unable|am not able|'m not able|do not know|don't know)"
@@ -50,6 +52,9 @@ _REFUSAL = re.compile(
     r"|none of the (?:above|options|choices|given)|no (?:video|frames?) (?:is|was|were)? ?(?:provided|given)"
     r"|as an ai\b|cannot be determined|can't be determined|insufficient information)",
     re.IGNORECASE,
+)
+_ANSWER_TEXT_PHRASE = re.compile(
+    r"\b(?:answer|choice|option|correct one)\s*(?:is|would be|should be|will be|=|:)\s*", re.IGNORECASE
 )
 _ANSWER_PHRASE = re.compile(
     r"\b(?:answer|choice|option|pick|choose|select|selected|chosen|correct one)\s*"
@@ -105,6 +110,27 @@ def _decide(found: list[str], table: dict[str, str], method: str) -> ParsedAnswe
     return ParsedAnswer(None, "not_a_choice", method, list(dict.fromkeys(found)))
 
 
+def _decide_text(stemmed_reply: str, stemmed_choices: dict[str, str], method: str) -> ParsedAnswer | None:
+    """Rule 7 on an already stemmed text: the one choice whose text it contains (a choice whose text lies
+    inside another matched choice's text is dropped); several -> ambiguous; none -> None."""
+    padded = f" {stemmed_reply.strip()} "
+    hits = [letter for letter, stem in stemmed_choices.items() if stem and f" {stem} " in padded]
+    if not hits:
+        return None
+    texts = {letter: stemmed_choices[letter] for letter in hits}
+    kept = [
+        letter
+        for letter in hits
+        if not any(
+            other != letter and f" {texts[letter]} " in f" {texts[other]} " and texts[letter] != texts[other]
+            for other in hits
+        )
+    ]
+    if len(kept) == 1:
+        return ParsedAnswer(kept[0], "ok", method, kept)
+    return ParsedAnswer(None, "ambiguous", method, kept)
+
+
 def parse_mcq_answer(
     text: str | None, choices: dict[str, str], original_keys: dict[str, str] | None = None
 ) -> ParsedAnswer:
@@ -132,6 +158,12 @@ def parse_mcq_answer(
     if decided is not None and decided.status != "not_a_choice":
         return decided
     invalid_phrase = decided
+    stemmed_choices = {letter: stem_text(choice) for letter, choice in choices.items()}
+    phrase_ends = [m.end() for m in _ANSWER_TEXT_PHRASE.finditer(clean)]
+    if phrase_ends:
+        decided = _decide_text(stem_text(clean[phrase_ends[-1] :]), stemmed_choices, "answer_phrase_text")
+        if decided is not None and decided.status == "ok":
+            return decided
 
     bracketed = re.findall(r"\(([A-Za-z])\)", clean)
     if original_keys:
@@ -148,7 +180,6 @@ def parse_mcq_answer(
             return ParsedAnswer(letter, "ok", "leading_marker", [letter])
 
     normalised = f" {stem_text(clean)} "
-    stemmed_choices = {letter: stem_text(choice) for letter, choice in choices.items()}
     text_hits = [letter for letter, stem in stemmed_choices.items() if stem and f" {stem} " in normalised]
     if _REFUSAL.search(clean) and not text_hits:
         return ParsedAnswer(None, "refusal", "refusal")
@@ -157,19 +188,9 @@ def parse_mcq_answer(
     if decided is not None and decided.status != "not_a_choice":
         return decided
 
-    if text_hits:
-        texts = {letter: stemmed_choices[letter] for letter in text_hits}
-        kept = [
-            letter
-            for letter in text_hits
-            if not any(
-                other != letter and f" {texts[letter]} " in f" {texts[other]} " and texts[letter] != texts[other]
-                for other in text_hits
-            )
-        ]
-        if len(kept) == 1:
-            return ParsedAnswer(kept[0], "ok", "choice_text", kept)
-        return ParsedAnswer(None, "ambiguous", "choice_text", kept)
+    decided = _decide_text(normalised, stemmed_choices, "choice_text")
+    if decided is not None:
+        return decided
 
     standalone = []
     for match in re.finditer(r"(?<![\w'])([A-Z])(?![\w'])", clean):

@@ -12,13 +12,16 @@ Pipeline (one sample)::
       -> resample to F frames (linear interpolation), add velocities      (F, M, 25*6)
       -> per-(frame, person) MLP embedding + time and person embeddings  (F*M, hidden)
       -> transformer encoder (absent persons masked out)                  (F*M, hidden)
-      -> pool/interpolate the time-major sequence to ``tokens`` rows      (tokens, dim)
+      -> mean over the persons present in each frame                      (F, dim)
+      -> pool/interpolate over time to ``tokens`` rows                    (tokens, dim)
 
-With the defaults F = 64 frames and M = 2 persons the sequence has 128 positions, linearly
-interpolated to the 256 output rows (``num_frames=128`` makes them the transformer's own outputs at
-about four times the attention cost; a clip is rarely longer than a few seconds of motion). A pooled embedding (masked mean) and an optional linear
-projection into a text encoder's space serve contrastive pretraining
-(:mod:`llavidal.features.pose.pretrain`).
+With the defaults F = 64 frames, the 64 per-frame rows are linearly interpolated to the 256 output
+rows (``num_frames=256`` makes them the transformer's own outputs at a much higher attention cost; a
+clip is rarely longer than a few seconds of motion). Row i of the output describes the i-th stretch of
+the clip. A pooled embedding (masked mean, over the whole clip or a window of its frames) and an
+optional linear projection into a text encoder's space serve contrastive pretraining
+(:mod:`llavidal.features.pose.pretrain`), where pretraining a routine's segments against their own
+texts keeps the rows local in time.
 
 Checkpoints are a folder with ``pose_encoder.safetensors`` (weights) and ``pose_encoder.json``
 (config and how it was trained); :func:`load_pose_encoder` reads them.
@@ -52,6 +55,7 @@ _SPINE_SHOULDER = JOINT_INDEX["SpineShoulder"]
 _HIP_LEFT, _HIP_RIGHT = JOINT_INDEX["HipLeft"], JOINT_INDEX["HipRight"]
 _SHOULDER_LEFT, _SHOULDER_RIGHT = JOINT_INDEX["ShoulderLeft"], JOINT_INDEX["ShoulderRight"]
 VIEW_NORMALIZATIONS = ("yaw", "none")
+TOKEN_POOLINGS = ("frames", "positions")
 
 
 @dataclass
@@ -80,6 +84,10 @@ class PoseEncoderConfig:
     ``none``: keep camera coordinates (centred and scaled only)."""
     text_dim: int = 0
     """Dimension of the text space a projection head maps pooled embeddings into (0: no head)."""
+    token_pooling: str = "frames"
+    """How the (F x persons) output sequence becomes ``tokens`` rows: ``frames`` averages the persons
+    present in each frame, then pools/interpolates the F frames over time (absent persons never leak
+    into a row); ``positions`` pools the raw time-major (frame, person) sequence (the first releases)."""
 
     def __post_init__(self) -> None:
         for name in ("tokens", "dim", "hidden", "depth", "heads", "num_frames", "num_persons", "num_joints"):
@@ -87,6 +95,8 @@ class PoseEncoderConfig:
                 raise ValueError(f"PoseEncoderConfig.{name} must be positive, got {getattr(self, name)}")
         if self.hidden % self.heads:
             raise ValueError(f"PoseEncoderConfig: hidden={self.hidden} is not divisible by heads={self.heads}")
+        if self.token_pooling not in TOKEN_POOLINGS:
+            raise ValueError(f"PoseEncoderConfig.token_pooling must be one of {TOKEN_POOLINGS}")
         if self.view_normalization not in VIEW_NORMALIZATIONS:
             raise ValueError(f"PoseEncoderConfig.view_normalization must be one of {VIEW_NORMALIZATIONS}")
         if not 0.0 <= self.dropout < 1.0:
@@ -211,11 +221,56 @@ def skeleton_features(
     With ``rng``, training augmentation is applied: a random temporal crop (70-100% of the clip), a
     small random rotation and scale, and joint jitter.
     """
+    features, mask, _ = skeleton_window_features(sample, config, None, rng)
+    return features, mask
+
+
+def window_frame_weights(length: int, window: tuple[int, int], num_frames: int) -> np.ndarray:
+    """Which of the ``num_frames`` resampled frames fall in ``window`` = ``[start, end)`` of the
+    ``length`` original frames: a ``(num_frames,)`` 0/1 float32 vector (never all zero: a window
+    shorter than the resampling step takes the resampled frame nearest its centre)."""
+    start, end = max(0, int(window[0])), min(int(length), int(window[1]))
+    if length <= 0 or end <= start:
+        raise ValueError(f"window {tuple(window)} is empty for a clip of {length} frames")
+    position = np.linspace(0.0, max(length - 1, 0), num_frames)
+    weights = ((position >= start - 0.5) & (position < end - 0.5)).astype(np.float32)
+    if not weights.any():
+        weights[int(np.abs(position - (start + end - 1) / 2).argmin())] = 1.0
+    return weights
+
+
+def skeleton_window_features(
+    sample: SkeletonSequence | np.ndarray | str | os.PathLike,
+    config: PoseEncoderConfig,
+    window: tuple[int, int] | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`skeleton_features` plus ``(F,)`` weights of the resampled frames inside ``window``
+    (``[start_frame, end_frame)`` of the sample's own frames; ``None``: the whole clip).
+
+    The augmentation's temporal crop never cuts into the window, so the weights always mark the
+    window's frames within the (cropped) clip.
+    """
     array = as_skeleton_array(sample, config.num_persons)  # (T, M, 25, 3)
-    if rng is not None and array.shape[0] > 4:
-        keep = int(round(array.shape[0] * rng.uniform(0.7, 1.0)))
-        start = int(rng.integers(0, array.shape[0] - keep + 1))
-        array = array[start : start + keep]
+    length = array.shape[0]
+    if window is not None:
+        window = (max(0, int(window[0])), min(length, int(window[1])))
+        if window[1] <= window[0]:
+            raise ValueError(f"window [{window[0]}, {window[1]}) holds no frame of a {length}-frame clip")
+    if rng is not None and length > 4:
+        keep = int(round(length * rng.uniform(0.7, 1.0)))
+        low, high = 0, length - keep
+        if window is not None:  # keep the whole window inside the crop
+            low, high = max(0, window[1] - keep), min(window[0], length - keep)
+        if low <= high:
+            start = int(rng.integers(low, high + 1))
+            array = array[start : start + keep]
+            if window is not None:
+                window = (window[0] - start, window[1] - start)
+    weights = (
+        np.ones(config.num_frames, dtype=np.float32) if window is None
+        else window_frame_weights(array.shape[0], window, config.num_frames)
+    )
     normalised, valid = normalize_skeleton(array, config.view_normalization)
     if rng is not None:
         yaw, tilt = rng.uniform(-0.3, 0.3), rng.uniform(-0.1, 0.1)
@@ -233,7 +288,7 @@ def skeleton_features(
     velocity[1:][~(mask[1:] & mask[:-1])] = 0.0
     features = np.concatenate([positions, velocity], axis=-1)  # (F, M, 25, 6)
     features[~mask] = 0.0
-    return features.reshape(config.num_frames, config.num_persons, -1).astype(np.float32), mask
+    return features.reshape(config.num_frames, config.num_persons, -1).astype(np.float32), mask, weights
 
 
 def collate_skeletons(
@@ -246,6 +301,19 @@ def collate_skeletons(
     features = torch.from_numpy(np.stack([p[0] for p in pairs]))
     mask = torch.from_numpy(np.stack([p[1] for p in pairs]))
     return features, mask
+
+
+def collate_skeleton_windows(
+    samples: Sequence[SkeletonSequence | np.ndarray | str | os.PathLike],
+    windows: Sequence[tuple[int, int] | None],
+    config: PoseEncoderConfig,
+    rng: np.random.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`collate_skeletons` plus ``(B, F)`` window weights (see :func:`skeleton_window_features`)."""
+    if len(windows) != len(samples):
+        raise ValueError(f"{len(samples)} samples but {len(windows)} windows")
+    triples = [skeleton_window_features(s, config, w, rng) for s, w in zip(samples, windows)]
+    return tuple(torch.from_numpy(np.stack([t[i] for t in triples])) for i in range(3))  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -297,11 +365,22 @@ class PoseEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, F, M, 25*6)``, ``(B, F, M)`` -> ``(B, tokens, dim)``."""
-        sequence, _ = self._sequence(features, mask)
-        return self._to_tokens(sequence)
+        sequence, padding = self._sequence(features, mask)
+        return self._to_tokens(sequence, padding)
 
-    def _to_tokens(self, sequence: torch.Tensor) -> torch.Tensor:
+    def _to_tokens(self, sequence: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """``(B, F*M, dim)`` time-major outputs and their ``(B, F*M)`` padding -> ``(B, tokens, dim)``."""
         tokens = self.config.tokens
+        if self.config.token_pooling == "frames":
+            batch, length, dim = sequence.shape
+            persons = self.config.num_persons
+            present = (~padding).to(sequence.dtype).reshape(batch, length // persons, persons, 1)
+            by_frame = sequence.reshape(batch, length // persons, persons, dim)
+            # Mean over the persons present in a frame; a frame with nobody takes the plain mean.
+            count = present.sum(dim=2)
+            sequence = torch.where(
+                count > 0, (by_frame * present).sum(dim=2) / count.clamp(min=1.0), by_frame.mean(dim=2)
+            )  # (B, F, dim)
         if sequence.shape[1] == tokens:
             return sequence
         by_channel = sequence.transpose(1, 2)  # (B, dim, L)
@@ -311,12 +390,27 @@ class PoseEncoder(nn.Module):
             pooled = nn.functional.interpolate(by_channel, size=tokens, mode="linear", align_corners=True)
         return pooled.transpose(1, 2)  # (B, tokens, dim)
 
-    def encode_with_pooled(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``-> (tokens (B, tokens, dim), pooled (B, dim))``; pooled = mean over present positions."""
+    def encode_with_pooled(
+        self, features: torch.Tensor, mask: torch.Tensor, frame_weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``-> (tokens (B, tokens, dim), pooled (B, dim))``; pooled = mean over present positions.
+
+        ``frame_weights`` ``(B, F)`` restricts the mean to a window of frames (the sequence is still
+        encoded whole, so a window's embedding sees its context): pretraining a routine's segments
+        against their own texts this way makes the output rows, and so the tokens, local in time.
+        """
         sequence, padding = self._sequence(features, mask)
-        keep = (~padding).unsqueeze(-1).to(sequence.dtype)  # (B, L, 1)
+        keep = (~padding).to(sequence.dtype)  # (B, L)
+        if frame_weights is not None:
+            batch, frames, persons = mask.shape
+            if frame_weights.shape != (batch, frames):
+                raise ValueError(f"frame_weights must be (B, F) = {(batch, frames)}, got {tuple(frame_weights.shape)}")
+            windowed = keep * frame_weights.to(keep).repeat_interleave(persons, dim=1)  # time-major
+            # A window where no person is present falls back to the whole clip rather than to nothing.
+            keep = torch.where(windowed.sum(dim=1, keepdim=True) > 0, windowed, keep)
+        keep = keep.unsqueeze(-1)  # (B, L, 1)
         pooled = (sequence * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
-        return self._to_tokens(sequence), pooled
+        return self._to_tokens(sequence, padding), pooled
 
     def embed_text_space(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled ``(B, dim)`` -> unit vectors ``(B, text_dim)`` in the text encoder's space."""

@@ -57,7 +57,9 @@ def pose_manifest(encoder: PoseEncoder, source: str, dtype: str) -> FeatureManif
         model_id=encoder.model_id,
         weights_sha256=encoder.weights_sha256(),
         frames=config.num_frames,
-        pooling=f"skeleton transformer over {config.num_frames} frames x {config.num_persons} persons -> {config.tokens} tokens",
+        pooling=f"skeleton transformer over {config.num_frames} frames x {config.num_persons} persons -> "
+        + ("per-frame mean over present persons -> " if config.token_pooling == "frames" else "")
+        + f"{config.tokens} tokens",
         extra={"encoder_config": config.to_dict(), "text_encoder": encoder.checkpoint_info.get("text_encoder", "")},
     )
 

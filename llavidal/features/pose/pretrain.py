@@ -51,7 +51,7 @@ from llavidal.features.pose.encoder import (
     PoseEncoder,
     PoseEncoderConfig,
     as_skeleton_array,
-    collate_skeletons,
+    collate_skeleton_windows,
     load_pose_encoder,
     save_pose_encoder,
 )
@@ -140,11 +140,17 @@ class FrozenTextEncoder:
 
 @dataclass
 class PoseTextSample:
-    """One training pair. ``skeleton`` is a path or an array ``(T, M, 25, 3)``."""
+    """One training pair. ``skeleton`` is a path or an array ``(T, M, 25, 3)``.
+
+    ``window`` (``[start_frame, end_frame)`` of the skeleton's frames) pairs the text with part of the
+    clip: the whole clip is encoded and the embedding is the mean over the window's frames (a segment
+    of a multi-activity routine, seen in its context).
+    """
 
     sample_id: str
     skeleton: Any
     text: str
+    window: tuple[int, int] | None = None
 
 
 def activity_text(meta: dict) -> str:
@@ -185,11 +191,36 @@ def _describe_activity_name(name: str) -> str:
     return f"A person {name.replace('_', ' ').strip()}."
 
 
-def load_world_samples(world_dir: str | os.PathLike, include_routines: bool = False) -> list[PoseTextSample]:
+def segment_windows(meta: dict, frames: int | None = None) -> list[tuple[tuple[int, int], str]]:
+    """``[((start_frame, end_frame), text), ...]`` for the segments of a world clip's meta (times in
+    seconds at ``meta['fps']``), clipped to ``frames`` (default ``meta['frames']``); segments that keep
+    no frame are dropped."""
+    fps = float(meta.get("fps") or 0)
+    segments = meta.get("segments") or []
+    if fps <= 0 or not segments:
+        raise ValueError("needs 'fps' and 'segments' (with start/end seconds) for segment windows")
+    frames = int(frames if frames is not None else meta.get("frames") or 0) or None
+    windows = []
+    for number, segment in enumerate(segments):
+        try:
+            start, end = int(round(float(segment["start"]) * fps)), int(round(float(segment["end"]) * fps))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"segment {number} needs numeric 'start' and 'end' (seconds)") from None
+        if frames is not None:
+            start, end = max(0, min(start, frames)), max(0, min(end, frames))
+        if end > start:
+            windows.append(((start, end), activity_text(segment)))
+    return windows
+
+
+def load_world_samples(
+    world_dir: str | os.PathLike, include_routines: bool = False, routine_segments: bool = False
+) -> list[PoseTextSample]:
     """Pairs from the embedded world: ``skeletons/{id}.skeleton`` with the text of ``meta/{id}.json``.
 
     Single-activity clips only, unless ``include_routines`` (then a routine's text lists its
-    activities in order)."""
+    activities in order) or ``routine_segments`` (then each segment of a routine is a pair of its own:
+    the segment's frames, encoded within the whole clip, with the segment's activity text)."""
     world_dir = Path(world_dir)
     skeleton_dir, meta_dir = world_dir / "skeletons", world_dir / "meta"
     if not skeleton_dir.is_dir() or not meta_dir.is_dir():
@@ -202,7 +233,12 @@ def load_world_samples(world_dir: str | os.PathLike, include_routines: bool = Fa
             continue
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if not include_routines and not meta.get("activity") and len(meta.get("segments") or []) != 1:
+            single = bool(meta.get("activity")) or len(meta.get("segments") or []) == 1
+            if not single and routine_segments:
+                for number, (window, text) in enumerate(segment_windows(meta)):
+                    samples.append(PoseTextSample(f"{skeleton.stem}#{number}", skeleton, text, window))
+                continue
+            if not single and not include_routines:
                 continue
             text = activity_text(meta)
         except (ValueError, json.JSONDecodeError) as err:
@@ -214,7 +250,10 @@ def load_world_samples(world_dir: str | os.PathLike, include_routines: bool = Fa
 
 
 def load_pair_file(path: str | os.PathLike) -> list[PoseTextSample]:
-    """Pairs from a CSV (header ``skeleton,text``), JSON list or JSONL of ``{"skeleton", "text"}``."""
+    """Pairs from a CSV (header ``skeleton,text``), JSON list or JSONL of ``{"skeleton", "text"}``.
+
+    Optional fields: ``id``, and ``start_frame`` / ``end_frame`` (0-based, end exclusive) to pair the
+    text with that window of the clip (see :class:`PoseTextSample`)."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as handle:
@@ -231,7 +270,18 @@ def load_pair_file(path: str | os.PathLike) -> list[PoseTextSample]:
         skeleton = skeleton if skeleton.is_absolute() else path.parent / skeleton
         if not skeleton.is_file():
             raise FileNotFoundError(f"{path}: record {number}: skeleton file {skeleton} does not exist")
-        samples.append(PoseTextSample(str(record.get("id") or skeleton.stem), skeleton, str(record["text"])))
+        window = None
+        bounds = [record.get("start_frame"), record.get("end_frame")]
+        if any(b not in (None, "") for b in bounds):
+            try:
+                window = (int(bounds[0]), int(bounds[1]))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{path}: record {number} needs both 'start_frame' and 'end_frame' as integers, got {bounds}"
+                ) from None
+            if window[0] < 0 or window[1] <= window[0]:
+                raise ValueError(f"{path}: record {number}: the window [{window[0]}, {window[1]}) is empty or negative")
+        samples.append(PoseTextSample(str(record.get("id") or skeleton.stem), skeleton, str(record["text"]), window))
     if not samples:
         raise ValueError(f"{path}: no records")
     return samples
@@ -291,6 +341,9 @@ class PosePretrainArguments:
     """The embedded world's folder (skeletons/ + meta/), from 'llavidal synth'."""
     include_routines: bool = False
     """With --world_dir: also train on multi-activity routine clips (their text lists the activities)."""
+    routine_segments: bool = False
+    """With --world_dir: also train on each segment of a routine clip against its own activity text
+    (pooled over the segment's frames of the whole encoded clip: makes the tokens local in time)."""
     data: str = ""
     """A CSV/JSON/JSONL of {skeleton, text} pairs (paths relative to the file); instead of --world_dir."""
     text_encoder: str = DEFAULT_TEXT_ENCODER
@@ -352,18 +405,22 @@ def evaluate_contrastive(
     text_ids: Sequence[int],
     text_embeddings: torch.Tensor,
     batch_size: int = 64,
+    windows: Sequence[tuple[int, int] | None] | None = None,
 ) -> tuple[float, float]:
     """Mean contrastive loss over fixed batches (no augmentation) and pose -> text retrieval accuracy
-    over all texts. Returns ``(loss, accuracy)``."""
+    over all texts (each sample pooled over its window, if any). Returns ``(loss, accuracy)``."""
+    windows = list(windows) if windows is not None else [None] * len(arrays)
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
     losses, weights, correct = [], [], 0
     try:
         for start in range(0, len(arrays), batch_size):
-            features, mask = collate_skeletons(arrays[start : start + batch_size], encoder.config)
+            features, mask, frame_weights = collate_skeleton_windows(
+                arrays[start : start + batch_size], windows[start : start + batch_size], encoder.config
+            )
             ids = torch.as_tensor(text_ids[start : start + batch_size], device=device)
-            _, pooled = encoder.encode_with_pooled(features.to(device), mask.to(device))
+            _, pooled = encoder.encode_with_pooled(features.to(device), mask.to(device), frame_weights.to(device))
             embeddings = encoder.embed_text_space(pooled)
             losses.append(float(contrastive_loss(embeddings, text_embeddings, ids, encoder.logit_scale.detach())))
             weights.append(len(ids))
@@ -476,6 +533,14 @@ def pretrain_pose_encoder(
     train_arrays, eval_arrays = load_arrays(train_samples), load_arrays(eval_samples)
     train_ids = [text_index[s.text] for s in train_samples]
     eval_ids = [text_index[s.text] for s in eval_samples]
+    train_windows = [s.window for s in train_samples]
+    eval_windows = [s.window for s in eval_samples]
+    for sample, array in zip(list(train_samples) + list(eval_samples), train_arrays + eval_arrays):
+        if sample.window is not None and min(sample.window[1], len(array)) <= max(sample.window[0], 0):
+            raise ValueError(
+                f"sample {sample.sample_id}: window [{sample.window[0]}, {sample.window[1]}) holds no frame of "
+                f"its {len(array)}-frame skeleton; fix its start_frame/end_frame"
+            )
 
     decay = [p for n, p in encoder.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in encoder.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -488,8 +553,11 @@ def pretrain_pose_encoder(
     checkpoint_dir = output_dir / CHECKPOINT_DIR
     state = _load_checkpoint(checkpoint_dir, encoder, optimizer, scheduler) if args.resume else None
     if state is None:
-        train_before, _ = evaluate_contrastive(encoder, train_arrays, train_ids, text_embeddings)
-        eval_before = evaluate_contrastive(encoder, eval_arrays, eval_ids, text_embeddings) if eval_arrays else None
+        train_before, _ = evaluate_contrastive(encoder, train_arrays, train_ids, text_embeddings, windows=train_windows)
+        eval_before = (
+            evaluate_contrastive(encoder, eval_arrays, eval_ids, text_embeddings, windows=eval_windows)
+            if eval_arrays else None
+        )
         state = {
             "step": 0, "numpy_rng": np.random.default_rng(args.seed).bit_generator.state,
             "order": [], "position": 0, "encoder_config": config.to_dict(),
@@ -515,9 +583,11 @@ def pretrain_pose_encoder(
             order, position = rng.permutation(len(train_arrays)).tolist(), 0
         batch = order[position : position + batch_size]
         position += batch_size
-        features, mask = collate_skeletons([train_arrays[i] for i in batch], config, rng if args.augment else None)
+        features, mask, weights = collate_skeleton_windows(
+            [train_arrays[i] for i in batch], [train_windows[i] for i in batch], config, rng if args.augment else None
+        )
         ids = torch.as_tensor([train_ids[i] for i in batch], device=device)
-        _, pooled = encoder.encode_with_pooled(features.to(device), mask.to(device))
+        _, pooled = encoder.encode_with_pooled(features.to(device), mask.to(device), weights.to(device))
         loss = contrastive_loss(encoder.embed_text_space(pooled), text_embeddings, ids, encoder.logit_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -537,8 +607,11 @@ def pretrain_pose_encoder(
             _save_checkpoint(checkpoint_dir, encoder, optimizer, scheduler, state)
     bar.close()
 
-    train_after, _ = evaluate_contrastive(encoder, train_arrays, train_ids, text_embeddings)
-    eval_after = evaluate_contrastive(encoder, eval_arrays, eval_ids, text_embeddings) if eval_arrays else None
+    train_after, _ = evaluate_contrastive(encoder, train_arrays, train_ids, text_embeddings, windows=train_windows)
+    eval_after = (
+        evaluate_contrastive(encoder, eval_arrays, eval_ids, text_embeddings, windows=eval_windows)
+        if eval_arrays else None
+    )
     encoder.eval()
     info = {
         "model_id": f"llavidal-pose-clip:{output_dir.name}",
@@ -669,7 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args, encoder_config = parse_args(argv)
     try:
-        samples = load_world_samples(args.world_dir, args.include_routines) if args.world_dir else load_pair_file(args.data)
+        samples = load_world_samples(args.world_dir, args.include_routines, args.routine_segments) if args.world_dir else load_pair_file(args.data)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
