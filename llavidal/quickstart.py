@@ -65,7 +65,7 @@ class Recipe:
     train_config: str
     """A train_mem.py YAML config under configs/ (its flags; ``train_overrides`` win)."""
     train_overrides: dict = field(default_factory=dict)
-    video_frames: int = 16
+    video_frames: int = 8
     """Frames sampled per video (upstream: 100)."""
     video_temporal_tokens: int = 4
     video_spatial_grid: int = 2
@@ -102,21 +102,22 @@ class Recipe:
     choice after "the answer is"). Forecasting is two steps, recognising the last activity and knowing
     what follows it; written out, the first is the recognition the model learns anyway and the second
     becomes a text-to-text rule, where a small LLM otherwise names what it sees."""
-    forecast_from_successors: int = 0
+    forecast_from_successors: int = 1
     """Forecasting questions per train clip built from what the train split's routines show: a clip that
-    ends with activity X is asked what comes next, the answer drawn from the activities seen right after X
-    in train routines, the other options from activities never seen after X. Teaches the succession
+    ends with activity X is asked what comes next, the answer drawn (uniformly) from the activities seen
+    right after X in train routines, the other options from activities never seen after X. Teaches the succession
     rules from many more clips than the split has routine prefixes (train-split statistics only)."""
     reduced_modality_copies: bool = True
     """Add, per train MCQ, a copy that shows a random reduced modality set (video / pose / video+pose), so
     that the same model answers when features are withheld at inference (the ablation)."""
-    record_turns: tuple[str, ...] = ("recognition", "description")
-    """Which kinds of question of the world's training records are kept (besides the MCQ turn)."""
+    record_turns: tuple[str, ...] = ("recognition", "description", "last")
+    """Which kinds of question of the world's training records are kept (besides the MCQ turn); "last"
+    ("Which activity does the person finish with?") trains what forecasting starts from."""
     description_fraction: float = 0.25
     """Share of the clips whose detailed description is trained on (descriptions are the longest turns;
     a quarter teaches their form and costs a fraction of the time)."""
     mcq_max_new_tokens: int = 40
-    description_limit: int | None = 40
+    description_limit: int | None = 24
     """Held-out description records generated and judged (None: all)."""
     description_max_new_tokens: int = 96
     ablation_limit: int | None = 80
@@ -393,7 +394,9 @@ def _successor_questions(paths: Paths, recipe: Recipe, records: dict, rng: rando
         plausible_looking = sorted(label for label in in_routines if label not in successors[last])
         others = sorted(label for label in every - in_routines if label not in successors[last])
         for index in range(recipe.forecast_from_successors):
-            truth = rng.choices(list(successors[last]), weights=list(successors[last].values()))[0]
+            # uniform over the successors seen, not by frequency: the answer must then come from the
+            # options (the one successor among them), not from "the usual next activity" alone
+            truth = rng.choice(sorted(successors[last]))
             count = min(rng.randint(4, 6), len(plausible_looking) + len(others) + 1)
             picked = rng.sample(plausible_looking, min(count - 1, len(plausible_looking)))
             picked += rng.sample(others, count - 1 - len(picked))
