@@ -101,6 +101,10 @@ def test_windowed_pooling_is_the_mean_over_the_window_and_tokens_ignore_absent_p
         assert not torch.allclose(legacy(features, mask), tokens)
     with pytest.raises(ValueError, match="token_pooling"):
         PoseEncoderConfig(token_pooling="max")
+    # A checkpoint config saved before the field existed keeps its original (positions) pooling.
+    old = {k: v for k, v in config.to_dict().items() if k != "token_pooling"}
+    assert PoseEncoderConfig.from_dict(old).token_pooling == "positions"
+    assert PoseEncoderConfig.from_dict(config.to_dict()).token_pooling == "frames"
 
 
 def test_pair_file_windows_and_their_errors(tmp_path):

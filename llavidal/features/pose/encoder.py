@@ -115,7 +115,8 @@ class PoseEncoderConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown pose encoder config fields {unknown}; is the checkpoint from a newer llavidal?")
-        return cls(**data)
+        # Checkpoints saved before token_pooling existed pooled raw positions: keep their features as they were.
+        return cls(**{"token_pooling": "positions", **data})
 
 
 # ---------------------------------------------------------------------------------------------------
