@@ -79,9 +79,9 @@ def make_tiny_weights(
     ``video_dim`` different from the encoder's makes weights the demo must refuse.
     """
     from llavidal.features.encoders import load_vision_encoder
-    from llavidal.features.objects.extract import object_manifest
+    from llavidal.features.objects.extract import ObjectExtractor
     from llavidal.features.pooling import PoolingConfig
-    from llavidal.features.video import recipe
+    from llavidal.features.video import VideoExtractor
     from llavidal.model.builder import build_model
     from llavidal.model.modality import ModalityRegistry
     from llavidal.testing import tiny_causal_lm_dir
@@ -92,8 +92,8 @@ def make_tiny_weights(
     folders = {"video": root / "features" / "video", "object": root / "features" / "object"}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    recipe(encoder, pooling, 8, "float16", "safetensors").save(folders["video"])
-    object_manifest(encoder, "float16", 0.15, True, 8, "tracks only").save(folders["object"])
+    VideoExtractor.create(encoder, pooling, 8, "float16").manifest().save(folders["video"])
+    ObjectExtractor.create(encoder, 8, 0.15, True, "float16").manifest().save(folders["object"])
     registry = ModalityRegistry.default(
         modalities, video_dim=video_dim or encoder.feature_dim, video_tokens=pooling.num_tokens(encoder.num_patches),
         object_dim=encoder.feature_dim,

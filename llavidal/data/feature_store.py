@@ -32,6 +32,8 @@ from llavidal.utils.io import atomic_path, atomic_write_json
 logger = logging.getLogger(__name__)
 
 FEATURE_KEY = "features"
+MANIFEST_FORMAT = "llavidal-features/2"
+"""2: manifests carry a typed ``recipe``; 1 (still read): how features were made only as loose fields."""
 FEATURE_EXTENSIONS = (".safetensors", ".npy", ".pkl", ".pickle")
 
 
@@ -197,10 +199,14 @@ class FeatureManifest:
     layer: int | None = None
     frames: int | None = None
     pooling: str = ""
+    """A human-readable description of the pooling (for people; code reads ``recipe``)."""
     extra: dict[str, Any] = field(default_factory=dict)
     package_version: str = ""
     created: str = ""
-    format: str = "llavidal-features/1"
+    format: str = MANIFEST_FORMAT
+    recipe: dict[str, Any] = field(default_factory=dict)
+    """The typed, versioned recipe (:mod:`llavidal.features.extractor`) that rebuilds the extractor.
+    Empty in manifests of format ``llavidal-features/1``, which are upgraded from their other fields."""
 
     def __post_init__(self) -> None:
         if not self.package_version:
@@ -239,7 +245,10 @@ class FeatureManifest:
     def same_recipe(self, other: "FeatureManifest") -> bool:
         """True when two manifests describe features made the same way (ignores timestamps)."""
         a, b = self.to_dict(), other.to_dict()
-        for key in ("created", "package_version", "extra"):
+        ignored = ["created", "package_version", "extra"]
+        if not (a.get("recipe") and b.get("recipe")):
+            ignored += ["recipe", "format"]  # an old-format manifest: compare what both record
+        for key in ignored:
             a.pop(key, None)
             b.pop(key, None)
         return a == b

@@ -52,3 +52,26 @@ def draw_skeletons(
                 [x - radius, y - radius, x + radius, y + radius], fill=(255, 255, 255), outline=(20, 20, 20),
             )
     return np.asarray(image)
+
+
+SKELETON_IMAGE_MIN_SIDE = 320
+"""Frames smaller than this are enlarged (by a whole factor) before the skeleton is drawn, to be legible."""
+
+
+def draw_skeleton_frame(video_path, skeleton, num_frames: int | None = None) -> np.ndarray | None:
+    """``skeleton`` (a :class:`~llavidal.features.pose.extract.FoundSkeleton`) drawn over the middle frame
+    among those where a body was found; None when no body was found."""
+    from llavidal.demo.video_io import read_frame
+
+    with_body = [t for t, frame in enumerate(skeleton.sequence.frames) if frame]
+    if not with_body:
+        return None
+    index = with_body[len(with_body) // 2]
+    frame = read_frame(video_path, index * skeleton.frame_stride)
+    height, width = frame.shape[:2]
+    bodies = skeleton.pixels(index, width, height)
+    scale = max(1, -(-SKELETON_IMAGE_MIN_SIDE // min(height, width)))  # small videos: draw on an enlarged frame
+    if scale > 1:
+        frame = frame.repeat(scale, axis=0).repeat(scale, axis=1)
+        bodies = [(xy + 0.5) * scale - 0.5 for xy in bodies]  # pixel centres move with the enlargement
+    return draw_skeletons(frame, bodies)

@@ -411,10 +411,10 @@ def load_demo(
     weights = Path(args.projection_path).expanduser()
     logger.info("loading the model from %s", weights)
     engine = InferenceEngine.from_pretrained(weights, base_model=args.model_name, device=args.device, dtype=args.dtype)
+    options = {"video": {"encoder": args.vision_tower_name}, "pose": {"encoder": args.pose_encoder},
+               "object": {"encoder": args.object_encoder, "detector": args.detector}}
     pipeline = DemoFeaturePipeline.for_weights(
-        weights, engine.modalities, limits=limits, vision_encoder=args.vision_tower_name,
-        pose_encoder=args.pose_encoder, device=args.device, examples=examples,
-        object_encoder=args.object_encoder, detector=args.detector,
+        weights, engine.modalities, limits=limits, options=options, device=args.device, examples=examples,
     )
     if args.conv_mode:
         logger.info("--conv-mode %s ignored: the weights' recorded template is used", args.conv_mode)

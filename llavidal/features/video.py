@@ -21,6 +21,7 @@ the run goes on; the exit status is 1 when any video failed, 0 otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -32,7 +33,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +44,6 @@ from llavidal.data.feature_store import (
     FeatureFileError,
     FeatureManifest,
     load_feature_file,
-    merge_rank_manifests,
     rank_manifest_name,
     save_features,
     save_pickle_features,
@@ -58,9 +58,19 @@ from llavidal.features.decode import (
     video_id_for,
 )
 from llavidal.features.encoders import EMBEDDED_NAME, VisionEncoder, load_vision_encoder
+from llavidal.features.extractor import (
+    Clip,
+    Extracted,
+    RecipeError,
+    VideoRecipe,
+    recipe_from_manifest,
+    recipe_to_dict,
+    resolve_recipe_path,
+    round_through,
+)
 from llavidal.features.pooling import PoolingConfig, spatio_temporal_pool
 from llavidal.utils import dist as dist_utils
-from llavidal.utils.io import append_jsonl, atomic_write_text, read_jsonl
+from llavidal.utils.io import append_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -181,36 +191,109 @@ def _decode_worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # one core per decoding worker; the encoder owns the rest
 
 
-def recipe(encoder: VisionEncoder, pooling: PoolingConfig, num_frames: int, feature_dtype: str, output_format: str,
-           decoder: str = "pyav") -> FeatureManifest:
-    """The manifest that describes features made with these settings."""
-    tokens = pooling.num_tokens(encoder.num_patches)
-    return FeatureManifest(
-        modality="video",
-        extractor=EXTRACTOR,
-        feature_dim=encoder.feature_dim,
-        shape=[tokens, encoder.feature_dim],
-        dtype=feature_dtype,
-        model_id=encoder.model_id,
-        weights_sha256=encoder.weights_sha256,
-        layer=encoder.layer,
-        frames=num_frames,
-        pooling=pooling.describe(encoder.num_patches),
-        extra={
-            "encoder": encoder.name,
-            "image_size": encoder.image_size,
-            "num_patches": encoder.num_patches,
-            "sampling": "upstream get_seq_frames: T=min(N,num_frames), i -> (round(s*i)+round(s*(i+1)))//2, s=(N-1)/T",
-            "resize": f"nearest to {encoder.image_size}x{encoder.image_size}",
-            "file_format": output_format,
-            "decoder": decoder,
-        },
-    )
+def encoder_reference(encoder: VisionEncoder | str | os.PathLike) -> str:
+    """How a recipe names a vision encoder so that it can be loaded again (a folder as an absolute path)."""
+    spec = str(encoder) if isinstance(encoder, (str, os.PathLike)) else ""
+    if not spec:
+        return EMBEDDED_NAME if encoder.name == EMBEDDED_NAME else encoder.model_id
+    if spec == EMBEDDED_NAME or spec.startswith("open_clip:"):
+        return spec
+    return str(Path(spec).expanduser().resolve())
+
+
+@dataclass
+class VideoExtractor:
+    """Decode + vision encoder + spatio-temporal pooling (:class:`~llavidal.features.extractor.Extractor`)."""
+
+    modality: ClassVar[str] = "video"
+    recipe: VideoRecipe
+    encoder: VisionEncoder
+
+    @classmethod
+    def create(cls, encoder: VisionEncoder, pooling: PoolingConfig, num_frames: int, feature_dtype: str = "float16",
+               decoder: str = "pyav", encoder_ref: str | os.PathLike | None = None) -> "VideoExtractor":
+        recipe = VideoRecipe(
+            encoder=encoder_reference(encoder_ref or encoder), model_id=encoder.model_id,
+            weights_sha256=encoder.weights_sha256, num_frames=int(num_frames),
+            temporal_tokens=pooling.temporal_tokens, spatial_grid=pooling.spatial_grid, decoder=decoder,
+            feature_dtype=feature_dtype,
+        )
+        return cls(recipe, encoder)
+
+    @classmethod
+    def from_manifest(cls, manifest: FeatureManifest, *, base_dir: str | os.PathLike | None = None,
+                      device: str | None = None, encoder: str | None = None, **_: object) -> "VideoExtractor":
+        recipe = recipe_from_manifest(manifest)
+        spec = encoder or resolve_recipe_path(recipe.encoder, base_dir)
+        if not spec:
+            raise RecipeError(
+                f"the video features were made with the vision encoder '{recipe.model_id}' "
+                f"({manifest.feature_dim}-d), whose location the manifest does not record; pass its folder "
+                "(--vision_tower_name PATH)"
+            )
+        loaded = load_vision_encoder(spec, device=device)
+        return cls(recipe, loaded)
+
+    def pooling(self) -> PoolingConfig:
+        return PoolingConfig(temporal_tokens=self.recipe.temporal_tokens, spatial_grid=self.recipe.spatial_grid)
+
+    def output_shape(self) -> tuple[int, int]:
+        return self.pooling().num_tokens(self.encoder.num_patches), int(self.encoder.feature_dim)
+
+    def weights_match(self) -> bool:
+        return not self.recipe.weights_sha256 or self.recipe.weights_sha256 == self.encoder.weights_sha256
+
+    def manifest(self, output_format: str = "safetensors") -> FeatureManifest:
+        """The manifest that describes features made with these settings."""
+        encoder, pooling = self.encoder, self.pooling()
+        tokens, dim = self.output_shape()
+        return FeatureManifest(
+            modality="video",
+            extractor=EXTRACTOR,
+            feature_dim=dim,
+            shape=[tokens, dim],
+            dtype=self.recipe.feature_dtype,
+            model_id=encoder.model_id,
+            weights_sha256=encoder.weights_sha256,
+            layer=encoder.layer,
+            frames=self.recipe.num_frames,
+            pooling=pooling.describe(encoder.num_patches),
+            extra={
+                "encoder": encoder.name,
+                "image_size": encoder.image_size,
+                "num_patches": encoder.num_patches,
+                "sampling": "upstream get_seq_frames: T=min(N,num_frames), i -> (round(s*i)+round(s*(i+1)))//2, s=(N-1)/T",
+                "resize": f"nearest to {encoder.image_size}x{encoder.image_size}",
+                "file_format": output_format,
+                "decoder": self.recipe.decoder,
+            },
+            recipe=recipe_to_dict(dataclasses.replace(self.recipe, model_id=encoder.model_id,
+                                                      weights_sha256=encoder.weights_sha256)),
+        )
+
+    def features(self, video_path: str | os.PathLike) -> np.ndarray:
+        """float32 ``(T + S, D)`` features of one video; :class:`VideoDecodeError` names an undecodable file."""
+        features = video_features_for_file(video_path, self.encoder, num_frames=self.recipe.num_frames,
+                                           pooling=self.pooling(), decoder=self.recipe.decoder)
+        return round_through(features, self.recipe.feature_dtype)
+
+    def extract(self, clip: Clip) -> Extracted:
+        if clip.video is None:
+            return Extracted(None, "no video")
+        features = self.features(clip.video)
+        rows, dim = features.shape
+        return Extracted(features, f"{rows} tokens x {dim}-d from {self.encoder.model_id}")
+
+    def describe(self) -> str:
+        tokens, dim = self.output_shape()
+        return (f"video: {self.encoder.name} encoder `{self.encoder.model_id}` ({dim}-d), "
+                f"{self.recipe.num_frames} frames, {tokens} tokens")
 
 
 def recipe_digest(manifest: FeatureManifest) -> str:
     """A short hash of what determines the features' values (stored in each safetensors file)."""
-    fields = {k: v for k, v in manifest.to_dict().items() if k not in ("created", "package_version", "extra")}
+    fields = {k: v for k, v in manifest.to_dict().items() if k not in ("created", "package_version", "extra", "recipe")}
+    fields["format"] = "llavidal-features/1"  # the digest's own version: files written before recipes stay valid
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -280,65 +363,6 @@ def _remove_stale_temporaries(out_dir: Path, targets: set[str]) -> None:
             entry.unlink(missing_ok=True)
 
 
-class _Distributed:
-    """A gloo process group for the end-of-run barrier under torchrun (none in a single process)."""
-
-    def __init__(self) -> None:
-        self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
-        self.group_owned = False
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                if "MASTER_ADDR" not in os.environ:
-                    raise ValueError(
-                        f"WORLD_SIZE={self.world_size} but MASTER_ADDR is not set: launch several ranks with "
-                        "torchrun (python -m torch.distributed.run --nproc_per_node=N ...)"
-                    )
-                # gloo works on CPU and beside CUDA; ranks can finish far apart, hence the long timeout.
-                dist.init_process_group("gloo", timeout=_dt.timedelta(hours=48))
-                self.group_owned = True
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def sum_counts(self, counts: list[int]) -> list[int]:
-        if self.world_size <= 1:
-            return counts
-        import torch.distributed as dist
-
-        tensor = torch.tensor(counts, dtype=torch.int64)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
-
-    def close(self) -> None:
-        if self.group_owned:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def _failed_name(rank: int, world_size: int) -> str:
-    return FAILED_NAME if world_size == 1 else f"failed.rank{rank}.jsonl"
-
-
-def _merge_failures(out_dir: Path, world_size: int) -> None:
-    """Rank 0: gather every rank's ``failed.rank{r}.jsonl`` into ``failed.jsonl`` (removed when empty)."""
-    records = []
-    for part in sorted(out_dir.glob("failed.rank*.jsonl")):
-        records.extend(read_jsonl(part))
-    target = out_dir / FAILED_NAME
-    if records:
-        atomic_write_text(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    else:
-        target.unlink(missing_ok=True)
-    for part in out_dir.glob("failed.rank*.jsonl"):
-        part.unlink(missing_ok=True)
-
-
 def extract_video_features(
     video_paths: Iterable[str | os.PathLike] | str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -354,6 +378,7 @@ def extract_video_features(
     device: str | None = None,
     dtype: str | None = None,
     progress: bool = True,
+    encoder_ref: str | os.PathLike | None = None,
 ) -> ExtractionSummary:
     """Extract video features for ``video_paths`` (a list of files, or a folder searched recursively).
 
@@ -367,6 +392,7 @@ def extract_video_features(
         video_paths = find_videos(video_paths)
     video_paths = [Path(p) for p in video_paths]
     if isinstance(encoder, (str, os.PathLike)):
+        encoder_ref = encoder_ref or encoder
         encoder = load_vision_encoder(encoder, device=device, dtype=dtype, batch_size=batch_size)
     pooling = pooling or PoolingConfig(temporal_tokens=num_frames)
     workers = default_workers() if workers is None or workers < 0 else workers
@@ -375,11 +401,13 @@ def extract_video_features(
     if feature_dtype not in FEATURE_DTYPES:
         raise ValueError(f"feature_dtype {feature_dtype!r}: use one of {sorted(FEATURE_DTYPES)}")
 
-    distributed = _Distributed()
+    # gloo under torchrun (a launch without rendezvous is refused); its barrier waits up to 48 h for slow ranks
+    distributed = dist_utils.process_group(require_rendezvous=True)
     rank, world_size = distributed.rank, distributed.world_size
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        manifest = recipe(encoder, pooling, num_frames, feature_dtype, output_format, decoder)
+        extractor = VideoExtractor.create(encoder, pooling, num_frames, feature_dtype, decoder, encoder_ref)
+        manifest = extractor.manifest(output_format)
         existing = FeatureManifest.load(out_dir)
         if existing is not None and not existing.same_recipe(manifest):
             raise FeatureFileError(
@@ -390,11 +418,13 @@ def extract_video_features(
         if rank == 0:
             if existing is None:
                 manifest.save(out_dir)  # describes the folder even if this run is killed
-            for stale in out_dir.glob("manifest.rank*.json"):
-                if int(re.findall(r"\d+", stale.name)[0]) >= world_size:
-                    stale.unlink(missing_ok=True)  # left by a killed run with more ranks
+            # left by a killed run with more ranks (a single run owns every rank's failure list)
+            dist_utils.remove_stale_rank_files(out_dir / MANIFEST_NAME, world_size)
+            dist_utils.remove_stale_rank_files(out_dir / FAILED_NAME, world_size if world_size > 1 else 0)
+            if world_size > 1:
+                (out_dir / FAILED_NAME).unlink(missing_ok=True)  # rebuilt from this run's ranks at the end
         (out_dir / rank_manifest_name(rank)).unlink(missing_ok=True)
-        failed_path = out_dir / _failed_name(rank, world_size)
+        failed_path = out_dir / FAILED_NAME if world_size == 1 else dist_utils.rank_path(out_dir / FAILED_NAME, rank)
         failed_path.unlink(missing_ok=True)  # this run retries every earlier failure
 
         jobs = dist_utils.shard(_plan_jobs(video_paths, out_dir, output_format), rank, world_size)
@@ -443,9 +473,7 @@ def extract_video_features(
         counts = distributed.sum_counts([summary.done, summary.skipped, summary.failed, summary.total])
         distributed.barrier()  # every rank's files and manifest are written
         if rank == 0:
-            merge_rank_manifests(out_dir)
-            if world_size > 1:
-                _merge_failures(out_dir, world_size)
+            dist_utils.merge_rank_outputs([out_dir / FAILED_NAME], manifest_dir=out_dir)
         distributed.barrier()  # the merge is done before any rank reports
         summary.done, summary.skipped, summary.failed, summary.total = counts
         summary.seconds = time.perf_counter() - start

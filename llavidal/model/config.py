@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llavidal.model.modality import ModalityRegistry
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "llavidal_config.json"
 TRAINABLE_NAME = "trainable.safetensors"
@@ -53,6 +56,35 @@ class LoraSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def recorded_manifests(self, weights_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Modality -> :class:`~llavidal.data.feature_store.FeatureManifest` of training's features.
+
+        From ``feature_manifests``; weights saved before it existed keep them in ``extra["feature_manifests"]``
+        or only name the feature folders (``extra["feature_folders"]``), whose ``manifest.json`` is read when
+        the folder is still on this machine (its recipe paths rebased onto ``weights_dir``).
+        """
+        from llavidal.data.feature_store import FeatureManifest
+        from llavidal.features.extractor import absolute_manifest
+
+        manifests = {name: FeatureManifest.from_dict(data)
+                     for name, data in {**(self.extra.get("feature_manifests") or {}), **self.feature_manifests}.items()
+                     if isinstance(data, dict)}
+        if weights_dir is not None:
+            manifests = {name: absolute_manifest(m, weights_dir) for name, m in manifests.items()}
+        for name, folder in (self.extra.get("feature_folders") or {}).items():
+            if name in manifests or not folder or not Path(folder).is_dir():
+                continue
+            try:
+                manifest = FeatureManifest.load(folder)
+                if manifest is not None:
+                    manifest = absolute_manifest(manifest, folder)
+            except ValueError as err:  # incl. RecipeError: say so, carry on as if none were recorded
+                logger.warning("%s", err)
+                manifest = None
+            if manifest is not None:
+                manifests[name] = manifest
+        return manifests
 
     @classmethod
     def from_any(cls, value: "LoraSettings | dict | None") -> "LoraSettings | None":
@@ -93,8 +125,11 @@ class LlavidalConfig:
     torch_dtype: str | None = None
     """dtype the model was trained in (informational)."""
     package_version: str = ""
+    feature_manifests: dict[str, dict] = field(default_factory=dict)
+    """Modality -> the manifest (with its typed recipe) of the features training read; recipe paths are
+    relative to the weights folder. Evaluation, the demo and servers rebuild extractors from these."""
     extra: dict = field(default_factory=dict)
-    """Free-form metadata (training arguments, feature manifests...)."""
+    """Free-form metadata (training arguments, feature folders...)."""
 
     def __post_init__(self) -> None:
         if len(self.new_tokens) != len(self.new_token_ids):
@@ -111,11 +146,47 @@ class LlavidalConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def recorded_manifests(self, weights_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Modality -> :class:`~llavidal.data.feature_store.FeatureManifest` of training's features.
+
+        From ``feature_manifests``; weights saved before it existed keep them in ``extra["feature_manifests"]``
+        or only name the feature folders (``extra["feature_folders"]``), whose ``manifest.json`` is read when
+        the folder is still on this machine (its recipe paths rebased onto ``weights_dir``).
+        """
+        from llavidal.data.feature_store import FeatureManifest
+        from llavidal.features.extractor import absolute_manifest
+
+        manifests = {name: FeatureManifest.from_dict(data)
+                     for name, data in {**(self.extra.get("feature_manifests") or {}), **self.feature_manifests}.items()
+                     if isinstance(data, dict)}
+        if weights_dir is not None:
+            manifests = {name: absolute_manifest(m, weights_dir) for name, m in manifests.items()}
+        for name, folder in (self.extra.get("feature_folders") or {}).items():
+            if name in manifests or not folder or not Path(folder).is_dir():
+                continue
+            try:
+                manifest = FeatureManifest.load(folder)
+                if manifest is not None:
+                    manifest = absolute_manifest(manifest, folder)
+            except ValueError as err:  # incl. RecipeError: say so, carry on as if none were recorded
+                logger.warning("%s", err)
+                manifest = None
+            if manifest is not None:
+                manifests[name] = manifest
+        return manifests
+
     def to_json_file(self, folder: str | os.PathLike) -> Path:
         path = Path(folder) / CONFIG_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.to_dict()
+        if self.feature_manifests:  # recipe paths relative to the weights folder on disk
+            from llavidal.data.feature_store import FeatureManifest
+            from llavidal.features.extractor import relative_manifest
+
+            data["feature_manifests"] = {name: relative_manifest(FeatureManifest.from_dict(m), folder).to_dict()
+                                         for name, m in self.feature_manifests.items()}
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
         os.replace(tmp, path)
         return path
 
@@ -142,4 +213,13 @@ class LlavidalConfig:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from err
-        return cls.from_dict(data)
+        config = cls.from_dict(data)
+        if config.feature_manifests:  # in memory, recipe paths are absolute
+            from llavidal.data.feature_store import FeatureManifest
+            from llavidal.features.extractor import absolute_manifest
+
+            config.feature_manifests = {
+                name: absolute_manifest(FeatureManifest.from_dict(m), path.parent).to_dict()
+                for name, m in config.feature_manifests.items()
+            }
+        return config

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-COLOUR_SIZE = (1920, 1080)
+from llavidal.features.pose.ntu import COLOUR_SIZE  # the NTU format's colour image (1920x1080)
 DEPTH_SIZE = (512, 424)
 
 

@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
             parameter.data = parameter.data.float()
     if training_args.train_gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    # How the features were made, so that a weights folder describes its own extractors wherever the
+    # feature folders went (evaluation, the demo and servers rebuild them from these recipes).
+    model.config.feature_manifests = feature_manifests(data_args.feature_folders())
 
     dataset = LazySupervisedDataset(
         data_args.data_path, tokenizer, registry, data_args.feature_folders(), template=model_args.version,
@@ -131,9 +134,6 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
         model=model, args=training_args, train_dataset=dataset, data_collator=collator,
         extra_config={
             "feature_folders": data_args.feature_folders(),
-            # Copies of the folders' manifests, so that a weights folder describes its own features
-            # (the demo and the engine check extractors against these, wherever the folders went).
-            "feature_manifests": _feature_manifests(data_args.feature_folders()),
             "data_path": data_args.data_path,
             "model_max_length": training_args.model_max_length,
         },
@@ -149,14 +149,17 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
     return 0
 
 
-def _feature_manifests(folders: dict) -> dict:
+def feature_manifests(folders: dict) -> dict[str, dict]:
+    """Modality -> the manifest of its feature folder, recipe paths absolute (relative ones are relative to
+    the folder)."""
     from llavidal.data.feature_store import FeatureManifest
+    from llavidal.features.extractor import absolute_manifest
 
     manifests = {}
     for name, folder in (folders or {}).items():
         manifest = FeatureManifest.load(folder) if folder else None
         if manifest is not None:
-            manifests[name] = manifest.to_dict()
+            manifests[name] = absolute_manifest(manifest, folder).to_dict()
     return manifests
 
 

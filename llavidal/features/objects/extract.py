@@ -26,13 +26,24 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from llavidal.constants import OBJECT_TOKENS_PER_OBJECT
 from llavidal.data.feature_store import FeatureFileError, FeatureManifest
+from llavidal.features.extractor import (
+    Clip,
+    Extracted,
+    ObjectRecipe,
+    RecipeError,
+    recipe_from_manifest,
+    recipe_to_dict,
+    resolve_recipe_path,
+    round_through,
+)
 from llavidal.features.per_sample import SAVE_DTYPES, run_per_sample
 from llavidal.utils.io import atomic_write_json
 from llavidal.utils.optional import require
@@ -213,22 +224,122 @@ def object_features_for_video(
 # Extraction over a folder
 
 
-def object_manifest(encoder: Any, dtype: str, margin: float, square: bool, tokens_per_object: int, detector: str) -> FeatureManifest:
-    return FeatureManifest(
-        modality="object",
-        extractor="llavidal-object/crops",
-        feature_dim=int(encoder.feature_dim),
-        shape=[-1, tokens_per_object, int(encoder.feature_dim)],
-        dtype=dtype,
-        model_id=str(getattr(encoder, "model_id", "")),
-        weights_sha256=str(getattr(encoder, "weights_sha256", "")),
-        layer=getattr(encoder, "layer", None),
-        frames=tokens_per_object,
-        pooling=f"per object: {tokens_per_object} crops evenly spaced over its track (margin {margin}, "
-                f"{'square' if square else 'box'}), mean over patch tokens",
-        extra={"detector": detector, "image_size": int(getattr(encoder, "image_size", 0)), "margin": margin,
-               "square": square, "tokens_per_object": tokens_per_object},
-    )
+MAX_DETECTION_FRAMES = 300
+"""At most this many frames of a video go through the detector on the fly (a stride spreads them)."""
+
+
+@dataclass
+class ObjectExtractor:
+    """Object tracks (a file, or a detector) -> crops -> vision encoder (:class:`~llavidal.features.extractor.Extractor`)."""
+
+    modality: ClassVar[str] = "object"
+    recipe: ObjectRecipe
+    encoder: Any  # llavidal.features.encoders.VisionEncoder
+    detector: Any = None  # llavidal.features.objects.detect.Detector, used where a clip has no tracks
+
+    @classmethod
+    def create(cls, encoder: Any, tokens_per_object: int = OBJECT_TOKENS_PER_OBJECT, margin: float = 0.15,
+               square: bool = True, feature_dtype: str = "float16", detector: Any = None,
+               encoder_ref: str | os.PathLike | None = None, detector_spec: str = "") -> "ObjectExtractor":
+        from llavidal.features.video import encoder_reference
+
+        recipe = ObjectRecipe(
+            encoder=encoder_reference(encoder_ref or encoder), model_id=str(getattr(encoder, "model_id", "")),
+            weights_sha256=str(getattr(encoder, "weights_sha256", "")), tokens_per_object=int(tokens_per_object),
+            margin=float(margin), square=bool(square), feature_dtype=feature_dtype,
+            detector=detector_spec or (str(detector.name) if detector is not None else ""),
+        )
+        return cls(recipe, encoder, detector)
+
+    @classmethod
+    def from_manifest(cls, manifest: FeatureManifest, *, base_dir: str | os.PathLike | None = None,
+                      device: str | None = None, encoder: str | None = None, detector: str | None = None,
+                      **_: object) -> "ObjectExtractor":
+        """``detector`` (a spec) detects objects where a clip has no tracks file; training's recorded detector
+        is not loaded implicitly (it may live on another machine)."""
+        from llavidal.features.encoders import load_vision_encoder
+
+        recipe = recipe_from_manifest(manifest)
+        spec = encoder or resolve_recipe_path(recipe.encoder, base_dir)
+        if not spec:
+            raise RecipeError(
+                f"the object features were made with the vision encoder '{recipe.model_id}', whose location the "
+                "manifest does not record; pass its folder (--object-encoder)"
+            )
+        loaded_detector = None
+        if detector:
+            from llavidal.features.objects.detect import load_detector
+
+            loaded_detector = load_detector(detector)
+        return cls(recipe, load_vision_encoder(spec, device=device), loaded_detector)
+
+    def output_shape(self) -> tuple[int, int, int]:
+        return -1, self.recipe.tokens_per_object, int(self.encoder.feature_dim)
+
+    def weights_match(self) -> bool:
+        return not self.recipe.weights_sha256 or self.recipe.weights_sha256 == str(self.encoder.weights_sha256)
+
+    def manifest(self, **_: object) -> FeatureManifest:
+        recipe, encoder = self.recipe, self.encoder
+        tokens, margin, square = recipe.tokens_per_object, recipe.margin, recipe.square
+        return FeatureManifest(
+            modality="object",
+            extractor="llavidal-object/crops",
+            feature_dim=int(encoder.feature_dim),
+            shape=[-1, tokens, int(encoder.feature_dim)],
+            dtype=recipe.feature_dtype,
+            model_id=str(getattr(encoder, "model_id", "")),
+            weights_sha256=str(getattr(encoder, "weights_sha256", "")),
+            layer=getattr(encoder, "layer", None),
+            frames=tokens,
+            pooling=f"per object: {tokens} crops evenly spaced over its track (margin {margin}, "
+                    f"{'square' if square else 'box'}), mean over patch tokens",
+            extra={"detector": f"detector:{recipe.detector}" if recipe.detector else "tracks only",
+                   "image_size": int(getattr(encoder, "image_size", 0)), "margin": margin, "square": square,
+                   "tokens_per_object": tokens},
+            recipe=recipe_to_dict(recipe),
+        )
+
+    def features(self, video_path: str | os.PathLike, tracks: dict | str | os.PathLike) -> np.ndarray:
+        """float32 ``(n, tokens_per_object, D)`` features of one video's tracked objects."""
+        features = object_features_for_video(video_path, tracks, self.encoder, self.recipe.tokens_per_object,
+                                             self.recipe.margin, self.recipe.square)
+        return round_through(features, self.recipe.feature_dtype)
+
+    def extract(self, clip: Clip) -> Extracted:
+        if clip.video is None:
+            return Extracted(None, "no video")
+        if clip.tracks is not None:
+            try:
+                tracks = load_tracks(clip.tracks)
+            except (OSError, ValueError) as err:
+                return Extracted(None, f"the clip's tracks file is unreadable ({err})")
+            source = "the clip's object tracks"
+        elif self.detector is not None:
+            from llavidal.features.objects.detect import detect_tracks
+
+            stride = max(1, -(-(clip.num_frames or 0) // MAX_DETECTION_FRAMES))
+            try:
+                tracks = detect_tracks(clip.video, self.detector, frame_stride=stride)
+            except ValueError as err:
+                return Extracted(None, f"not detected: the detector failed ({err})")
+            source = f"detector {self.detector.name}"
+        else:
+            return Extracted(None, "not detected: no tracks file and no object detector configured (--detector)")
+        try:
+            features = self.features(clip.video, tracks)  # (n, tokens_per_object, D)
+        except (TracksError, ValueError) as err:
+            return Extracted(None, f"not used: {err}")
+        if features.shape[0] == 0:
+            return Extracted(None, f"no objects found ({source})")
+        names = [str(obj.get("class", "?")) for obj in sorted(tracks["objects"], key=lambda o: o.get("object_id", 0))
+                 if any(e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1] for e in obj["frames"])]
+        return Extracted(features, f"{', '.join(names)} ({len(names)} objects, from {source})")
+
+    def describe(self) -> str:
+        detector = f"detector {self.detector.name}" if self.detector is not None else "no detector (--detector)"
+        return (f"objects: {self.recipe.tokens_per_object} crops per object through `{self.encoder.model_id}`, "
+                f"tracks from files or {detector}")
 
 
 def extract_object_features(
@@ -245,6 +356,8 @@ def extract_object_features(
     dtype: str = "float16",
     overwrite: bool = False,
     progress: bool = True,
+    encoder_ref: str | os.PathLike | None = None,
+    detector_spec: str = "",
 ):
     """Library form of ``llavidal extract object``; returns the :class:`ExtractionSummary`."""
     from llavidal.features.decode import find_videos, video_id_for
@@ -267,8 +380,9 @@ def extract_object_features(
             atomic_write_json(tracks_path, detect_tracks(video_path, detector, frame_stride=detector_frame_stride))
         return object_features_for_video(video_path, load_tracks(tracks_path), vision_encoder, tokens_per_object, margin, square)
 
-    detector_name = f"detector:{detector.name}" if detector is not None else "tracks only"
-    manifest = object_manifest(vision_encoder, dtype, margin, square, tokens_per_object, detector_name)
+    extractor = ObjectExtractor.create(vision_encoder, tokens_per_object, margin, square, dtype, detector,
+                                       encoder_ref=encoder_ref, detector_spec=detector_spec)
+    manifest = extractor.manifest()
     return run_per_sample(
         videos, out_dir, compute, manifest, suffix=FILE_SUFFIX, pickle_ext=PICKLE_EXTENSION,
         expected_shape=manifest.shape, save_format=save_format, overwrite=overwrite, progress=progress,

@@ -346,6 +346,8 @@ class PoseEncoder(nn.Module):
         # CLIP's temperature, learned (log of 1/0.07).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07))) if config.text_dim else None
         self.checkpoint_info: dict[str, Any] = {}
+        self.checkpoint_folder: Path | None = None
+        """The folder it was loaded from (None for a seeded or in-memory encoder)."""
 
     def _sequence(self, features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, frames, persons, _ = features.shape
@@ -526,4 +528,5 @@ def load_pose_encoder(
     info = {k: v for k, v in record.items() if k not in ("format", "config")}
     info.setdefault("model_id", str(folder))
     encoder.checkpoint_info = info
+    encoder.checkpoint_folder = folder.resolve()
     return encoder.to(device).eval()

@@ -20,16 +20,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
 from llavidal.data.feature_store import FeatureFileError, FeatureManifest
 from llavidal.features.per_sample import SAVE_DTYPES, run_per_sample
-from llavidal.features.pose.encoder import PoseEncoder, load_pose_encoder, pose_features_for_skeleton
-from llavidal.features.pose.ntu import SkeletonFormatError, read_skeleton
+from llavidal.features.pose.encoder import SEEDED_MODEL_ID, PoseEncoder, load_pose_encoder, pose_features_for_skeleton
+from llavidal.features.extractor import (
+    SEEDED_POSE_ENCODER,
+    Clip,
+    Extracted,
+    PoseRecipe,
+    RecipeError,
+    recipe_from_manifest,
+    recipe_to_dict,
+    resolve_recipe_path,
+    round_through,
+)
+from llavidal.features.pose.ntu import COLOUR_SIZE, SkeletonFormatError, SkeletonSequence, read_skeleton
 
 logger = logging.getLogger(__name__)
 
@@ -46,22 +59,149 @@ def find_files(folder: Path, extensions: Sequence[str]) -> list[tuple[str, Path]
     return [(p.stem, p) for p in found]
 
 
-def pose_manifest(encoder: PoseEncoder, source: str, dtype: str) -> FeatureManifest:
-    config = encoder.config
-    return FeatureManifest(
-        modality="pose",
-        extractor=f"llavidal-pose/{source}",
-        feature_dim=config.dim,
-        shape=[config.tokens, config.dim],
-        dtype=dtype,
-        model_id=encoder.model_id,
-        weights_sha256=encoder.weights_sha256(),
-        frames=config.num_frames,
-        pooling=f"skeleton transformer over {config.num_frames} frames x {config.num_persons} persons -> "
-        + ("per-frame mean over present persons -> " if config.token_pooling == "frames" else "")
-        + f"{config.tokens} tokens",
-        extra={"encoder_config": config.to_dict(), "text_encoder": encoder.checkpoint_info.get("text_encoder", "")},
-    )
+MAX_ESTIMATION_FRAMES = 300
+"""At most this many frames of a video go through MediaPipe on the fly (a stride spreads them)."""
+
+
+@dataclass
+class FoundSkeleton:
+    """A skeleton for one video and how to place its joints on the video's frames."""
+
+    sequence: SkeletonSequence
+    source: str
+    frame_stride: int = 1
+    """Skeleton frame t is video frame t * frame_stride."""
+    kinect_colour: bool = False
+    """colorX/colorY are in a 1920x1080 Kinect colour image whose centred square is the video frame (NTU
+    files of the embedded world) rather than video pixels (MediaPipe's)."""
+
+    def detected(self) -> bool:
+        return any(len(frame) for frame in self.sequence.frames)
+
+    def pixels(self, frame_index: int, width: int, height: int) -> list[np.ndarray]:
+        """Per body, ``(25, 2)`` joint positions in video pixels for skeleton frame ``frame_index``."""
+        bodies = []
+        for body in self.sequence.frames[frame_index]:
+            xy = np.asarray(body.color_xy, dtype=np.float64)
+            if self.kinect_colour:
+                side = COLOUR_SIZE[1]  # the video frame is the centred side x side square of the colour image
+                left = (COLOUR_SIZE[0] - side) / 2
+                xy = np.stack([(xy[:, 0] - left) * width / side, xy[:, 1] * height / side], axis=1)
+            bodies.append(xy)
+        return bodies
+
+
+def pose_encoder_reference(path: str | os.PathLike | None, encoder: PoseEncoder | None = None) -> str:
+    """How a recipe names a pose encoder: ``seeded``, or its checkpoint folder as an absolute path."""
+    if path is None and encoder is not None and encoder.checkpoint_folder is not None:
+        path = encoder.checkpoint_folder
+    if path is None:
+        return SEEDED_POSE_ENCODER if encoder is None or encoder.model_id == SEEDED_MODEL_ID else ""
+    if str(path) == SEEDED_POSE_ENCODER:
+        return SEEDED_POSE_ENCODER
+    path = Path(path).expanduser().resolve()
+    return str(path.parent if path.is_file() else path)
+
+
+@dataclass
+class PoseExtractor:
+    """Skeleton (NTU file, or MediaPipe on the video) -> pose encoder (:class:`~llavidal.features.extractor.Extractor`)."""
+
+    modality: ClassVar[str] = "pose"
+    recipe: PoseRecipe
+    encoder: PoseEncoder
+
+    @classmethod
+    def create(cls, encoder: PoseEncoder, encoder_path: str | os.PathLike | None, source: str = "ntu-skeleton",
+               feature_dtype: str = "float16", fov_degrees: float = 60.0, frame_stride: int = 1) -> "PoseExtractor":
+        recipe = PoseRecipe(encoder=pose_encoder_reference(encoder_path, encoder), model_id=encoder.model_id,
+                            weights_sha256=encoder.weights_sha256(), skeleton_source=source,
+                            fov_degrees=fov_degrees, frame_stride=frame_stride, feature_dtype=feature_dtype)
+        return cls(recipe, encoder)
+
+    @classmethod
+    def from_manifest(cls, manifest: FeatureManifest, *, base_dir: str | os.PathLike | None = None,
+                      device: str | None = None, encoder: str | None = None, **_: object) -> "PoseExtractor":
+        from llavidal.utils.device import resolve_device
+
+        recipe = recipe_from_manifest(manifest)
+        path = encoder or resolve_recipe_path(recipe.encoder, base_dir)
+        if not path:
+            raise RecipeError(
+                f"the pose features were made with the pose encoder '{recipe.model_id}', whose checkpoint the "
+                "manifest does not record; pass its checkpoint folder (--pose-encoder)"
+            )
+        loaded = load_pose_encoder(path, device=resolve_device(device))
+        return cls(recipe, loaded)
+
+    def output_shape(self) -> tuple[int, int]:
+        return int(self.encoder.config.tokens), int(self.encoder.config.dim)
+
+    def weights_match(self) -> bool:
+        return not self.recipe.weights_sha256 or self.recipe.weights_sha256 == self.encoder.weights_sha256()
+
+    def manifest(self, **_: object) -> FeatureManifest:
+        config = self.encoder.config
+        return FeatureManifest(
+            modality="pose",
+            extractor=f"llavidal-pose/{self.recipe.skeleton_source}",
+            feature_dim=config.dim,
+            shape=[config.tokens, config.dim],
+            dtype=self.recipe.feature_dtype,
+            model_id=self.encoder.model_id,
+            weights_sha256=self.encoder.weights_sha256(),
+            frames=config.num_frames,
+            pooling=f"skeleton transformer over {config.num_frames} frames x {config.num_persons} persons -> "
+            + ("per-frame mean over present persons -> " if config.token_pooling == "frames" else "")
+            + f"{config.tokens} tokens",
+            extra={"encoder_config": config.to_dict(),
+                   "text_encoder": self.encoder.checkpoint_info.get("text_encoder", "")},
+            recipe=recipe_to_dict(self.recipe),
+        )
+
+    def features(self, skeleton: SkeletonSequence | str | os.PathLike) -> np.ndarray:
+        """float32 ``(tokens, dim)`` features of one skeleton sequence."""
+        return round_through(pose_features_for_skeleton(skeleton, self.encoder), self.recipe.feature_dtype)
+
+    def find_skeleton(self, clip: Clip) -> tuple[FoundSkeleton | None, str]:
+        """(skeleton or None, why not): the clip's skeleton file, else MediaPipe on the video."""
+        if clip.skeleton is not None:
+            try:
+                sequence = read_skeleton(clip.skeleton)
+            except (OSError, SkeletonFormatError) as err:
+                return None, f"the clip's skeleton file is unreadable ({err})"
+            return FoundSkeleton(sequence, "the clip's skeleton file", kinect_colour=True), ""
+        if clip.video is None:
+            return None, "not detected: no skeleton file and no video"
+        from llavidal.utils.optional import available
+
+        if not available("mediapipe"):
+            return None, "not detected: MediaPipe is not installed (pip install 'llavidal[mediapipe]')"
+        from llavidal.features.pose.mediapipe_pose import skeleton_from_video
+
+        stride = max(self.recipe.frame_stride, -(-(clip.num_frames or 0) // MAX_ESTIMATION_FRAMES))
+        try:
+            sequence = skeleton_from_video(clip.video, frame_stride=stride, max_frames=MAX_ESTIMATION_FRAMES)
+        except ValueError as err:
+            return None, f"not detected: MediaPipe failed ({err})"
+        return FoundSkeleton(sequence, "MediaPipe Pose on the video", frame_stride=stride), ""
+
+    def extract(self, clip: Clip) -> Extracted:
+        skeleton, reason = self.find_skeleton(clip)
+        if skeleton is None or not skeleton.detected():
+            return Extracted(None, reason or "not detected: no person found in the video")
+        features = self.features(skeleton.sequence)
+        frames_with_body = sum(1 for frame in skeleton.sequence.frames if frame)
+        detail = (f"detected in {frames_with_body} frames, from {skeleton.source}; "
+                  f"{features.shape[0]} tokens x {features.shape[1]}-d")
+        return Extracted(features, detail, {"skeleton": skeleton})
+
+    def describe(self) -> str:
+        from llavidal.utils.optional import available
+
+        mediapipe = "MediaPipe" if available("mediapipe") else "MediaPipe not installed"
+        return (f"pose: encoder `{self.encoder.model_id}` ({self.encoder.config.dim}-d), skeletons from "
+                f"skeleton files or {mediapipe}")
 
 
 def extract_pose_features(
@@ -76,6 +216,7 @@ def extract_pose_features(
     dtype: str = "float16",
     overwrite: bool = False,
     progress: bool = True,
+    encoder_path: str | Path | None = None,
 ):
     """Library form of ``llavidal extract pose``; returns the :class:`ExtractionSummary`."""
     if (skeleton_dir is None) == (video_dir is None):
@@ -113,7 +254,7 @@ def extract_pose_features(
 
     if not items:
         raise FileNotFoundError(f"no {'.skeleton' if skeleton_dir is not None else 'video'} files under {skeleton_dir or video_dir}")
-    manifest = pose_manifest(encoder, source, dtype)
+    manifest = PoseExtractor.create(encoder, encoder_path, source, dtype, fov_degrees, frame_stride).manifest()
     return run_per_sample(
         items, out_dir, compute, manifest, suffix=FILE_SUFFIX, pickle_ext=PICKLE_EXTENSION,
         expected_shape=manifest.shape, save_format=save_format, overwrite=overwrite, progress=progress,

@@ -45,6 +45,8 @@ BONES = (
     (20, 8), (8, 9), (9, 10), (10, 11), (11, 23), (11, 24), (0, 12), (12, 13), (13, 14),
     (14, 15), (0, 16), (16, 17), (17, 18), (18, 19),
 )
+COLOUR_SIZE = (1920, 1080)
+"""Width and height of the Kinect colour image that ``colorX``/``colorY`` refer to."""
 JOINT_FIELDS = 12  # x y z depthX depthY colorX colorY oW oX oY oZ trackingState
 
 

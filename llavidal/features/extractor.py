@@ -1,0 +1,310 @@
+"""Extractors as data: one protocol, typed and versioned recipes, one registry keyed by modality.
+
+A recipe holds every setting needed to rebuild an extractor (encoder reference and weight hash, frames,
+pooling, crop margins, tokens per object...). Extraction writes it into each feature folder's
+``manifest.json`` (``FeatureManifest.recipe``); training copies the manifests into the weights'
+``llavidal_config.json`` (``feature_manifests``); evaluation, the demo and any server rebuild the
+extractors from there and only from there:
+
+    extractor = extractor_from_manifest(manifest, base_dir=weights_dir, device="cpu")
+    extractor.output_shape()          # (tokens, dim), or (-1, tokens_per_object, dim) for objects
+    extracted = extractor.extract(Clip(video=path, skeleton=..., tracks=...))
+    extracted.features                # what training read for such a clip (float32), or None
+
+Paths in a recipe (a CLIP folder, a pose-encoder checkpoint) are absolute in memory and in feature
+folders; a weights folder stores them relative to itself (:func:`relative_manifest` on save,
+:func:`absolute_manifest` on load), so weights moved together with their encoders keep working.
+
+Manifests written before recipes existed (``format`` ``llavidal-features/1`` without ``recipe``) still load:
+:func:`recipe_from_manifest` upgrades them from their old fields, the one place that reads the old
+``pooling`` description.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Union
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from llavidal.data.feature_store import FeatureManifest
+
+RECIPE_FORMAT = "llavidal-recipe/1"
+SEEDED_POSE_ENCODER = "seeded"
+EMBEDDED_VISION_ENCODER = "embedded"
+
+
+class RecipeError(ValueError):
+    """A recipe is malformed, of an unknown version, or cannot be rebuilt here."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recipes
+
+
+@dataclass(frozen=True)
+class VideoRecipe:
+    """Decode ``num_frames`` frames, encode them, pool to ``temporal_tokens + spatial_grid**2`` tokens."""
+
+    modality: ClassVar[str] = "video"
+    path_fields: ClassVar[tuple[str, ...]] = ("encoder",)
+    encoder: str = EMBEDDED_VISION_ENCODER
+    """``embedded``, a CLIP checkpoint folder, or ``open_clip:ARCH:WEIGHTS``."""
+    model_id: str = ""
+    weights_sha256: str = ""
+    num_frames: int = 100
+    temporal_tokens: int = 100
+    spatial_grid: int | None = None
+    """Side of the pooled spatial grid; None keeps the encoder's grid."""
+    decoder: str = "pyav"
+    feature_dtype: str = "float16"
+
+
+@dataclass(frozen=True)
+class PoseRecipe:
+    """Skeletons (NTU files, or MediaPipe on the video) through a pose encoder checkpoint."""
+
+    modality: ClassVar[str] = "pose"
+    path_fields: ClassVar[tuple[str, ...]] = ("encoder",)
+    encoder: str = SEEDED_POSE_ENCODER
+    """A ``llavidal pose-pretrain`` checkpoint folder, or ``seeded`` (untrained)."""
+    model_id: str = ""
+    weights_sha256: str = ""
+    skeleton_source: str = "ntu-skeleton"
+    """``ntu-skeleton`` (files) or ``mediapipe`` (estimated from the video)."""
+    fov_degrees: float = 60.0
+    frame_stride: int = 1
+    feature_dtype: str = "float16"
+
+
+@dataclass(frozen=True)
+class ObjectRecipe:
+    """Per tracked object, ``tokens_per_object`` crops through a vision encoder, mean over patches."""
+
+    modality: ClassVar[str] = "object"
+    path_fields: ClassVar[tuple[str, ...]] = ("encoder",)
+    encoder: str = EMBEDDED_VISION_ENCODER
+    model_id: str = ""
+    weights_sha256: str = ""
+    tokens_per_object: int = 8
+    margin: float = 0.15
+    square: bool = True
+    detector: str = ""
+    """Detector used where no tracks file existed (``ssd:PATH`` / ``owlv2:FOLDER``); empty: tracks only."""
+    feature_dtype: str = "float16"
+
+
+Recipe = Union[VideoRecipe, PoseRecipe, ObjectRecipe]
+RECIPES: dict[str, type] = {"video": VideoRecipe, "pose": PoseRecipe, "object": ObjectRecipe}
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    return {"format": RECIPE_FORMAT, "modality": recipe.modality, **dataclasses.asdict(recipe)}
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "manifest") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: recipe must be a mapping, got {type(data).__name__}")
+    if data.get("format") != RECIPE_FORMAT:
+        raise RecipeError(
+            f"{source}: recipe format {data.get('format')!r} is not {RECIPE_FORMAT!r}; this version of llavidal "
+            "cannot rebuild its extractor: upgrade llavidal or re-extract the features"
+        )
+    cls = RECIPES.get(str(data.get("modality")))
+    if cls is None:
+        raise RecipeError(f"{source}: recipe of unknown modality {data.get('modality')!r}; known: {sorted(RECIPES)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names - {"format", "modality"})
+    if unknown:
+        raise RecipeError(f"{source}: {cls.__name__} has no fields {unknown}; upgrade llavidal or re-extract")
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def recipe_from_manifest(manifest: "FeatureManifest", source: str = "manifest") -> Recipe:
+    """The manifest's typed recipe; manifests written before recipes existed are upgraded."""
+    if manifest.recipe:
+        return recipe_from_dict(manifest.recipe, source)
+    return _upgrade_legacy(manifest, source)
+
+
+_LEGACY_POOLING = re.compile(r"temporal=(\d+) .*grid (\d+)x\d+->(\d+)x\d+")
+
+
+def _upgrade_legacy(manifest: "FeatureManifest", source: str) -> Recipe:
+    """A recipe from a ``llavidal-features/1`` manifest's fields (written before recipes existed)."""
+    extra = manifest.extra or {}
+    common = dict(model_id=manifest.model_id, weights_sha256=manifest.weights_sha256,
+                  feature_dtype=manifest.dtype if manifest.dtype in ("float16", "float32") else "float32")
+    if manifest.modality == "video":
+        found = _LEGACY_POOLING.search(manifest.pooling or "")
+        if not found:
+            raise RecipeError(f"{source}: video features pooled as {manifest.pooling!r}, which this version cannot "
+                              "rebuild; re-extract them with 'llavidal extract video'")
+        temporal, grid, side = (int(g) for g in found.groups())
+        encoder = str(extra.get("encoder") or "")
+        if encoder != EMBEDDED_VISION_ENCODER:
+            encoder = ""  # the old format did not record where a CLIP folder was: the user passes it
+        return VideoRecipe(encoder=encoder, num_frames=int(manifest.frames or temporal), temporal_tokens=temporal,
+                           spatial_grid=None if side == grid else side, decoder=str(extra.get("decoder", "pyav")),
+                           **common)
+    if manifest.modality == "pose":
+        from_video = manifest.extractor.endswith("mediapipe")
+        seeded = manifest.model_id in ("", "llavidal-pose-seeded-untrained")
+        return PoseRecipe(encoder=SEEDED_POSE_ENCODER if seeded else "",
+                          skeleton_source="mediapipe" if from_video else "ntu-skeleton", **common)
+    if manifest.modality == "object":
+        detector = str(extra.get("detector", ""))
+        return ObjectRecipe(
+            encoder=EMBEDDED_VISION_ENCODER if "embedded" in manifest.model_id else "",
+            tokens_per_object=int(extra.get("tokens_per_object") or manifest.frames or 8),
+            margin=float(extra.get("margin", 0.15)), square=bool(extra.get("square", True)),
+            detector=detector[len("detector:"):] if detector.startswith("detector:") else "", **common,
+        )
+    raise RecipeError(f"{source}: no extractor for modality {manifest.modality!r}")
+
+
+def resolve_recipe_path(value: str, base_dir: str | os.PathLike | None) -> str:
+    """A recipe path field made usable here: relative paths are relative to ``base_dir``."""
+    if not value or value in (EMBEDDED_VISION_ENCODER, SEEDED_POSE_ENCODER) or value.startswith("open_clip:"):
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return str(path)
+
+
+def _is_path(value: str) -> bool:
+    return bool(value) and value not in (EMBEDDED_VISION_ENCODER, SEEDED_POSE_ENCODER) and not value.startswith("open_clip:")
+
+
+def _with_paths(manifest: "FeatureManifest", change) -> "FeatureManifest":
+    try:
+        recipe = recipe_from_manifest(manifest)
+    except RecipeError:
+        return manifest  # an old manifest this version cannot read: left as it is (refused when used)
+    changes = {name: change(getattr(recipe, name)) for name in recipe.path_fields if _is_path(getattr(recipe, name))}
+    return dataclasses.replace(manifest, recipe=recipe_to_dict(dataclasses.replace(recipe, **changes)))
+
+
+def absolute_manifest(manifest: "FeatureManifest", base_dir: str | os.PathLike) -> "FeatureManifest":
+    """``manifest`` with recipe paths relative to ``base_dir`` made absolute (how manifests live in memory)."""
+    return _with_paths(manifest, lambda value: str((Path(base_dir) / Path(value).expanduser()).resolve()))
+
+
+def relative_manifest(manifest: "FeatureManifest", base_dir: str | os.PathLike) -> "FeatureManifest":
+    """``manifest`` with absolute recipe paths made relative to ``base_dir`` (how weights folders store them,
+    so that a weights folder moved together with its encoders keeps working)."""
+    return _with_paths(manifest, lambda value: os.path.relpath(value, Path(base_dir).resolve())
+                       if Path(value).is_absolute() else value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The protocol and the registry
+
+
+@dataclass
+class Clip:
+    """One sample's sources; each extractor reads what it needs."""
+
+    video: Path | None = None
+    skeleton: Path | None = None
+    """An NTU ``.skeleton`` file for the clip (the world's ground truth, or an earlier estimate)."""
+    tracks: Path | None = None
+    """An object-tracks JSON for the clip (docs/ARCHITECTURE.md)."""
+    num_frames: int | None = None
+    """The video's frame count when known (spreads on-the-fly pose estimation and detection over it)."""
+
+
+@dataclass
+class Extracted:
+    """An extractor's answer for one clip: the features, or None and why (for the user)."""
+
+    features: "np.ndarray | None"
+    detail: str
+    artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Side results a front end may show (pose: ``skeleton``, the skeleton that was encoded)."""
+
+
+class Extractor(Protocol):
+    modality: ClassVar[str]
+    recipe: Recipe
+
+    @classmethod
+    def from_manifest(cls, manifest: "FeatureManifest", *, base_dir: str | os.PathLike | None = None,
+                      device: str | None = None, encoder: str | None = None, **options: Any) -> "Extractor":
+        """Rebuild from a manifest (``encoder`` overrides the recorded encoder reference)."""
+
+    def manifest(self, **options: Any) -> "FeatureManifest":
+        """The manifest of features this extractor makes."""
+
+    def output_shape(self) -> tuple[int, ...]:
+        """Per-sample feature shape; ``-1`` for a variable axis."""
+
+    def extract(self, clip: Clip) -> Extracted:
+        """Features of one clip, as float32 values rounded through the recipe's storage dtype."""
+
+    def describe(self) -> str:
+        """One line for logs and the demo page."""
+
+
+EXTRACTORS: dict[str, str] = {
+    "video": "llavidal.features.video:VideoExtractor",
+    "pose": "llavidal.features.pose.extract:PoseExtractor",
+    "object": "llavidal.features.objects.extract:ObjectExtractor",
+}
+"""Modality -> ``module:Class`` implementing :class:`Extractor` (imported when used)."""
+
+
+def extractor_class(modality: str) -> type:
+    if modality not in EXTRACTORS:
+        raise RecipeError(f"no extractor for modality {modality!r}; known: {sorted(EXTRACTORS)}")
+    module, _, name = EXTRACTORS[modality].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def extractor_from_manifest(manifest: "FeatureManifest", **options: Any) -> Extractor:
+    """The extractor that made ``manifest``'s features (see :meth:`Extractor.from_manifest`)."""
+    return extractor_class(manifest.modality).from_manifest(manifest, **options)
+
+
+UPSTREAM_VIDEO_PATCHES = 256
+"""Patches per frame of upstream's CLIP ViT-L/14 at 224 px (and of the embedded encoder)."""
+
+
+def unrecorded_manifest(spec: Any) -> "FeatureManifest":
+    """For weights that record no manifest for a modality (upstream weights): the upstream recipe for the
+    modality ``spec`` (a :class:`~llavidal.model.modality.ModalitySpec`); the caller checks the result
+    against the projector."""
+    from llavidal.data.feature_store import FeatureManifest
+
+    if spec.name == "video":
+        temporal = spec.num_tokens - UPSTREAM_VIDEO_PATCHES
+        if temporal < 1:
+            raise RecipeError(
+                f"the video projector expects {spec.num_tokens} tokens, fewer than the {UPSTREAM_VIDEO_PATCHES} "
+                "patches of upstream pooling, and the weights record no feature manifest that says how they were "
+                "pooled; pass the weights of a training run whose feature folders exist"
+            )
+        recipe: Recipe = VideoRecipe(num_frames=temporal, temporal_tokens=temporal)
+    elif spec.name == "pose":
+        recipe = PoseRecipe()
+    elif spec.name == "object":
+        recipe = ObjectRecipe(tokens_per_object=int(spec.group_size))
+    else:
+        raise RecipeError(f"no extractor for modality {spec.name!r}; known: {sorted(EXTRACTORS)}")
+    return FeatureManifest(modality=spec.name, extractor="unrecorded (upstream recipe assumed)",
+                           feature_dim=int(spec.feature_dim), shape=[], dtype=recipe.feature_dtype,
+                           recipe=recipe_to_dict(recipe))
+
+
+def round_through(features: "np.ndarray", dtype: str) -> "np.ndarray":
+    """float32 values as training read them after storage in ``dtype``."""
+    import numpy as np
+
+    return np.asarray(features).astype(dtype if dtype in ("float16", "float32") else "float32").astype(np.float32)
