@@ -403,6 +403,12 @@ def _is_override(token: str) -> bool:
     return bool(key) and all(part.replace("-", "_").isidentifier() for part in key.split("."))
 
 
+def _takes_value(token: str, known: dict[str, Any], keymap: dict[str, str]) -> bool:
+    """Whether ``token`` is the ``--flag`` of a field that is not a bool (so the next token is its value)."""
+    name = _field_name(token[2:], known, keymap) if token.startswith("--") and "=" not in token else None
+    return name is not None and known[name] not in (bool, bool | None)
+
+
 def expand_argv(argv: Sequence[str], known: dict[str, Any], keymap: dict[str, str] | None = None,
                 experiment_dirs: Iterable[str] = EXPERIMENT_DIRS) -> list[str]:
     """Turn ``--config FILE``, ``experiment=NAME`` and ``key=value`` into plain ``--flag value`` tokens.
@@ -431,6 +437,9 @@ def expand_argv(argv: Sequence[str], known: dict[str, Any], keymap: dict[str, st
             path = Path(token.split("=", 1)[1])
             for name, value in _flatten(_load_yaml(path, "--config"), known, keymap, str(path)):
                 files += _as_tokens(name, value, known[name])
+        elif _takes_value(token, known, keymap) and index + 1 < len(tokens) and _is_override(tokens[index + 1]):
+            rest += [token, tokens[index + 1]]  # a flag's own value with "=" in it: --train_flag max_steps=4
+            index += 1
         elif _is_override(token):
             key, text = token.split("=", 1)
             key = key.lstrip("+")
@@ -477,6 +486,18 @@ def _known_fields(types: Sequence[type]) -> dict[str, Any]:
     return known
 
 
+def _alias_keymap(types: Sequence[type]) -> dict[str, str]:
+    """Every ``--alias`` of a field, as a ``key=value`` / YAML key (``clip_feat_path`` -> ``output_dir``)."""
+    keymap: dict[str, str] = {}
+    for cls in types:
+        for item in dataclasses.fields(cls):
+            aliases = item.metadata.get("aliases") or []
+            for alias in [aliases] if isinstance(aliases, str) else aliases:
+                if alias.startswith("--"):
+                    keymap[alias[2:].replace("-", "_")] = item.name
+    return keymap
+
+
 def make_parser(types: Sequence[Any], prog: str, description: str | None = None):
     """transformers' ``HfArgumentParser`` over ``types``, with help from field docstrings."""
     from transformers.hf_argparser import HfArgumentParser
@@ -509,7 +530,7 @@ def parse(types: Sequence[Any], argv: Sequence[str] | None = None, *, prog: str,
         raise SystemExit(0)
     classes = [resolve_type(t) for t in types]
     known = _known_fields(classes)
-    expanded = expand_argv(argv, known, keymap, experiment_dirs)
+    expanded = expand_argv(argv, known, {**_alias_keymap(classes), **(keymap or {})}, experiment_dirs)
     parser = make_parser(classes, prog, description)
     namespace, remaining = parser.parse_known_args(expanded)
     if remaining and not return_remaining:
@@ -573,8 +594,12 @@ def static_help(types: Sequence[Any], *, prog: str, description: str | None = No
 
 
 def _metavar(annotation: str) -> str:
-    text = annotation.replace("Optional[", "").replace("typing.", "").rstrip("]").replace(" | None", "")
-    return text.upper() if text in ("str", "int", "float", "bool") else text
+    text = annotation.replace("typing.", "").replace(" | None", "").replace("None | ", "")
+    if text.startswith("Optional[") and text.endswith("]"):
+        text = text[len("Optional["):-1]
+    if text.startswith(("list[", "List[")):
+        return _metavar(text[5:-1]) + " ..."
+    return text.upper() if text in ("str", "int", "float", "bool") else "VALUE"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -594,9 +619,9 @@ def command(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., in
 
     def wrap(main: Callable[..., int | None]) -> Callable[..., int]:
         @functools.wraps(main)
-        def run(argv: Sequence[str] | None = None) -> int:
+        def run(argv: Sequence[str] | None = None, **options: Any) -> int:
             try:
-                return int(main(argv) or 0)
+                return int(main(argv, **options) or 0)
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
                 return 130

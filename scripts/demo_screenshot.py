@@ -31,8 +31,6 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from a checkout: make the package importable
-    sys.path.insert(0, str(REPO))
 
 from llavidal.demo.browser import BrowserUnavailable, free_port, launch_chromium, sync_playwright
 from llavidal.demo.video_demo import ELEM_IDS, MAX_EXAMPLES, find_examples

@@ -140,9 +140,9 @@ def test_find_examples_reads_world_folders(tmp_path):
 
 
 def test_defaults_bind_loopback_and_accept_upstream_flags():
-    from llavidal.demo.video_demo import build_parser
+    from llavidal.demo.video_demo import parse_demo_args
 
-    args = build_parser().parse_args(
+    args = parse_demo_args(
         ["--model-name", "base", "--projection_path", "w", "--conv-mode", "video-chatgpt_v1",
          "--controller-url", "http://localhost:21001"]
     )

@@ -16,14 +16,15 @@ and ``<video><object><human_pose>`` in the human turn.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from llavidal.config import arg, command, parse
 from llavidal.data.feature_store import FEATURE_EXTENSIONS
 from llavidal.utils.io import atomic_write_json
 
@@ -95,35 +96,34 @@ def convert_records(
     return records, counts
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="convert_instruction_json_to_training_format",
-        description="Convert Video-ChatGPT QA JSON ([{video_id, q, a}]) into LLAVIDAL training records.",
-    )
-    parser.add_argument("--input_json_file", required=True, help="Video-ChatGPT QA JSON: a list of {video_id, q, a}.")
-    parser.add_argument("--output_json_file", required=True, help="Where to write the training records (JSON list).")
-    parser.add_argument("--clip_feature_path", default=None, help="Video feature folder: drop pairs whose video has no feature file.")
-    parser.add_argument("--with_pose_object", action="store_true",
-                        help="Write LLAVIDAL records with pose/object files and <video><object><human_pose>.")
-    parser.add_argument("--pose_feature_path", default=None, help="With --with_pose_object: drop pairs without a pose file here.")
-    parser.add_argument("--object_feature_path", default=None, help="With --with_pose_object: drop pairs without an object file here.")
-    return parser
+@dataclass
+class ConvertArguments:
+    """Convert Video-ChatGPT QA JSON ([{video_id, q, a}]) into LLAVIDAL training records."""
+
+    input_json_file: str = arg(None, "Video-ChatGPT QA JSON: a list of {video_id, q, a}.")
+    output_json_file: str = arg(None, "Where to write the training records (JSON list).", aliases=["--output"])
+    clip_feature_path: str | None = arg(None, "Video feature folder: drop pairs whose video has no feature file.")
+    with_pose_object: bool = arg(False, "Write LLAVIDAL records with pose/object files and <video><object><human_pose>.")
+    pose_feature_path: str | None = arg(None, "With --with_pose_object: drop pairs without a pose file here.")
+    object_feature_path: str | None = arg(None, "With --with_pose_object: drop pairs without an object file here.")
+
+    def __post_init__(self) -> None:
+        if not self.input_json_file or not self.output_json_file:
+            raise ValueError("--input_json_file and --output_json_file are required")
 
 
+@command("llavidal convert")
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    (args,) = parse((ConvertArguments,), argv, prog="llavidal convert", description=ConvertArguments.__doc__)
     input_path = Path(args.input_json_file)
     if not input_path.is_file():
-        print(f"error: --input_json_file {input_path} does not exist", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"--input_json_file {input_path} does not exist")
     try:
         qa = json.loads(input_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        print(f"error: {input_path}:{err.lineno}: not valid JSON ({err.msg})", file=sys.stderr)
-        return 2
+        raise ValueError(f"{input_path}:{err.lineno}: not valid JSON ({err.msg})") from None
     if not isinstance(qa, list):
-        print(f"error: {input_path}: expected a JSON list of {{video_id, q, a}}", file=sys.stderr)
-        return 2
+        raise ValueError(f"{input_path}: expected a JSON list of {{video_id, q, a}}")
     records, counts = convert_records(
         qa,
         video_features=_feature_stems(args.clip_feature_path),

@@ -14,7 +14,7 @@ queue serves concurrent users, each with their own history.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
-if __package__ in (None, ""):  # run as a script at the upstream path: make the package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from llavidal.demo.features import DemoFeatures, ExtractionError, IncompatibleProjectorError
+from llavidal.config import arg, command, parse
+from llavidal.demo.features import DemoFeatures, ExtractionError
 from llavidal.demo.session import DemoSession
 from llavidal.demo.video_io import VIDEO_EXTENSIONS, VideoLimits, VideoRejected
 from llavidal.model.modality import ModalityRegistry
@@ -327,68 +325,60 @@ def find_examples(folders: Sequence[str | os.PathLike], limit: int = MAX_EXAMPLE
     return found[:limit]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llavidal demo", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    model = parser.add_argument_group("model (upstream flags)")
-    model.add_argument("--projection_path", "--projection-path", required=True,
-                       help="folder written by training (llavidal_config.json + trainable.safetensors)")
-    model.add_argument("--model-name", "--model_name", "--base_model", dest="model_name", default=None,
-                       help="base LLM folder; default: the base recorded in the weights' llavidal_config.json")
-    model.add_argument("--vision_tower_name", "--vision-tower-name", default=None,
-                       help="vision encoder (a CLIP folder or 'embedded'); default: the one the video "
-                            "features of training were made with, as the weights record it")
-    model.add_argument("--pose-encoder", default=None,
-                       help="pose encoder checkpoint folder; default: the one training's pose features record")
-    model.add_argument("--object-encoder", default=None,
-                       help="vision encoder of the object crops, when training used another than the video's")
-    model.add_argument("--detector", default=None,
-                       help="object detector for uploads (ssd:PATH or owlv2:FOLDER); examples from a world "
-                            "folder use the world's object tracks")
-    model.add_argument("--conv-mode", default=None,
-                       help="accepted for compatibility; the template recorded with the weights is used")
-    model.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    model.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: engine's choice)")
-    serve = parser.add_argument_group("server")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="interface to bind; 0.0.0.0 exposes the demo to your network")
-    serve.add_argument("--port", type=int, default=7860)
-    serve.add_argument("--share", action="store_true", help="ask gradio for a public share link (needs internet)")
-    serve.add_argument("--concurrency-count", type=int, default=1,
-                       help="model calls that run at once; other users wait in the queue")
-    serve.add_argument("--queue-size", type=int, default=64, help="requests that may wait in the queue")
-    demo = parser.add_argument_group("demo")
-    demo.add_argument("--examples", action="append", default=[],
-                      help="folder of example videos or a world folder (repeatable)")
-    demo.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload")
-    demo.add_argument("--max-duration", type=float, default=300.0, help="longest accepted video, seconds")
-    demo.add_argument("--temperature", type=float, default=0.2, help="initial temperature slider value")
-    demo.add_argument("--max-new-tokens", type=int, default=256, help="initial max-new-tokens slider value")
-    demo.add_argument("--top-p", type=float, default=1.0)
-    legacy = parser.add_argument_group("upstream flags with no effect here (the model runs in this process)")
-    for flag in ("--controller-url", "--model-list-mode"):
-        legacy.add_argument(flag, default=None, help=argparse.SUPPRESS)
-    for flag in ("--moderate", "--embed"):
-        legacy.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
-    return parser
+@dataclass
+class DemoArguments:
+    """Flags of ``llavidal demo`` / ``llavidal/demo/video_demo.py`` (upstream's spellings are accepted)."""
+
+    projection_path: str = arg(None, "folder written by training (llavidal_config.json + trainable.safetensors)")
+    model_name: str | None = arg(None, "base LLM folder; default: the base recorded in the weights' llavidal_config.json",
+                                 aliases=["--base_model"])
+    vision_tower_name: str | None = arg(None, "vision encoder (a CLIP folder or 'embedded'); default: the one the "
+                                              "video features of training were made with, as the weights record it")
+    pose_encoder: str | None = arg(None, "pose encoder checkpoint folder; default: the one training's pose features record")
+    object_encoder: str | None = arg(None, "vision encoder of the object crops, when training used another than the video's")
+    detector: str | None = arg(None, "object detector for uploads (ssd:PATH or owlv2:FOLDER); examples from a world "
+                                     "folder use the world's object tracks")
+    conv_mode: str | None = arg(None, "accepted for compatibility; the template recorded with the weights is used")
+    device: str | None = arg(None, "torch device (default: cuda when available, else cpu)")
+    dtype: str | None = arg(None, "float32, bfloat16 or float16 (default: engine's choice)")
+    host: str = arg("127.0.0.1", "interface to bind; 0.0.0.0 exposes the demo to your network")
+    port: int = arg(7860, "port to serve on")
+    share: bool = arg(False, "ask gradio for a public share link (needs internet)")
+    concurrency_count: int = arg(1, "model calls that run at once; other users wait in the queue")
+    queue_size: int = arg(64, "requests that may wait in the queue")
+    examples: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "folders of example videos or world folders (repeatable)", "action": "extend"})
+    max_upload_mb: float = arg(200.0, "largest accepted upload")
+    max_duration: float = arg(300.0, "longest accepted video, seconds")
+    temperature: float = arg(0.2, "initial temperature slider value")
+    max_new_tokens: int = arg(256, "initial max-new-tokens slider value")
+    top_p: float = arg(1.0, "initial top-p slider value")
+    controller_url: str | None = arg(None, "upstream flag with no effect here (the model runs in this process)")
+    model_list_mode: str | None = arg(None, "upstream flag with no effect here")
+    moderate: bool = arg(False, "upstream flag with no effect here")
+    embed: bool = arg(False, "upstream flag with no effect here")
+
+    def __post_init__(self) -> None:
+        if not self.projection_path:
+            raise ValueError("--projection_path is required: the weights folder written by training")
 
 
+def parse_demo_args(argv: Sequence[str] | None = None) -> DemoArguments:
+    (args,) = parse((DemoArguments,), argv, prog="llavidal demo", description=__doc__.split("\n\n")[0])
+    return args
+
+
+@command("llavidal demo")
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_demo_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
     for flag in ("controller_url", "model_list_mode", "moderate", "embed"):
         if getattr(args, flag):
             logger.warning("--%s has no effect: this demo runs the model in-process", flag.replace("_", "-"))
-    try:
-        settings_limits = VideoLimits(args.max_upload_mb, args.max_duration)
-        examples = tuple(find_examples(args.examples))
-        app, settings = load_demo(args, settings_limits, examples)
-    except (IncompatibleProjectorError, FileNotFoundError, ValueError) as err:
-        print(f"llavidal demo: {err}", file=sys.stderr)
-        return 2
+    settings_limits = VideoLimits(args.max_upload_mb, args.max_duration)
+    examples = tuple(find_examples(args.examples))
+    app, settings = load_demo(args, settings_limits, examples)
     allowed = sorted({str(p.parent.resolve()) for p in settings.examples})
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: anyone who can reach this machine on port %d can use the demo",
@@ -402,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_demo(
-    args: argparse.Namespace, limits: VideoLimits, examples: tuple[Path, ...],
+    args: DemoArguments, limits: VideoLimits, examples: tuple[Path, ...],
 ) -> tuple["gr.Blocks", DemoSettings]:
     """Load the engine and the extractors, check that they fit, and build the app."""
     from llavidal.demo.features import DemoFeaturePipeline

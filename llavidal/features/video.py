@@ -38,6 +38,7 @@ from typing import ClassVar, Iterable, Sequence
 import numpy as np
 import torch
 
+from llavidal.config import command, parse
 from llavidal.constants import MANIFEST_NAME
 from llavidal.data.feature_store import (
     FEATURE_KEY,
@@ -85,8 +86,8 @@ _TMP_RE = re.compile(r"^\.(?P<target>.+)\.[^.]+\.tmp")  # atomic_path's temporar
 class VideoExtractionArgs:
     """Flags of ``scripts/save_spatio_temporal_clip_features.py`` and ``llavidal extract video``."""
 
-    video_dir_path: str = field(metadata={"help": "Folder of videos (searched recursively: mp4, avi, mkv, webm, mov, ...)."})
-    clip_feat_path: str = field(metadata={"help": "Output folder: {video_id}.safetensors (or .pkl) + manifest.json + failed.jsonl."})
+    video_dir_path: str = field(metadata={"aliases": ["--video_dir"], "help": "Folder of videos (searched recursively: mp4, avi, mkv, webm, mov, ...)."})
+    output_dir: str = field(metadata={"aliases": ["--clip_feat_path"], "help": "Output folder: {video_id}.safetensors (or .pkl) + manifest.json + failed.jsonl (upstream: --clip_feat_path)."})
     encoder: str = field(default=EMBEDDED_NAME, metadata={"help": (
         "'embedded' (a small seeded CLIP-architecture encoder; no download), a local CLIP folder in the "
         "openai/clip-vit-large-patch14 layout (upstream's encoder; pass its path), or 'open_clip:ARCH:WEIGHTS'.")})
@@ -545,47 +546,32 @@ def _run_pipeline(jobs: list[_Job], encoder: VisionEncoder, pooling: PoolingConf
         bar.close()
 
 
-def parse_args(argv: list[str] | None = None) -> VideoExtractionArgs:
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(VideoExtractionArgs, description=__doc__.split("\n\n")[0])
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
-    return args
-
-
+@command("llavidal extract video")
 def main(argv: list[str] | None = None) -> int:
     """``llavidal extract video`` / ``scripts/save_spatio_temporal_clip_features.py``: 0 when every video succeeded."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    (args,) = parse((VideoExtractionArgs,), argv, prog="llavidal extract video", description=__doc__.split("\n\n")[0])
     device = args.device
     on_cpu = device == "cpu" or (device in ("", "auto") and not torch.cuda.is_available())
     if on_cpu and "OMP_NUM_THREADS" not in os.environ:
         # decoding workers each take a core; the encoder gets the rest
         local_cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         torch.set_num_threads(max(1, local_cores - args.workers))
-    try:
-        videos = find_videos(args.video_dir_path)
-        if not videos:
-            raise FileNotFoundError(f"no video files under {args.video_dir_path} (looked for {', '.join(VIDEO_EXTENSIONS)})")
-        encoder = load_vision_encoder(args.encoder, device=device, dtype=args.dtype, batch_size=args.batch_size)
-        if dist_utils.rank() == 0:
-            print(f"{len(videos)} videos under {args.video_dir_path}; encoder {encoder.model_id} "
-                  f"({encoder.feature_dim}-d, {encoder.num_patches} patches) on {encoder.device}", file=sys.stderr)
-        with logging_redirect_tqdm():  # failure messages print above the progress bar
-            summary = extract_video_features(
-                videos, args.clip_feat_path, encoder, num_frames=args.num_frames, pooling=args.pooling(),
-                output_format=args.format, feature_dtype=args.feature_dtype, batch_size=args.batch_size,
-                workers=args.workers, decoder=args.decoder, progress=args.progress,
-            )
-    except (FileNotFoundError, FeatureFileError, ValueError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    videos = find_videos(args.video_dir_path)
+    if not videos:
+        raise FileNotFoundError(f"no video files under {args.video_dir_path} (looked for {', '.join(VIDEO_EXTENSIONS)})")
+    encoder = load_vision_encoder(args.encoder, device=device, dtype=args.dtype, batch_size=args.batch_size)
+    if dist_utils.rank() == 0:
+        print(f"{len(videos)} videos under {args.video_dir_path}; encoder {encoder.model_id} "
+              f"({encoder.feature_dim}-d, {encoder.num_patches} patches) on {encoder.device}", file=sys.stderr)
+    with logging_redirect_tqdm():  # failure messages print above the progress bar
+        summary = extract_video_features(
+            videos, args.output_dir, encoder, num_frames=args.num_frames, pooling=args.pooling(),
+            output_format=args.format, feature_dtype=args.feature_dtype, batch_size=args.batch_size,
+            workers=args.workers, decoder=args.decoder, progress=args.progress, encoder_ref=args.encoder,
+        )
     if summary.rank == 0:
         print(summary.line())
     return 0 if summary.ok else 1

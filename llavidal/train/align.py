@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from llavidal.config import command
+
 logger = logging.getLogger("llavidal.align")
 
 REPORT_NAME = "align_report.json"
@@ -309,22 +311,15 @@ def align_model(model: Any, tokenizer: Any, records: Sequence[dict], folders: di
 
 
 # ---------------------------------------------------------------------------- CLI
-def make_parser() -> Any:
-    import transformers
-
-    from llavidal.train.args import DataArguments, ModelArguments
-
-    return transformers.HfArgumentParser((ModelArguments, DataArguments, AlignArguments))
-
-
+@command("llavidal align")
 def main(argv: list[str] | None = None) -> int:
     from llavidal.data.feature_store import FeatureFolder
     from llavidal.model.builder import build_model
-    from llavidal.train.args import build_registry, describe_registry, parse_args
+    from llavidal.train.args import DataArguments, ModelArguments, build_registry, describe_registry, parse_args
     from llavidal.utils.io import atomic_write_json
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model_args, data_args, args = parse_args(argv, parser=make_parser())
+    model_args, data_args, args = parse_args(argv, (ModelArguments, DataArguments, AlignArguments), "llavidal align")
     records = load_label_records(data_args.data_path)
     registry = build_registry(model_args, data_args)
     torch.manual_seed(args.seed)  # the projectors' initialisation

@@ -1,8 +1,8 @@
 """Training arguments: every flag of the upstream LLAVIDAL / Video-ChatGPT command, plus ours.
 
-Three dataclasses parsed with ``HfArgumentParser``: :class:`ModelArguments`, :class:`DataArguments` and
-:class:`TrainingArguments` (transformers' own, extended). ``--config file.yaml`` supplies any of their
-fields; flags on the command line win over the file.
+Three dataclasses parsed by :mod:`llavidal.config`: :class:`ModelArguments`, :class:`DataArguments` and
+:class:`TrainingArguments` (transformers' own, extended). ``--config file.yaml``, ``experiment=NAME`` and
+``key=value`` supply any of their fields; the command line wins over files.
 
 Compatibility notes:
 
@@ -238,68 +238,15 @@ class TrainingArguments(transformers.TrainingArguments):
 
 # ---------------------------------------------------------------------------- parsing
 
-def _yaml_to_argv(path: str) -> list[str]:
-    import yaml
-
-    config_path = Path(path)
-    if not config_path.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
-    with open(config_path, encoding="utf-8") as handle:
-        try:
-            values = yaml.safe_load(handle) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of flag names to values")
-    known = {f.name for cls in (ModelArguments, DataArguments, TrainingArguments) for f in dataclasses.fields(cls)}
-    argv: list[str] = []
-    for key, value in values.items():
-        key = str(key).lstrip("-")
-        if key not in known:
-            raise ValueError(f"{path}: unknown option {key!r}; see --help for the accepted flags")
-        if value is None:
-            continue
-        if isinstance(value, (dict, list)) and key not in ("report_to", "fsdp", "debug", "label_names", "include_for_metrics"):
-            argv += [f"--{key}", json.dumps(value)]
-        elif isinstance(value, list):
-            argv += [f"--{key}", *[str(v) for v in value]]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
+TRAIN_ARGUMENTS = (ModelArguments, DataArguments, TrainingArguments)
 
 
-def split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
-    """Remove ``--config FILE`` / ``--config=FILE`` from ``argv``."""
-    rest: list[str] = []
-    config = None
-    index = 0
-    while index < len(argv):
-        token = argv[index]
-        if token == "--config":
-            if index + 1 >= len(argv):
-                raise ValueError("--config needs a file name")
-            config = argv[index + 1]
-            index += 2
-            continue
-        if token.startswith("--config="):
-            config = token.split("=", 1)[1]
-        else:
-            rest.append(token)
-        index += 1
-    return config, rest
+def parse_args(argv: list[str] | None = None, types: tuple = TRAIN_ARGUMENTS, prog: str = "llavidal train") -> tuple:
+    """Parse flags, ``--config file.yaml``, ``key=value`` and ``experiment=NAME`` (see :mod:`llavidal.config`)
+    into ``types`` (default: ModelArguments, DataArguments, TrainingArguments)."""
+    from llavidal.config import parse
 
-
-def make_parser() -> transformers.HfArgumentParser:
-    return transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-
-
-def parse_args(argv: list[str] | None = None, parser: transformers.HfArgumentParser | None = None) -> tuple:
-    """Parse flags (and ``--config file.yaml``, overridden by flags) into the parser's dataclasses
-    (default: ModelArguments, DataArguments, TrainingArguments)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config, rest = split_config_flag(argv)
-    full = (_yaml_to_argv(config) if config else []) + rest  # later flags win in argparse
-    return tuple((parser or make_parser()).parse_args_into_dataclasses(args=full))
+    return parse(types, argv, prog=prog, description=__doc__.split("\n\n")[0])
 
 
 # ---------------------------------------------------------------------------- modality registry

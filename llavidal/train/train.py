@@ -19,15 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-if __name__ == "__main__" and not __package__:
-    # Run as a script path: do not let this folder's modules (args, trainer...) shadow top-level ones.
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _here]
-
 import torch
 import transformers
 from transformers.trainer_utils import get_last_checkpoint
 
+from llavidal.config import command
 from llavidal.data.collator import PaddedCollator
 from llavidal.data.dataset import LazySupervisedDataset
 from llavidal.train.args import (
@@ -78,6 +74,7 @@ def find_resume_checkpoint(training_args: TrainingArguments) -> str | None:
     return None
 
 
+@command("llavidal train")
 def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> int:
     """Entry point of ``llavidal train`` / ``train.py`` / ``train_mem.py`` (``fastest_attention=True``)."""
     model_args, data_args, training_args = parse_args(argv)

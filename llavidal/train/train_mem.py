@@ -9,12 +9,6 @@ Run as::
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-if __name__ == "__main__" and not __package__:
-    # Run as a script path: do not let this folder's modules (args, trainer...) shadow top-level ones.
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _here]
 
 from llavidal.train.train import main as _train_main
 

@@ -21,7 +21,6 @@ Resumable, atomic, failures in ``OUT/failed.jsonl`` (exit status 1 when any), sh
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -33,7 +32,8 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from llavidal.constants import OBJECT_TOKENS_PER_OBJECT
-from llavidal.data.feature_store import FeatureFileError, FeatureManifest
+from llavidal.config import arg, command, parse
+from llavidal.data.feature_store import FeatureManifest
 from llavidal.features.extractor import (
     Clip,
     Extracted,
@@ -389,56 +389,55 @@ def extract_object_features(
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llavidal extract object", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--video_dir", required=True, help="folder of videos (searched recursively; id = file name stem)")
-    parser.add_argument("--tracks_dir", default=None,
-                        help="folder of {id}.json object tracks; detector output is written here (default OUT/tracks)")
-    parser.add_argument("--out", required=True, help="output folder for {id}_object.safetensors and manifest.json")
-    parser.add_argument("--encoder", default="embedded",
-                        help="vision encoder: 'embedded' (default), a local CLIP folder, or open_clip:ARCH:WEIGHTS")
-    parser.add_argument("--detector", default=None,
-                        help="run this detector where no tracks file exists: ssd:PATH (.data/.tflite) or owlv2:FOLDER")
-    parser.add_argument("--classes", default=None, help="comma-separated classes to keep (SSD) or to query (OWLv2)")
-    parser.add_argument("--score_threshold", type=float, default=None, help="detector score threshold")
-    parser.add_argument("--detector_frame_stride", type=int, default=1, help="detect on every n-th frame")
-    parser.add_argument("--margin", type=float, default=0.15, help="crop margin as a fraction of the box size, per side")
-    parser.add_argument("--no_square", action="store_true", help="crop the box itself instead of a square around it")
-    parser.add_argument("--format", dest="save_format", choices=("safetensors", "pickle"), default="safetensors",
-                        help="'pickle' writes upstream's {id}_object.pkl")
-    parser.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="float16")
-    parser.add_argument("--device", default=None, help="torch device of the vision encoder (default: cuda when available)")
-    parser.add_argument("--batch_size", type=int, default=64, help="crops per encoder batch")
-    parser.add_argument("--overwrite", action="store_true", help="recompute existing outputs; replace a different recipe")
-    parser.add_argument("--no_progress", action="store_true")
-    return parser
+@dataclass
+class ObjectExtractionArgs:
+    """Flags of ``llavidal extract object`` (--tracks_dir, --detector, or both)."""
+
+    video_dir: str = arg(None, "folder of videos (searched recursively; id = file name stem)")
+    output_dir: str = arg(None, "output folder for {id}_object.safetensors and manifest.json", aliases=["--out"])
+    tracks_dir: str | None = arg(None, "folder of {id}.json object tracks; detector output is written here "
+                                       "(default OUTPUT_DIR/tracks)")
+    encoder: str = arg("embedded", "vision encoder: 'embedded' (default), a local CLIP folder, or open_clip:ARCH:WEIGHTS")
+    detector: str | None = arg(None, "run this detector where no tracks file exists: ssd:PATH (.data/.tflite) or owlv2:FOLDER")
+    classes: str | None = arg(None, "comma-separated classes to keep (SSD) or to query (OWLv2)")
+    score_threshold: float | None = arg(None, "detector score threshold")
+    detector_frame_stride: int = arg(1, "detect on every n-th frame")
+    margin: float = arg(0.15, "crop margin as a fraction of the box size, per side")
+    square: bool = arg(True, "crop a square around the box (--no_square crops the box itself)")
+    format: str = arg("safetensors", "'pickle' writes upstream's {id}_object.pkl", choices=("safetensors", "pickle"))
+    dtype: str = arg("float16", "saved dtype", choices=sorted(SAVE_DTYPES))
+    device: str | None = arg(None, "torch device of the vision encoder (default: cuda when available)")
+    batch_size: int = arg(64, "crops per encoder batch")
+    overwrite: bool = arg(False, "recompute existing outputs; replace a different recipe")
+    progress: bool = arg(True, "show a progress bar (--no_progress hides it)")
+
+    def __post_init__(self) -> None:
+        if not self.video_dir or not self.output_dir:
+            raise ValueError("--video_dir and --output_dir are required")
+        if self.tracks_dir is None and self.detector is None:
+            raise ValueError("pass --tracks_dir, --detector, or both")
 
 
+@command("llavidal extract object")
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    if args.tracks_dir is None and args.detector is None:
-        print("error: pass --tracks_dir, --detector, or both", file=sys.stderr)
-        return 2
-    try:
-        from llavidal.features.encoders import load_vision_encoder
+    (args,) = parse((ObjectExtractionArgs,), argv, prog="llavidal extract object", description=__doc__.split("\n\n")[0])
+    from llavidal.features.encoders import load_vision_encoder
 
-        encoder = load_vision_encoder(args.encoder, device=args.device, batch_size=args.batch_size)
-        detector = None
-        if args.detector:
-            from llavidal.features.objects.detect import load_detector
+    encoder = load_vision_encoder(args.encoder, device=args.device, batch_size=args.batch_size)
+    detector = None
+    if args.detector:
+        from llavidal.features.objects.detect import load_detector
 
-            classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-            options = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
-            detector = load_detector(args.detector, classes=classes, **options)
-        summary = extract_object_features(
-            args.video_dir, args.out, encoder, tracks_dir=args.tracks_dir, detector=detector,
-            detector_frame_stride=args.detector_frame_stride, margin=args.margin, square=not args.no_square,
-            save_format=args.save_format, dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress,
-        )
-    except (OSError, ValueError, FeatureFileError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+        options = {} if args.score_threshold is None else {"score_threshold": args.score_threshold}
+        detector = load_detector(args.detector, classes=classes, **options)
+    summary = extract_object_features(
+        args.video_dir, args.output_dir, encoder, tracks_dir=args.tracks_dir, detector=detector,
+        detector_frame_stride=args.detector_frame_stride, margin=args.margin, square=args.square,
+        save_format=args.format, dtype=args.dtype, overwrite=args.overwrite, progress=args.progress,
+        encoder_ref=args.encoder, detector_spec=args.detector or "",
+    )
     print(summary.line())
     return 1 if summary.failed else 0
 

@@ -18,7 +18,6 @@ Resumable (outputs that exist and validate are skipped), atomic, failures listed
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -28,7 +27,8 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from llavidal.data.feature_store import FeatureFileError, FeatureManifest
+from llavidal.config import arg, command, parse
+from llavidal.data.feature_store import FeatureManifest
 from llavidal.features.per_sample import SAVE_DTYPES, run_per_sample
 from llavidal.features.pose.encoder import SEEDED_MODEL_ID, PoseEncoder, load_pose_encoder, pose_features_for_skeleton
 from llavidal.features.extractor import (
@@ -261,40 +261,43 @@ def extract_pose_features(
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llavidal extract pose", description=__doc__.split("\n\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--skeleton_dir", help="folder of NTU RGB+D .skeleton files (searched recursively)")
-    source.add_argument("--video_dir", help="folder of videos; pose estimated with MediaPipe (llavidal[mediapipe])")
-    parser.add_argument("--out", required=True, help="output folder for {id}_pose.safetensors and manifest.json")
-    parser.add_argument("--encoder", required=True,
-                        help="pose encoder checkpoint folder (from 'llavidal pose-pretrain'), or 'seeded' (untrained)")
-    parser.add_argument("--skeleton_out", default=None, help="where --video_dir skeletons are kept (default OUT/skeletons)")
-    parser.add_argument("--fov_degrees", type=float, default=60.0, help="assumed horizontal field of view of the videos")
-    parser.add_argument("--frame_stride", type=int, default=1, help="run MediaPipe on every n-th frame")
-    parser.add_argument("--format", dest="save_format", choices=("safetensors", "pickle"), default="safetensors",
-                        help="'pickle' writes upstream's {id}_pose.pickle")
-    parser.add_argument("--dtype", choices=sorted(SAVE_DTYPES), default="float16")
-    parser.add_argument("--device", default="cpu", help="torch device for the encoder")
-    parser.add_argument("--overwrite", action="store_true", help="recompute existing outputs; replace a different recipe")
-    parser.add_argument("--no_progress", action="store_true")
-    return parser
+@dataclass
+class PoseExtractionArgs:
+    """Flags of ``llavidal extract pose`` (exactly one of --skeleton_dir / --video_dir)."""
+
+    output_dir: str = arg(None, "output folder for {id}_pose.safetensors and manifest.json", aliases=["--out"])
+    encoder: str = arg(None, "pose encoder checkpoint folder (from 'llavidal pose-pretrain'), or 'seeded' (untrained)")
+    skeleton_dir: str | None = arg(None, "folder of NTU RGB+D .skeleton files (searched recursively)")
+    video_dir: str | None = arg(None, "folder of videos; pose estimated with MediaPipe (llavidal[mediapipe])")
+    skeleton_out: str | None = arg(None, "where --video_dir skeletons are kept (default OUTPUT_DIR/skeletons)")
+    fov_degrees: float = arg(60.0, "assumed horizontal field of view of the videos")
+    frame_stride: int = arg(1, "run MediaPipe on every n-th frame")
+    format: str = arg("safetensors", "'pickle' writes upstream's {id}_pose.pickle", choices=("safetensors", "pickle"))
+    dtype: str = arg("float16", "saved dtype", choices=sorted(SAVE_DTYPES))
+    device: str = arg("cpu", "torch device for the encoder")
+    overwrite: bool = arg(False, "recompute existing outputs; replace a different recipe")
+    progress: bool = arg(True, "show a progress bar (--no_progress hides it)")
+
+    def __post_init__(self) -> None:
+        if not self.output_dir or not self.encoder:
+            raise ValueError("--output_dir and --encoder are required")
+        if (self.skeleton_dir is None) == (self.video_dir is None):
+            raise ValueError("pass exactly one of --skeleton_dir (NTU .skeleton files) or --video_dir (videos)")
 
 
+@command("llavidal extract pose")
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        encoder = load_pose_encoder(args.encoder, device=args.device)
-        summary = extract_pose_features(
-            args.out, encoder, skeleton_dir=args.skeleton_dir, video_dir=args.video_dir,
-            skeleton_out=args.skeleton_out, fov_degrees=args.fov_degrees, frame_stride=args.frame_stride,
-            save_format=args.save_format, dtype=args.dtype, overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
-    except (OSError, ValueError, FeatureFileError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    (args,) = parse((PoseExtractionArgs,), argv, prog="llavidal extract pose", description=__doc__.split("\n\n")[0])
+    from llavidal.utils.device import resolve_device
+
+    encoder = load_pose_encoder(args.encoder, device=resolve_device(args.device))
+    summary = extract_pose_features(
+        args.output_dir, encoder, skeleton_dir=args.skeleton_dir, video_dir=args.video_dir,
+        skeleton_out=args.skeleton_out, fov_degrees=args.fov_degrees, frame_stride=args.frame_stride,
+        save_format=args.format, dtype=args.dtype, overwrite=args.overwrite, progress=args.progress,
+        encoder_path=args.encoder,
+    )
     print(summary.line())
     return 1 if summary.failed else 0
 
