@@ -32,6 +32,7 @@ and exits 2 instead of a traceback (``LLAVIDAL_TRACEBACK=1`` shows the traceback
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import difflib
@@ -622,6 +623,11 @@ def command(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., in
         def run(argv: Sequence[str] | None = None, **options: Any) -> int:
             try:
                 return int(main(argv, **options) or 0)
+            except SystemExit as done:  # --help, or argparse's own usage error (already printed)
+                return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
+            except argparse.ArgumentError as err:
+                print(f"{prog}: error: {err}", file=sys.stderr)
+                return 2
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted; rerun the same command to resume", file=sys.stderr)
                 return 130
