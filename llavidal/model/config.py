@@ -57,35 +57,6 @@ class LoraSettings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def recorded_manifests(self, weights_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-        """Modality -> :class:`~llavidal.data.feature_store.FeatureManifest` of training's features.
-
-        From ``feature_manifests``; weights saved before it existed keep them in ``extra["feature_manifests"]``
-        or only name the feature folders (``extra["feature_folders"]``), whose ``manifest.json`` is read when
-        the folder is still on this machine (its recipe paths rebased onto ``weights_dir``).
-        """
-        from llavidal.data.feature_store import FeatureManifest
-        from llavidal.features.extractor import absolute_manifest
-
-        manifests = {name: FeatureManifest.from_dict(data)
-                     for name, data in {**(self.extra.get("feature_manifests") or {}), **self.feature_manifests}.items()
-                     if isinstance(data, dict)}
-        if weights_dir is not None:
-            manifests = {name: absolute_manifest(m, weights_dir) for name, m in manifests.items()}
-        for name, folder in (self.extra.get("feature_folders") or {}).items():
-            if name in manifests or not folder or not Path(folder).is_dir():
-                continue
-            try:
-                manifest = FeatureManifest.load(folder)
-                if manifest is not None:
-                    manifest = absolute_manifest(manifest, folder)
-            except ValueError as err:  # incl. RecipeError: say so, carry on as if none were recorded
-                logger.warning("%s", err)
-                manifest = None
-            if manifest is not None:
-                manifests[name] = manifest
-        return manifests
-
     @classmethod
     def from_any(cls, value: "LoraSettings | dict | None") -> "LoraSettings | None":
         if value is None or isinstance(value, LoraSettings):
