@@ -23,14 +23,14 @@ class Command:
     """The argument dataclasses (``module:Class``) the target parses, for ``--help``."""
 
 
-_EVAL = "llavidal.eval.cli"
+_EVAL = "llavidal.eval.commands"
 _JUDGE_ARGS = (f"{_EVAL}:JudgeRunArguments", f"{_EVAL}:JudgeArguments")
 _TRAIN_ARGS = ("llavidal.train.args:ModelArguments", "llavidal.train.args:DataArguments",
                "llavidal.train.args:TrainingArguments")
 
 COMMANDS: dict[tuple[str, ...], Command] = {
-    ("synth",): Command("llavidal.sim.cli:main", "generate the embedded ADL world (videos, skeletons, objects, QA)",
-                        ("llavidal.sim.cli:SynthArguments",)),
+    ("synth",): Command("llavidal.sim.synth:main", "generate the embedded ADL world (videos, skeletons, objects, QA)",
+                        ("llavidal.sim.synth:SynthArguments",)),
     ("extract", "video"): Command("llavidal.features.video:main", "spatio-temporal CLIP video features",
                                   ("llavidal.features.video:VideoExtractionArgs",)),
     ("extract", "pose"): Command("llavidal.features.pose.extract:main", "pose features from .skeleton files or video",
@@ -65,10 +65,11 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("eval", "judge", "zeroshot"): Command(f"{_EVAL}:cmd_judge_zeroshot", "judge zero-shot QA", _JUDGE_ARGS),
     ("eval", "report"): Command(f"{_EVAL}:cmd_report", "combine results into one report",
                                 (f"{_EVAL}:ReportArguments",)),
-    ("eval", "benchmarks"): Command(f"{_EVAL}:cmd_benchmarks", "list the evaluation benchmarks"),
+    ("eval", "benchmarks"): Command(f"{_EVAL}:cmd_benchmarks", "list the evaluation benchmarks (tasks)"),
+    ("eval", "tasks"): Command(f"{_EVAL}:cmd_tasks", "list the evaluation tasks (same as eval benchmarks)"),
     ("demo",): Command("llavidal.demo.video_demo:main", "the Gradio chat demo", ("llavidal.demo.video_demo:DemoArguments",)),
     ("quickstart",): Command("llavidal.quickstart:main", "the whole pipeline on the embedded default",
-                             ("llavidal.quickstart.cli:QuickstartArguments",)),
+                             ("llavidal.quickstart.command:QuickstartArguments",)),
 }
 MAX_WORDS = max(len(words) for words in COMMANDS)
 

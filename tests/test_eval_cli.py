@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from llavidal.eval.cli import main as eval_main
-from llavidal.eval.cli import upstream_main
+from llavidal.eval.commands import main as eval_main
+from llavidal.eval.commands import upstream_main
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import PROXY_VARIABLES, FakeOpenAIServer, local_only_env  # noqa: E402
@@ -267,3 +267,13 @@ def test_config_file_and_combined_report(tmp_path, server):
     markdown = (tmp_path / "all" / "report.md").read_text()
     assert "## adlmcq_forecasting (v1)" in markdown and "| **overall** | **64.00** |" in markdown
     assert eval_main(["benchmarks"]) == 0
+
+
+def test_each_subcommand_is_its_own_command(capsys):
+    from llavidal.eval.commands import cmd_benchmarks, cmd_judge_descriptions, cmd_tasks
+
+    assert cmd_tasks([]) == 0 and "adlmcq_forecasting" in capsys.readouterr().out
+    assert cmd_benchmarks([]) == 0 and "zeroshot_qa" in capsys.readouterr().out
+    assert cmd_judge_descriptions(["--output_dir", "o"]) == 2
+    assert "llavidal eval judge descriptions: error: --pred_path is required" in capsys.readouterr().err
+    assert eval_main(["judge"]) == 2 and "descriptions,videochatgpt,zeroshot" in capsys.readouterr().err

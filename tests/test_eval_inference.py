@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from llavidal.data.feature_store import save_features, save_pickle_features
-from llavidal.eval.benchmarks import load_benchmark
 from llavidal.eval.records import EvalRecord, load_records
 from llavidal.eval.run_inference import completed_ids, run_inference, shard_path
+from llavidal.eval.tasks import load_benchmark
 from llavidal.model.modality import ModalityRegistry
 from llavidal.utils.io import read_jsonl
 
@@ -209,7 +209,7 @@ def test_real_engine_through_the_cli(tmp_path):
     """llavidal eval infer with a tiny real model saved by the model code, then llavidal eval mcq."""
     import torch
 
-    from llavidal.eval.cli import main as eval_main
+    from llavidal.eval.commands import main as eval_main
     from llavidal.model.builder import build_model
     from llavidal.testing import tiny_causal_lm_dir
 

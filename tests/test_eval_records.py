@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from llavidal.eval.benchmarks import list_benchmarks, load_benchmark
 from llavidal.eval.predictions import load_predictions
 from llavidal.eval.records import (
+    EvalRecord,
     RecordFormatError,
     load_records,
     split_options_from_text,
 )
+from llavidal.eval.tasks import list_benchmarks, load_benchmark
 
 
 def _write(tmp_path, name, data):
@@ -147,3 +149,39 @@ def test_builtin_benchmarks_load_and_split_options():
     assert split_options_from_text("Pick one: 1. walk 2. run 3. jump")[1] == {"1": "walk", "2": "run", "3": "jump"}
     with pytest.raises(FileNotFoundError, match="unknown benchmark"):
         load_benchmark("nope")
+
+
+def test_task_parser_and_metric_are_read_from_the_yaml(tmp_path):
+    from llavidal.eval.mcq import ParsedAnswer
+    from llavidal.eval.tasks import PARSERS, load_task, register_parser
+
+    spec = load_task("adlmcq_forecasting")
+    assert (spec.parser, spec.metric) == ("mcq_deterministic", "accuracy")
+    assert load_task("zeroshot_qa").metric == "yes_accuracy_and_score"
+    record = EvalRecord(id="r0", video="v.mp4", question="Next?", choices={"A": "sit", "B": "stand"},
+                        answer_letter="B", answer="stand")
+    assert spec.score({"r0": "(B)"}, [record])["metrics"]["correct"] == 1
+
+    # A task file names a registered parser; the score goes through it.
+    register_parser("always_a", ("mcq",), f"{__name__}:_always_a")
+    try:
+        path = tmp_path / "custom.yaml"
+        path.write_text(Path(spec.path).read_text().replace("parser: mcq_deterministic", "parser: always_a"))
+        custom = load_task(path)
+        result = custom.score({"r0": "(B)"}, [record])
+        assert result["metrics"]["correct"] == 0 and result["items"][0]["parse_method"] == "always_a"
+        assert isinstance(_always_a("x", {}), ParsedAnswer)
+    finally:
+        PARSERS.pop("always_a")
+    for field_name, value, message in (("metric", "nope", "unknown metric"), ("parser", "judge", "is for open/zeroshot")):
+        bad = tmp_path / f"bad_{field_name}.yaml"
+        bad.write_text(Path(spec.path).read_text().replace(
+            "metric: accuracy" if field_name == "metric" else "parser: mcq_deterministic", f"{field_name}: {value}"))
+        with pytest.raises(ValueError, match=message):
+            load_task(bad)
+
+
+def _always_a(text, choices, original_keys=None):
+    from llavidal.eval.mcq import ParsedAnswer
+
+    return ParsedAnswer("A", "ok", "always_a", ["A"])

@@ -265,7 +265,8 @@ def tiny_worlds(tmp_path_factory):
 
 def test_pretraining_on_the_embedded_world(tmp_path, minilm, tiny_worlds):
     from llavidal.features.pose.encoder import as_skeleton_array
-    from llavidal.features.pose.pretrain import evaluate_contrastive, load_world_samples, segment_windows
+    from llavidal.features.pose.pretrain import evaluate_contrastive
+    from llavidal.sim.readers import load_world_samples, segment_windows
 
     torch.set_num_threads(1)
     train = [s for world in tiny_worlds[:3] for s in load_world_samples(world)]

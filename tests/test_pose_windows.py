@@ -26,8 +26,8 @@ from llavidal.features.pose.pretrain import (
     evaluate_contrastive,
     load_pair_file,
     pretrain_pose_encoder,
-    segment_windows,
 )
+from llavidal.sim.readers import segment_windows
 from test_pose_pretrain import ACTIVITIES, ACTIVITY_TEXTS, SMALL, minilm, synthetic_motion  # noqa: F401
 
 

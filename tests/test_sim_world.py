@@ -284,7 +284,7 @@ def test_records_load_through_the_training_loader_and_mcqs_through_the_mcq_loade
     """The world's annotations are usable as they are: training records through the training dataset
     (features absent here, so zeros as upstream), MCQ files through the evaluation benchmarks."""
     from llavidal.data.dataset import LazySupervisedDataset
-    from llavidal.eval.benchmarks import load_benchmark
+    from llavidal.eval.tasks import load_benchmark
     from llavidal.model.builder import build_model
     from llavidal.model.modality import ModalityRegistry
     from llavidal.testing import tiny_causal_lm_dir

@@ -9,7 +9,7 @@ Run as:
 
 import sys
 
-from llavidal.eval.cli import main
+from llavidal.eval.commands import main
 
 if __name__ == "__main__":
     sys.exit(main(["mcq", *sys.argv[1:]]))

@@ -24,4 +24,4 @@ args=(judge videochatgpt --pred_path "$GENERIC_PRED" --output_dir "$OUTPUT_DIR"
 [ -n "${BASE_URL:-}" ] && args+=(--base_url "$BASE_URL")
 [ -n "${CACHE:-}" ] && args+=(--cache "$CACHE")
 [ -n "${VIDEO_ROOT:-}" ] && args+=(--video_root "$VIDEO_ROOT")
-exec "${PYTHON:-python}" -m llavidal.eval.cli "${args[@]}"
+exec "${PYTHON:-python}" -m llavidal.eval.commands "${args[@]}"

@@ -8,7 +8,7 @@ The API key comes from $OPENAI_API_KEY (or --api_key_env NAME); --judge local ne
 
 import sys
 
-from llavidal.eval.cli import upstream_main
+from llavidal.eval.commands import upstream_main
 
 if __name__ == "__main__":
     sys.exit(upstream_main("context"))

@@ -1,14 +1,14 @@
-"""Evaluation: benchmarks as data, the inference runner, MCQ scoring, judges and reports.
+"""Evaluation: tasks (benchmarks) as data, the inference runner, MCQ scoring, judges and reports.
 
 Python API (imports are lazy, so ``import llavidal.eval`` stays cheap)::
 
-    from llavidal.eval import (load_benchmark, run_inference, load_predictions, score_mcq, score_judged,
+    from llavidal.eval import (load_task, run_inference, load_predictions, score_mcq, score_judged,
                                OpenAIJudge, LocalJudge, write_report)
 
-    spec = load_benchmark("adlmcq_forecasting")
+    spec = load_task("adlmcq_forecasting")          # llavidal/eval/tasks/adlmcq_forecasting.yaml
     records = spec.load_records("lemma_mcq.json")
     run_inference(engine, records, {"video": "feats/video", "pose": "feats/pose"}, "preds.jsonl", benchmark=spec)
-    result = score_mcq(load_predictions("preds.jsonl", "mcq"), records, benchmark=spec.name)
+    result = spec.score(load_predictions("preds.jsonl", "mcq"), records)   # the task's parser and metric
     write_report([result], "report/")
 """
 
@@ -18,9 +18,14 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "BenchmarkSpec": "llavidal.eval.benchmarks",
-    "load_benchmark": "llavidal.eval.benchmarks",
-    "list_benchmarks": "llavidal.eval.benchmarks",
+    "TaskSpec": "llavidal.eval.tasks",
+    "load_task": "llavidal.eval.tasks",
+    "list_tasks": "llavidal.eval.tasks",
+    "register_parser": "llavidal.eval.tasks",
+    "register_metric": "llavidal.eval.tasks",
+    "BenchmarkSpec": "llavidal.eval.tasks",
+    "load_benchmark": "llavidal.eval.tasks",
+    "list_benchmarks": "llavidal.eval.tasks",
     "EvalRecord": "llavidal.eval.records",
     "load_records": "llavidal.eval.records",
     "RecordFormatError": "llavidal.eval.records",

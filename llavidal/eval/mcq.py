@@ -36,7 +36,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from llavidal.eval.predictions import Prediction, as_predictions, join
 from llavidal.eval.records import EvalRecord, normalise_text
@@ -228,6 +228,7 @@ def score_mcq(
     benchmark: str = "",
     benchmark_version: int | None = None,
     judge: "Judge | None" = None,
+    parser: Callable[..., ParsedAnswer] | None = None,
 ) -> dict:
     """Accuracy (percent) of multiple-choice predictions, with missing answers counted wrong.
 
@@ -235,10 +236,13 @@ def score_mcq(
     plain ``{id: reply text}`` dict. ``records`` are the benchmark's records (optional
     when the predictions carry their records). A ``judge`` is asked only about replies the deterministic
     parser could not decide (``no_answer`` / ``ambiguous``); its verdicts are marked ``method: judge``.
+    ``parser(text, choices, original_keys) -> ParsedAnswer`` reads each reply (default
+    :func:`parse_mcq_answer`; a task's ``parser:`` field names it, see :mod:`llavidal.eval.tasks`).
 
     Returns ``{"metrics": {accuracy, n, correct, missing, accuracy_answered}, "missing_reasons",
     "per_task", "per_class", "items", ...}``.
     """
+    parse = parser or parse_mcq_answer
     pairs = join(records, as_predictions(predictions, "mcq"))
     items: list[dict] = []
     undecided: list[int] = []
@@ -263,7 +267,7 @@ def score_mcq(
                 prediction=None, parsed_letter=None, parse_status=status, parse_method="", correct=False, missing=True
             )
         else:
-            parsed = parse_mcq_answer(prediction.text, record.choices, record.meta.get("original_keys"))
+            parsed = parse(prediction.text, record.choices, record.meta.get("original_keys"))
             item.update(
                 prediction=prediction.text,
                 parsed_letter=parsed.letter,

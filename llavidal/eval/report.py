@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,23 @@ from llavidal.utils.io import atomic_path, atomic_write_json, atomic_write_text
 PERCENT_KINDS = ("mcq",)
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
+def format_value(value: Any, digits: int = 2) -> str:
+    """A table cell: ``n/a`` for None, floats with ``digits`` decimals, anything else as ``str``."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+_fmt = format_value
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 2) -> list[str]:
+    """Lines of a markdown table: the header, its separator, then one line per row (cells via format_value)."""
+    lines = ["| " + " | ".join(str(name) for name in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(format_value(cell, digits) for cell in row) + " |" for row in rows]
+    return lines
 
 
 def _title(result: dict) -> str:

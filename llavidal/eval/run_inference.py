@@ -3,14 +3,15 @@ r"""Batched, resumable, sharded generation over a benchmark's records through th
 Run as:
     llavidal eval infer --benchmark adlmcq_forecasting --records lemma_mcq.json --weights out/stage3 \
         --video_folder feats/video --pose_folder feats/pose --object_folder feats/object --output preds.jsonl
-    torchrun --nproc_per_node=8 llavidal/eval/run_inference.py ...same flags...   # one shard per rank
+    torchrun --nproc_per_node=8 -m llavidal.eval.commands infer ...same flags...   # one shard per rank
 
 Each record's prediction is one JSON line appended (and fsynced) as soon as it is generated; a rerun
 skips ids already predicted (status ``ok``) and tries the others again. Under torchrun each rank writes
-``{output stem}.rank{r}.jsonl``; rank 0 merges them into ``--output`` when every rank is done (or run
-``--merge_only`` later). A record whose feature file is missing for a passed modality is written with
-``status: missing_features`` and the missing modalities; it is never generated without them. Row format:
-:mod:`llavidal.eval.predictions`.
+``{output stem}.rank{r}.jsonl``; rank 0 merges them into ``--output`` after the ranks' barrier (shards
+run without torchrun: once every rank is done; else ``--merge_only`` or any later single-process run
+merges them; :func:`llavidal.utils.dist.merge_rank_outputs`). A record whose feature file is missing
+for a passed modality is written with ``status: missing_features`` and the missing modalities; it is
+never generated without them. Row format: :mod:`llavidal.eval.predictions`.
 
 Feature files: ``{stem}{suffix}`` in each modality's folder with any supported extension, where ``stem``
 is the record's video file name without extension and ``suffix`` the modality's ``file_suffix``
@@ -20,9 +21,7 @@ is the record's video file name without extension and ``suffix`` the modality's 
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,10 +32,10 @@ from llavidal.data.feature_store import (
     FeatureFolder,
     UnsafePickleError,
 )
-from llavidal.eval.benchmarks import BenchmarkSpec
 from llavidal.eval.records import EvalRecord
+from llavidal.eval.tasks import TaskSpec
 from llavidal.utils import dist
-from llavidal.utils.io import append_jsonl, atomic_write_text, read_jsonl
+from llavidal.utils.io import append_jsonl, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -67,20 +66,14 @@ class InferenceSummary:
 
 
 def shard_path(output: str | Path, shard_rank: int) -> Path:
-    output = Path(output)
-    return output.with_name(f"{output.stem}.rank{shard_rank}.jsonl")
-
-
-def _done_marker(output: str | Path, shard_rank: int) -> Path:
-    output = Path(output)
-    return output.with_name(f"{output.stem}.rank{shard_rank}.done")
+    """``preds.jsonl`` -> ``preds.rank{r}.jsonl``, the file rank ``r`` appends to."""
+    return dist.rank_path(output, shard_rank)
 
 
 def _all_rows(output: str | Path) -> list[dict]:
     """Rows of the merged file and every rank file (rank files last: they are newer)."""
-    output = Path(output)
     rows = read_jsonl(output)
-    for part in sorted(output.parent.glob(f"{output.stem}.rank*.jsonl")):
+    for part in dist.rank_files(output):
         rows.extend(read_jsonl(part))
     return rows
 
@@ -94,20 +87,13 @@ def completed_ids(output: str | Path) -> set[str]:
 
 
 def merge_predictions(output: str | Path, records: Sequence[EvalRecord] | None = None) -> Path:
-    """Write one row per id (the latest) to ``output`` atomically, in record order; remove rank files."""
+    """Write one row per id (the latest) to ``output`` atomically, in record order; remove rank files.
+
+    Idempotent: a rerun (or ``--merge_only``) after a cut-short merge writes the same file.
+    """
     output = Path(output)
-    latest: dict[str, dict] = {}
-    for row in _all_rows(output):
-        latest[str(row["id"])] = row
-    order = [r.id for r in records] if records is not None else list(latest)
-    known = set(order)
-    order += [rid for rid in latest if rid not in known]
-    text = "".join(json.dumps(latest[rid], ensure_ascii=False) + "\n" for rid in order if rid in latest)
-    atomic_write_text(output, text)
-    for part in list(output.parent.glob(f"{output.stem}.rank*.jsonl")) + list(
-        output.parent.glob(f"{output.stem}.rank*.done")
-    ):
-        part.unlink()
+    order = [r.id for r in records] if records is not None else None
+    dist.merge_rank_outputs([output], key="id", order=order, write_empty=True)
     return output
 
 
@@ -187,7 +173,7 @@ def run_inference(
     feature_folders: dict[str, str | Path | FeatureFolder | None],
     out_jsonl: str | Path,
     *,
-    benchmark: BenchmarkSpec | None = None,
+    benchmark: TaskSpec | None = None,
     prompt_fn: Callable[[EvalRecord], dict[str, str]] | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 256,
@@ -205,7 +191,7 @@ def run_inference(
     """Generate predictions for ``benchmark_records`` (see the module docstring).
 
     ``prompt_fn(record) -> {"main": text, ...}`` gives the questions to ask; by default the
-    benchmark's prompts (:meth:`BenchmarkSpec.prompts`), or the record's question. Generation is through
+    benchmark's prompts (:meth:`TaskSpec.prompts`), or the record's question. Generation is through
     ``engine.generate(requests, max_new_tokens=, temperature=, top_p=, batch_size=)``.
     """
     if batch_size < 1:
@@ -224,7 +210,7 @@ def run_inference(
     optional = set(optional_modalities)
     target = out_jsonl if num_shards == 1 else shard_path(out_jsonl, shard_rank)
     if num_shards > 1:
-        _done_marker(out_jsonl, shard_rank).unlink(missing_ok=True)  # a stale marker from an earlier run
+        dist.done_marker(out_jsonl, shard_rank).unlink(missing_ok=True)  # a stale marker from an earlier run
     repair_torn_tail(target)
     done = completed_ids(out_jsonl)
     shard = dist.shard(list(benchmark_records), shard_rank, num_shards)
@@ -302,9 +288,7 @@ def run_inference(
             merge_predictions(out_jsonl, benchmark_records)
             summary.merged = True
     else:
-        _done_marker(out_jsonl, shard_rank).write_text("done\n")
-        if merge and shard_rank == 0:
-            summary.merged = _wait_and_merge(out_jsonl, num_shards, benchmark_records, merge_timeout)
+        summary.merged = _merge_shards(out_jsonl, shard_rank, num_shards, benchmark_records, merge, merge_timeout)
     summary.seconds = time.time() - start
     return summary
 
@@ -339,35 +323,36 @@ def _generate(
     return out
 
 
-def _wait_and_merge(output: Path, num_shards: int, records: Sequence[EvalRecord], timeout: float) -> bool:
+def _merge_shards(output: Path, shard_rank: int, num_shards: int, records: Sequence[EvalRecord], merge: bool,
+                  timeout: float) -> bool:
+    """End of a sharded run: rank 0 merges every rank's file once all are done. True when merged here.
+
+    Under torchrun the ranks meet at a barrier (a gloo group, created here when none exists). Shards
+    run without a rendezvous (one after another, as the tests do, or as separate jobs that share only the
+    file system) mark themselves done with a file instead, and rank 0 merges if every marker is there;
+    otherwise a later ``--merge_only`` run, or any single-process run, merges what is left.
+    """
+    dist.mark_done(output, shard_rank)
     try:
-        import torch.distributed as torch_dist
+        with dist.process_group(timeout=timeout) as group:
+            if group.active and (group.rank, group.world_size) == (shard_rank, num_shards):
+                group.barrier()  # every rank's file is complete
+                merged = merge and shard_rank == 0
+                if merged:
+                    merge_predictions(output, records)
+                group.barrier()  # the merge is done before any rank reports
+                return merged
+    except RuntimeError as err:  # torch's distributed errors: a rank did not arrive within --merge_timeout
+        logger.warning("ranks did not all meet in %.0fs (%s); merge later with: llavidal eval infer --merge_only ...",
+                       timeout, err)
+        return False
+    if not merge or shard_rank != 0:
+        return False
+    pending = dist.pending_ranks(output, num_shards)
+    if pending:
+        logger.warning("ranks %s have not finished; their rows are merged by a later run of rank 0, by "
+                       "llavidal eval infer --merge_only ..., or by any single-process run", pending)
+        return False
+    merge_predictions(output, records)
+    return True
 
-        if torch_dist.is_available() and torch_dist.is_initialized():
-            torch_dist.barrier()
-    except ImportError:
-        pass
-    deadline = time.time() + timeout
-    while True:
-        pending = [r for r in range(num_shards) if not _done_marker(output, r).exists()]
-        if not pending:
-            merge_predictions(output, records)
-            return True
-        if time.time() > deadline:
-            logger.warning(
-                "ranks %s did not finish in %.0fs; merge later with: llavidal eval infer --merge_only ...",
-                pending,
-                timeout,
-            )
-            return False
-        time.sleep(2.0)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from llavidal.eval.cli import main as cli_main
-
-    return cli_main(["infer", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

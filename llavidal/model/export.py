@@ -2,7 +2,7 @@
 
 Run as::
 
-    python -m llavidal.model.export --weights runs/stage3 --output exported/llavidal-stage3 [--base_model PATH]
+    llavidal export --weights runs/stage3 --output_dir exported/llavidal-stage3 [--base_model PATH]
 
 The folder holds the LLM with its embeddings resized to the modality tokens (their trained rows
 written in; LoRA adapters merged), the tokenizer with those tokens, and ``llavidal_config.json`` +
@@ -14,12 +14,24 @@ embeddings (SmolLM2) the written rows also become the output rows of the modalit
 
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from llavidal.model.builder import load_pretrained
+from llavidal.config import arg, command, parse
+
+
+class OutputExistsError(FileExistsError, ValueError):
+    """The output folder already holds files (a user error: the command reports it and exits 2)."""
+
+
+@dataclass
+class ExportArguments:
+    weights: str = arg(help="folder written by save_pretrained / training", aliases=["--weights_dir"])
+    output_dir: str = arg(help="new (or empty) folder for the standalone model", aliases=["--output"])
+    base_model: str | None = arg(None, "base LLM folder (overrides the one in llavidal_config.json)")
+    dtype: str | None = arg(None, "float32, bfloat16 or float16; unset keeps the stored dtype", aliases=["--torch_dtype"])
 
 
 def export_model(
@@ -29,10 +41,12 @@ def export_model(
     torch_dtype: Any = None,
 ) -> Path:
     """Write the merged standalone folder; returns its path."""
+    from llavidal.model.builder import load_pretrained
+
     model, tokenizer = load_pretrained(weights_dir, base_model=base_model, torch_dtype=torch_dtype)
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: exists and is not empty; choose a new output folder")
+        raise OutputExistsError(f"{out}: exists and is not empty; choose a new output folder")
     out.mkdir(parents=True, exist_ok=True)
     if model.has_lora:
         model.llm = model.llm.merge_and_unload()
@@ -48,14 +62,11 @@ def export_model(
     return out
 
 
+@command("llavidal export")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llavidal-export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", required=True, help="folder written by save_pretrained / training")
-    parser.add_argument("--output", required=True, help="new folder for the standalone model")
-    parser.add_argument("--base_model", default=None, help="base LLM folder (overrides llavidal_config.json)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: as stored)")
-    args = parser.parse_args(argv)
-    out = export_model(args.weights, args.output, base_model=args.base_model, torch_dtype=args.dtype)
+    (args,) = parse((ExportArguments,), argv, prog="llavidal export", description=__doc__.split("\n\n")[0],
+                    keymap={"output": "output_dir", "weights_dir": "weights", "torch_dtype": "dtype"})
+    out = export_model(args.weights, args.output_dir, base_model=args.base_model, torch_dtype=args.dtype)
     print(f"exported {args.weights} -> {out}")
     for path in sorted(out.iterdir()):
         print(f"  {path.name}")

@@ -29,22 +29,24 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llavidal.constants import IGNORE_INDEX
 from llavidal.model.config import (
-    CONFIG_NAME,
     FULL_LLM_SUBDIR,
     TRAINABLE_NAME,
     LlavidalConfig,
     LoraSettings,
 )
-from llavidal.model.modality import ModalityRegistry, ModalitySpec, SpliceError, default_modalities
+from llavidal.model.modality import ModalityRegistry, ModalitySpec, SpliceError
 from llavidal.model.projectors import build_projectors
+from llavidal.model.weights import (
+    LORA_PREFIX,
+    TOKEN_ROLES,
+    canonicalize,
+    plan_load,
+    read_weights,
+    resolve_trainable_file,
+    write_weights,
+)
 
 logger = logging.getLogger(__name__)
-
-TOKEN_ROLES = ("patch", "start", "end")
-"""Order of the rows in ``token_embeddings[name]`` (upstream adds patch, start, end)."""
-
-UPSTREAM_PROJECTOR_FILE = "mm_projector.bin"
-LORA_PREFIX = "lora."
 
 ModalityFeatures = Mapping[str, Sequence[Tensor | None]]
 """modality name -> one entry per batch row: None or features (k, feature_dim) / (n, group, feature_dim)."""
@@ -566,17 +568,13 @@ class LlavidalModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write ``llavidal_config.json`` + ``trainable.safetensors`` (and ``llm/`` when fully fine-tuned)."""
-        from safetensors.torch import save_file
-
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         full_llm = not self.config.freeze_llm and not self.has_lora
         if full_llm:
             self.base_llm.save_pretrained(folder / FULL_LLM_SUBDIR, safe_serialization=True)
             self.config.full_llm_subdir = FULL_LLM_SUBDIR
-        tmp = folder / (TRAINABLE_NAME + ".tmp")
-        save_file(self.trainable_state_dict(), str(tmp), metadata={"format": "pt", "producer": "llavidal"})
-        os.replace(tmp, folder / TRAINABLE_NAME)
+        write_weights(self.trainable_state_dict(), folder / TRAINABLE_NAME, metadata={"producer": "llavidal"})
         self.config.to_json_file(folder)
         return folder
 
@@ -591,7 +589,7 @@ class LlavidalModel(nn.Module):
         are reported in the returned :class:`LoadReport` and raise only with ``strict=True``.
         """
         file = resolve_trainable_file(path)
-        state = read_state_dict(file)
+        state = read_weights(file)
         report = self.load_trainable_state_dict(state, source=str(file), strict=strict)
         full_llm = Path(path) / FULL_LLM_SUBDIR
         if Path(path).is_dir() and full_llm.is_dir() and not self.config.freeze_llm and not self.has_lora:
@@ -601,11 +599,7 @@ class LlavidalModel(nn.Module):
 
     def load_full_llm(self, folder: str | os.PathLike) -> None:
         """Load LLM weights saved by :meth:`save_pretrained` after full fine-tuning (``llm/``)."""
-        from llavidal.model.upstream import read_weight_file, weight_files
-
-        state: dict[str, Tensor] = {}
-        for file in weight_files(Path(folder)):
-            state.update(read_weight_file(file))
+        state = read_weights(folder)
         result = self.llm.load_state_dict(state, strict=False)
         tied = self.llm.get_output_embeddings() is not None and (
             self.llm.get_output_embeddings().weight is self.llm.get_input_embeddings().weight
@@ -620,123 +614,46 @@ class LlavidalModel(nn.Module):
     def load_trainable_state_dict(
         self, state: Mapping[str, Tensor], source: str = "<state dict>", strict: bool = False
     ) -> LoadReport:
-        """See :meth:`load_trainable`; ``state`` may mix our and upstream key names."""
-        report = LoadReport(path=source)
-        upstream_key_to_name = {
-            spec.upstream_projector_key: spec.name for spec in self.modalities if spec.upstream_projector_key
-        }
-        # Upstream keys of modalities this model does not have (default registry) are skipped, not errors.
-        known_upstream = {s.upstream_projector_key: s.name for s in default_modalities().values()}
+        """See :meth:`load_trainable`; ``state`` may mix our and upstream key layouts (see
+        :mod:`llavidal.model.weights`)."""
+        canonical = canonicalize(state, self.modalities)
         projector_state = dict(self.projectors.state_dict())
-        targets: dict[str, Tensor] = {}  # our projector key -> value
-        token_rows: dict[str, Tensor] = {}  # modality name -> (3, H)
-        full_matrix: tuple[str, Tensor] | None = None
-        lora_state: dict[str, Tensor] = {}
-        unexpected: list[str] = []
-        skipped: set[str] = set()
-        for raw_key, value in state.items():
-            key = raw_key[len("model."):] if raw_key.startswith("model.") else raw_key
-            head, _, rest = key.partition(".")
-            if head == "projectors":
-                name, _, param = rest.partition(".")
-                if name not in self.modalities:
-                    skipped.add(name)
-                elif f"{name}.{param}" in projector_state:
-                    targets[f"{name}.{param}"] = value
-                else:
-                    unexpected.append(raw_key)
-            elif head == "token_embeddings":
-                if rest in self.modalities:
-                    token_rows[rest] = value
-                else:
-                    skipped.add(rest)
-            elif raw_key.startswith(LORA_PREFIX):
-                lora_state[raw_key[len(LORA_PREFIX):]] = value
-            elif head in upstream_key_to_name:
-                name = upstream_key_to_name[head]
-                if f"{name}.{rest}" in projector_state:
-                    targets[f"{name}.{rest}"] = value
-                else:
-                    unexpected.append(raw_key)
-            elif head in known_upstream:
-                skipped.add(known_upstream[head])
-            elif key == "embed_tokens.weight":
-                full_matrix = (raw_key, value)
-            else:
-                unexpected.append(raw_key)
-        if unexpected:
+        plan = plan_load(  # raises before anything is copied, so a bad file leaves the model unchanged
+            canonical, projector_state=projector_state, token_ids=self.token_ids, hidden_size=self.config.hidden_size,
+            projector_types={s.name: s.projector_type for s in self.modalities}, source=source,
+        )
+        if canonical.lora and not self.has_lora:
             raise ValueError(
-                f"{source}: {len(unexpected)} key(s) match nothing in this model: {sorted(unexpected)[:20]}. "
-                f"Expected projectors.<name>.* / token_embeddings.<name> / lora.* (ours) or "
-                f"[model.]mm_projector*.* / [model.]embed_tokens.weight (upstream), with projector layouts "
-                f"{ {s.name: s.projector_type for s in self.modalities} }. "
-                "A linear/mlp2x_gelu mismatch shows up here: build the model with the projector type of the file."
-            )
-        # Shapes before touching anything, so a bad file leaves the model unchanged.
-        errors = []
-        for key, value in targets.items():
-            want = tuple(projector_state[key].shape)
-            if tuple(value.shape) != want:
-                errors.append(f"projectors.{key}: file {tuple(value.shape)} vs model {want}")
-        hidden = self.config.hidden_size
-        for name, value in token_rows.items():
-            if tuple(value.shape) != (len(TOKEN_ROLES), hidden):
-                want = (len(TOKEN_ROLES), hidden)
-                errors.append(f"token_embeddings.{name}: file {tuple(value.shape)} vs model {want}")
-        if full_matrix is not None:
-            matrix_key, matrix = full_matrix
-            max_id = max(ids[r] for ids in self.token_ids.values() for r in TOKEN_ROLES)
-            if matrix.dim() != 2 or matrix.shape[1] != hidden or matrix.shape[0] <= max_id:
-                errors.append(
-                    f"{matrix_key}: file {tuple(matrix.shape)}; needs (> {max_id}, {hidden}) to hold the rows of this "
-                    f"tokenizer's modality tokens {self.token_ids}"
-                )
-        if errors:
-            raise ValueError(
-                f"{source}: shapes differ from this model: " + "; ".join(errors)
-                + ". Check the feature dims and projector types of the modalities and the base LLM's hidden size."
-            )
-        if lora_state and not self.has_lora:
-            raise ValueError(
-                f"{source}: holds LoRA adapter weights ({len(lora_state)} tensors) but this model has no LoRA; "
+                f"{source}: holds LoRA adapter weights ({len(canonical.lora)} tensors) but this model has no LoRA; "
                 "build it with lora=... (load_pretrained does this from llavidal_config.json)"
             )
+        report = LoadReport(path=source, skipped_modalities=canonical.skipped_modalities)
         with torch.no_grad():
             modules = dict(self.projectors.named_parameters())
             modules.update(dict(self.projectors.named_buffers()))
-            for key, value in targets.items():
+            for key, value in plan.projectors.items():
                 modules[key].copy_(value.to(modules[key].dtype))
                 report.loaded.append(f"projectors.{key}")
-            if full_matrix is not None:
-                matrix = full_matrix[1]
-                for name, ids in self.token_ids.items():
-                    rows = matrix[torch.tensor([ids[r] for r in TOKEN_ROLES])]
-                    param = self.token_embeddings[name]
-                    param.copy_(rows.to(param.dtype))
-                    report.loaded.append(f"token_embeddings.{name}")
-            for name, value in token_rows.items():
-                param = self.token_embeddings[name]
-                param.copy_(value.to(param.dtype))
-                if f"token_embeddings.{name}" not in report.loaded:
-                    report.loaded.append(f"token_embeddings.{name}")
-        if lora_state:
+            for name, rows in plan.token_rows.items():
+                self.token_embeddings[name].copy_(rows.to(self.token_embeddings[name].dtype))
+                report.loaded.append(f"token_embeddings.{name}")
+        if canonical.lora:
             from peft import set_peft_model_state_dict
 
-            result = set_peft_model_state_dict(self.llm, lora_state)
+            result = set_peft_model_state_dict(self.llm, canonical.lora)
             bad = list(getattr(result, "unexpected_keys", []) or [])
             if bad:
                 raise ValueError(f"{source}: LoRA keys that match no adapter of this model: {bad[:20]}")
-            report.loaded.extend(LORA_PREFIX + k for k in lora_state)
-        report.skipped_modalities = sorted(skipped)
+            report.loaded.extend(LORA_PREFIX + k for k in canonical.lora)
         wanted = [f"projectors.{k}" for k in projector_state] + [f"token_embeddings.{n}" for n in self.token_ids]
         report.missing = [k for k in wanted if k not in report.loaded]
-        if self.has_lora and not lora_state:
+        if self.has_lora and not canonical.lora:
             report.missing.append(LORA_PREFIX + "*")
         if report.missing:
             message = f"{source}: no weights for {report.missing} (they keep their current values)"
             if strict:
                 raise ValueError(message + "; pass a file that holds them, or strict=False")
-            if report.missing == [LORA_PREFIX + "*"] and not lora_state:
+            if report.missing == [LORA_PREFIX + "*"]:
                 # a projector-only file (upstream mm_projector.bin, `llavidal align`): the expected start of LoRA
                 logger.info("%s: projectors and token rows loaded; the LoRA adapters start fresh", source)
             else:
@@ -756,37 +673,3 @@ class LlavidalModel(nn.Module):
                 index = torch.tensor([ids[r] for r in TOKEN_ROLES], device=weight.device)
                 weight[index] = self.token_embeddings[name].to(device=weight.device, dtype=weight.dtype)
 
-
-def resolve_trainable_file(path: str | os.PathLike) -> Path:
-    """A weights file, or a folder holding ``trainable.safetensors`` or ``mm_projector.bin``."""
-    path = Path(path)
-    if path.is_dir():
-        for name in (TRAINABLE_NAME, UPSTREAM_PROJECTOR_FILE):
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(
-            f"{path}: holds neither {TRAINABLE_NAME} nor {UPSTREAM_PROJECTOR_FILE}; pass the weights file itself "
-            f"or a folder written by save_pretrained ({CONFIG_NAME} + {TRAINABLE_NAME})"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
-    return path
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a safetensors file, or a torch state dict with ``torch.load(weights_only=True)``."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(
-            f"{path}: could not be read as a torch state dict with weights_only=True ({err}). Only plain "
-            "tensor state dicts are loaded; re-save it as a dict of tensors (or safetensors)."
-        ) from err
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a dict of tensors (a state dict); got {type(state).__name__}")
-    return dict(state)

@@ -2,7 +2,7 @@
 
 Run as::
 
-    python scripts/merge_weights.py --inputs runs/video/trainable.safetensors runs/pose/trainable.safetensors \
+    llavidal merge-weights --inputs runs/video/trainable.safetensors runs/pose/trainable.safetensors \
         runs/object/trainable.safetensors --output runs/merged/trainable.safetensors
     python scripts/merge_weights.py --inputs video/mm_projector.bin pose/mm_projector.bin \
         --output merged/mm_projector.bin
@@ -11,59 +11,40 @@ Each stage trains some projectors; the next stage starts (``--pretrain_mm_mlp_ad
 merge. Inputs may be our ``trainable.safetensors`` (or their folders) or upstream ``mm_projector.bin``
 files. When every input is upstream, the output keeps upstream key names (usable by upstream code);
 otherwise upstream projector keys are renamed to ours (``projectors.<modality>.*``) and an upstream
-full embedding matrix is kept as ``model.embed_tokens.weight`` (``load_trainable`` reads both).
+full embedding matrix is kept as ``model.embed_tokens.weight`` (``load_trainable`` reads both). Key
+layouts are translated by :mod:`llavidal.model.weights`.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-from torch import Tensor
+from llavidal.config import ConfigError, arg, command, parse
 
-from llavidal.model.config import TRAINABLE_NAME
-from llavidal.model.llavidal_model import UPSTREAM_PROJECTOR_FILE, read_state_dict, resolve_trainable_file
-from llavidal.model.modality import default_modalities
+if TYPE_CHECKING:
+    from torch import Tensor
 
-logger = logging.getLogger(__name__)
-
-_OUR_HEADS = ("projectors", "token_embeddings", "lora")
+OUTPUT_FORMATS = ("auto", "llavidal", "upstream")
 
 
-def _upstream_heads() -> dict[str, str]:
-    return {spec.upstream_projector_key: spec.name for spec in default_modalities().values()}
-
-
-def is_upstream_state(state: dict[str, Tensor]) -> bool:
-    """True when no key uses our names (projectors.*, token_embeddings.*, lora.*)."""
-    return not any(key.split(".", 1)[0] in _OUR_HEADS for key in state)
-
-
-def upstream_key(key: str) -> str:
-    """Upstream keys in their usual ``model.``-prefixed form."""
-    return key if key.startswith("model.") else "model." + key
-
-
-def canonical_key(key: str) -> str:
-    """Our key name for any key: upstream projector heads become ``projectors.<modality>``."""
-    bare = key[len("model."):] if key.startswith("model.") else key
-    head, _, rest = bare.partition(".")
-    heads = _upstream_heads()
-    if head in heads:
-        return f"projectors.{heads[head]}.{rest}"
-    if bare == "embed_tokens.weight":
-        return "model.embed_tokens.weight"
-    return bare
+@dataclass
+class MergeArguments:
+    output: str = arg(help="output file (.safetensors, .bin, .pt, .pth) or folder (gets trainable.safetensors, "
+                           "or mm_projector.bin for upstream key names)", aliases=["--output_dir"])
+    inputs: list[str] = arg(default_factory=list, help="weight files or folders, in order (later keys win); "
+                                                       "they may also be given as positional arguments")
+    format: str = arg("auto", "key names of the output: auto = upstream when every input is upstream, else llavidal",
+                      choices=OUTPUT_FORMATS)
 
 
 def merge_state_dicts(
     states: Sequence[dict[str, Tensor]], upstream_format: bool
 ) -> tuple[dict[str, Tensor], dict[str, int]]:
     """(merged state, key -> index of the input it came from); later inputs win."""
+    from llavidal.model.weights import canonical_key, upstream_key
+
     merged: dict[str, Tensor] = {}
     origin: dict[str, int] = {}
     rename = upstream_key if upstream_format else canonical_key
@@ -75,52 +56,40 @@ def merge_state_dicts(
     return merged, origin
 
 
-def _output_file(output: Path, upstream_format: bool) -> Path:
-    if output.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+def output_file(output: Path, upstream_format: bool) -> Path:
+    """``output`` itself when it names a weights file, else the usual file name inside that folder."""
+    from llavidal.model.config import TRAINABLE_NAME
+    from llavidal.model.weights import UPSTREAM_PROJECTOR_FILE, WEIGHT_SUFFIXES
+
+    if output.suffix in WEIGHT_SUFFIXES:
         return output
     return output / (UPSTREAM_PROJECTOR_FILE if upstream_format else TRAINABLE_NAME)
 
 
-def write_state_dict(state: dict[str, Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(tensors, str(tmp), metadata={"format": "pt", "producer": "llavidal.merge"})
-    else:
-        torch.save(tensors, tmp)
-    os.replace(tmp, path)
-
-
+@command("llavidal merge-weights")
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="merge_weights", description="Merge projector weight files; keys of later files win."
-    )
-    parser.add_argument("inputs_positional", nargs="*", metavar="INPUT", help="weight files or folders, in order")
-    parser.add_argument("--inputs", nargs="+", default=[], help="weight files or folders, in order (later wins)")
-    parser.add_argument("--output", required=True, help="output file (.safetensors or .bin) or folder")
-    parser.add_argument(
-        "--format", choices=("auto", "llavidal", "upstream"), default="auto",
-        help="key names of the output: auto = upstream when every input is upstream, else llavidal",
-    )
-    args = parser.parse_args(argv)
-    inputs = list(args.inputs_positional) + list(args.inputs)
-    if len(inputs) < 1:
-        parser.error("give at least one input file")
+    from llavidal.model.weights import is_upstream_state, read_weights, resolve_trainable_file, write_weights
+
+    args, positional = parse((MergeArguments,), argv, prog="llavidal merge-weights",
+                             description="Merge projector weight files; keys of later files win.",
+                             keymap={"output_dir": "output"}, return_remaining=True)
+    flags = [token for token in positional if token.startswith("-")]
+    if flags:
+        raise ConfigError(f"llavidal merge-weights: unknown option {flags[0]!r}; see --help for the accepted options")
+    inputs = list(positional) + list(args.inputs)
+    if not inputs:
+        raise ConfigError("give at least one input file (--inputs FILE ... or positional FILEs)")
     files = [resolve_trainable_file(p) for p in inputs]
-    states = [read_state_dict(f) for f in files]
+    states = [read_weights(f) for f in files]
     all_upstream = all(is_upstream_state(s) for s in states)
     if args.format == "upstream" and not all_upstream:
-        raise SystemExit(
+        raise ConfigError(
             "--format upstream: some inputs use llavidal key names (projectors.*, token_embeddings.*), which have "
             "no upstream equivalent without the tokenizer; use --format llavidal"
         )
     upstream_format = all_upstream if args.format == "auto" else args.format == "upstream"
     merged, origin = merge_state_dicts(states, upstream_format)
-    out = _output_file(Path(args.output), upstream_format)
-    write_state_dict(merged, out)
+    out = write_weights(merged, output_file(Path(args.output), upstream_format), metadata={"producer": "llavidal.merge"})
     print(f"merged {len(files)} file(s) into {out} ({'upstream' if upstream_format else 'llavidal'} key names):")
     for index, file in enumerate(files):
         kept = sorted(k for k, i in origin.items() if i == index)

@@ -6,7 +6,8 @@ Such a folder's ``config.json`` says ``model_type: "llava"`` and ``architectures
 ``model.mm_projector.*`` (the video projector) and sometimes ``model.vision_tower.*``, in
 ``pytorch_model-0000x-of-0000y.bin`` shards or safetensors. We build a ``LlamaConfig`` from its fields,
 load the LLaMA weights into ``LlamaForCausalLM`` (no copied modeling code) and hand back the projector
-weights so the video projector can start from them.
+weights so the video projector can start from them. Files and key layouts are read by
+:mod:`llavidal.model.weights`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from llavidal.model.weights import read_weights, split_llava_v1_state
+from llavidal.utils.device import resolve_dtype
+
 logger = logging.getLogger(__name__)
 
 LLAVA_V1_ARCHITECTURES = {"LlavaLlamaForCausalLM", "LlavaLlamaModel"}
@@ -29,7 +33,6 @@ _LLAMA_FIELDS = (
     "rope_theta", "rope_scaling", "attention_bias", "tie_word_embeddings", "bos_token_id", "eos_token_id",
     "pad_token_id", "head_dim", "mlp_bias",
 )
-_DROPPED_PREFIXES = ("model.vision_tower.", "model.vision_tower", "vision_tower.")
 
 
 def read_config_json(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -66,66 +69,9 @@ def llama_config_from_llava(config: dict[str, Any]):
     return LlamaConfig(**fields)
 
 
-def weight_files(folder: Path) -> list[Path]:
-    """Weight files of a model folder: from an index .json, else model*.safetensors / pytorch_model*.bin."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.is_file():
-            weight_map = json.loads(index.read_text()).get("weight_map", {})
-            files = sorted({folder / name for name in weight_map.values()})
-            absent = [f.name for f in files if not f.is_file()]
-            if absent:
-                raise FileNotFoundError(f"{index}: lists shard(s) that are not in the folder: {absent}")
-            return files
-    for pattern in ("model*.safetensors", "pytorch_model*.bin"):
-        files = sorted(folder.glob(pattern))
-        if files:
-            return files
-    raise FileNotFoundError(
-        f"{folder}: no weights found (model*.safetensors, pytorch_model*.bin or an index .json); "
-        "is this the LLaVA checkpoint folder?"
-    )
-
-
-def read_weight_file(file: Path) -> dict[str, Tensor]:
-    """One safetensors or torch (``weights_only=True``) weight file, on CPU."""
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(file), device="cpu")
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        # Legacy (non-zip) torch files cannot be memory-mapped.
-        return torch.load(file, map_location="cpu", weights_only=True)
-
-
 def load_llava_v1_state_dict(folder: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """(LLaMA state dict, mm_projector state dict with the ``model.`` prefix removed) of a LLaVA v1 folder."""
-    folder = Path(folder)
-    llama_state: dict[str, Tensor] = {}
-    projector_state: dict[str, Tensor] = {}
-    for file in weight_files(folder):
-        for key, value in read_weight_file(file).items():
-            if key.startswith("model.mm_projector") or key.startswith("mm_projector"):
-                projector_state[key[len("model."):] if key.startswith("model.") else key] = value
-            elif key.startswith(_DROPPED_PREFIXES) or key.endswith("rotary_emb.inv_freq"):
-                continue  # vision tower weights (we read features) and recomputed rotary buffers
-            else:
-                llama_state[key] = value
-    return llama_state, projector_state
-
-
-def _resolve_dtype(torch_dtype: Any, config: dict[str, Any]) -> torch.dtype:
-    value = torch_dtype if torch_dtype is not None else config.get("torch_dtype") or config.get("dtype") or "float32"
-    if isinstance(value, torch.dtype):
-        return value
-    if value == "auto":
-        value = config.get("torch_dtype") or "float32"
-    dtype = getattr(torch, str(value).replace("torch.", ""), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown torch dtype {value!r}")
-    return dtype
+    return split_llava_v1_state(read_weights(folder))
 
 
 def load_llava_v1(
@@ -141,7 +87,7 @@ def load_llava_v1(
     folder = Path(path)
     raw = read_config_json(folder) or {}
     llama_config = llama_config_from_llava(raw)
-    dtype = _resolve_dtype(torch_dtype, raw)
+    dtype = resolve_dtype(torch_dtype, default=raw.get("torch_dtype") or raw.get("dtype") or "float32")
     llama_state, projector_state = load_llava_v1_state_dict(folder)
 
     with torch.device("meta"):

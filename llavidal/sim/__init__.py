@@ -3,7 +3,8 @@
     from llavidal.sim import generate_world, ACTIVITIES
     root = generate_world("world", preset="small", seed=0)   # videos, skeletons, tracks, meta, annotations
 
-``ACTIVITIES`` lists every activity (``name``, ``label``, ``description``, ``phrases``). The command line
+``ACTIVITIES`` lists every activity (``name``, ``label``, ``description``, ``phrases``);
+:mod:`llavidal.sim.readers` reads a generated world back (pose-text pairs, activity texts). The command line
 is ``llavidal synth --out DIR --preset small|medium``. Modules that need pybullet import it lazily, so
 importing this package needs only numpy.
 """

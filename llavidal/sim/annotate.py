@@ -5,7 +5,9 @@ Per protocol (``cross_subject``, ``cross_view``) and split (``train``, ``val``, 
 
 - ``records.json``: training records ``{id, video, pose, object?, conversations}`` (LLAVIDAL's names:
   ``<id>.pkl``, ``<id>_pose.pkl``, ``<id>_object.pkl``; ``object`` only when the clip has objects). The
-  first human turn carries the placeholders of the modalities present (``<video><object><human_pose>``).
+  first human turn carries the placeholders of the modalities present (``<video><object><human_pose>``);
+  each human turn's ``type`` says what it asks (``recognition``, ``detail``, ``object``, ``hand``, ``count``,
+  ``first``, ``next``, ``last``, ``forecast``).
 - ``mcq_action_recognition.json`` / ``mcq_forecasting.json``: ADLMCQ ``{video_filename, question,
   answer_choices, ground_truth_letter}`` plus ``id``, ``task``, ``label``.
 - ``descriptions.json``: ADL description records ``{video_name, Q, A, cons_Q1, cons_Q2, cons_A}``.
@@ -262,12 +264,12 @@ def training_record(meta: dict, seed: int) -> dict:
         first, order = forecast, [p for p in pairs if p[0] != "forecast"]
     conversations = []
     tokens = placeholders(meta)
-    for index, (_, question, answer) in enumerate(first + order):
+    for index, (kind, question, answer) in enumerate(first + order):
         if index == 0:
             value = f"{question}\n{tokens}" if zlib.crc32(clip.encode()) % 2 == 0 else f"{tokens}\n{question}"
         else:
             value = question
-        conversations.append({"from": "human", "value": value})
+        conversations.append({"from": "human", "value": value, "type": kind})
         conversations.append({"from": "gpt", "value": answer})
     record = {"id": clip, "video": f"{clip}.pkl", "pose": f"{clip}_pose.pkl"}
     if "<object>" in tokens:

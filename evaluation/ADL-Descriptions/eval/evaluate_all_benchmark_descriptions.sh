@@ -25,4 +25,4 @@ args=(judge descriptions --pred_path "$PRED_PATH" --output_dir "$OUTPUT_DIR"
 [ -n "${CACHE:-}" ] && args+=(--cache "$CACHE")
 [ -n "${RECORDS:-}" ] && args+=(--records "$RECORDS")
 [ -n "${VIDEO_ROOT:-}" ] && args+=(--video_root "$VIDEO_ROOT")
-exec "${PYTHON:-python}" -m llavidal.eval.cli "${args[@]}"
+exec "${PYTHON:-python}" -m llavidal.eval.commands "${args[@]}"

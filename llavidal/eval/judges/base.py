@@ -69,5 +69,7 @@ class Judge(Protocol):
         ...
 
 
-class JudgeConfigError(RuntimeError):
-    """The judge cannot work at all (bad key, unknown model, wrong URL): stop instead of scoring."""
+class JudgeConfigError(RuntimeError, ValueError):
+    """The judge cannot work at all (bad key, unknown model, wrong URL): stop instead of scoring.
+
+    Also a ``ValueError``: it is the user's setting to fix, so commands report it as ``error: ...`` (exit 2)."""

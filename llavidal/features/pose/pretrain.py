@@ -16,9 +16,10 @@ or a CLIP text encoder (``CLIPTextModelWithProjection`` layout) by local path. T
 pooled embedding is projected into the text space and trained with a symmetric contrastive loss
 (CLIP's InfoNCE; samples sharing a text are all positives for that text, as in ActionCLIP).
 
-Data: ``--world_dir`` reads the embedded world (``skeletons/{id}.skeleton`` + ``meta/{id}.json``);
-``--data`` reads a CSV (columns ``skeleton,text``), JSON list or JSONL of ``{"skeleton", "text"}``
-records with skeleton paths relative to that file.
+Data: ``--world_dir`` reads the embedded world (``skeletons/{id}.skeleton`` + ``meta/{id}.json``,
+through :mod:`llavidal.sim.readers`); ``--data`` reads a CSV (columns ``skeleton,text``), JSON list or
+JSONL of ``{"skeleton", "text"}`` records with skeleton paths relative to that file. The library
+(:func:`pretrain_pose_encoder`) takes the samples, wherever they come from.
 
 Output (``--output_dir``): ``pose_encoder.safetensors`` + ``pose_encoder.json`` (config, text encoder,
 steps, losses), ``text_embeddings.safetensors`` (the training texts' embeddings, for zero-shot use) and,
@@ -27,17 +28,13 @@ while training, ``checkpoint/`` (weights, optimizer, scheduler, RNG state) that 
 
 from __future__ import annotations
 
-import argparse
-import ast
 import csv
 import dataclasses
-import inspect
 import json
 import logging
 import math
 import os
 import sys
-import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from llavidal.config import command
 from llavidal.features.pose.encoder import (
     PoseEncoder,
     PoseEncoderConfig,
@@ -55,6 +53,8 @@ from llavidal.features.pose.encoder import (
     load_pose_encoder,
     save_pose_encoder,
 )
+from llavidal.features.pose.ntu import NUM_JOINTS
+from llavidal.utils.device import resolve_device
 from llavidal.utils.io import atomic_path, atomic_write_json, load_json_or_jsonl
 from llavidal.utils.optional import require
 
@@ -151,102 +151,6 @@ class PoseTextSample:
     skeleton: Any
     text: str
     window: tuple[int, int] | None = None
-
-
-def activity_text(meta: dict) -> str:
-    """The description of a world clip's activity (or its routine's segments, in order)."""
-    if isinstance(meta.get("description"), str) and meta["description"].strip():
-        return meta["description"].strip()
-    activity = meta.get("activity")
-    if isinstance(activity, dict):
-        for key in ("description", "text", "name"):
-            if isinstance(activity.get(key), str):
-                return _sentence(activity[key])
-    if isinstance(activity, str) and activity.strip():
-        return _describe_activity_name(activity)
-    segments = meta.get("segments") or meta.get("timeline")
-    if isinstance(segments, list) and segments:
-        names = [activity_text(s) if isinstance(s, dict) else _describe_activity_name(str(s)) for s in segments]
-        names = [n.rstrip(".") for n in names]
-        return ", then ".join([names[0]] + [n[:1].lower() + n[1:] for n in names[1:]]) + "."
-    raise ValueError("no 'activity', 'description' or 'segments' field")
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    return text if text.endswith(".") else text + "."
-
-
-def _describe_activity_name(name: str) -> str:
-    """An activity name as a sentence, using the world's own descriptions when it has them."""
-    try:  # the embedded world's catalogue: name -> Activity with a one-sentence description
-        from llavidal.sim import BY_NAME
-    except ImportError:
-        BY_NAME = None
-    entry = BY_NAME.get(name) if isinstance(BY_NAME, dict) else None
-    for key in ("description", "text", "caption"):
-        value = entry.get(key) if isinstance(entry, dict) else getattr(entry, key, None)
-        if isinstance(value, str) and value.strip():
-            return _sentence(value)
-    return f"A person {name.replace('_', ' ').strip()}."
-
-
-def segment_windows(meta: dict, frames: int | None = None) -> list[tuple[tuple[int, int], str]]:
-    """``[((start_frame, end_frame), text), ...]`` for the segments of a world clip's meta (times in
-    seconds at ``meta['fps']``), clipped to ``frames`` (default ``meta['frames']``); segments that keep
-    no frame are dropped."""
-    fps = float(meta.get("fps") or 0)
-    segments = meta.get("segments") or []
-    if fps <= 0 or not segments:
-        raise ValueError("needs 'fps' and 'segments' (with start/end seconds) for segment windows")
-    frames = int(frames if frames is not None else meta.get("frames") or 0) or None
-    windows = []
-    for number, segment in enumerate(segments):
-        try:
-            start, end = int(round(float(segment["start"]) * fps)), int(round(float(segment["end"]) * fps))
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"segment {number} needs numeric 'start' and 'end' (seconds)") from None
-        if frames is not None:
-            start, end = max(0, min(start, frames)), max(0, min(end, frames))
-        if end > start:
-            windows.append(((start, end), activity_text(segment)))
-    return windows
-
-
-def load_world_samples(
-    world_dir: str | os.PathLike, include_routines: bool = False, routine_segments: bool = False
-) -> list[PoseTextSample]:
-    """Pairs from the embedded world: ``skeletons/{id}.skeleton`` with the text of ``meta/{id}.json``.
-
-    Single-activity clips only, unless ``include_routines`` (then a routine's text lists its
-    activities in order) or ``routine_segments`` (then each segment of a routine is a pair of its own:
-    the segment's frames, encoded within the whole clip, with the segment's activity text)."""
-    world_dir = Path(world_dir)
-    skeleton_dir, meta_dir = world_dir / "skeletons", world_dir / "meta"
-    if not skeleton_dir.is_dir() or not meta_dir.is_dir():
-        raise FileNotFoundError(f"{world_dir}: expected skeletons/ and meta/ (the output of 'llavidal synth')")
-    samples = []
-    for skeleton in sorted(skeleton_dir.glob("*.skeleton")):
-        meta_path = meta_dir / f"{skeleton.stem}.json"
-        if not meta_path.is_file():
-            logger.warning("%s: no %s; skipped", skeleton, meta_path.name)
-            continue
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            single = bool(meta.get("activity")) or len(meta.get("segments") or []) == 1
-            if not single and routine_segments:
-                for number, (window, text) in enumerate(segment_windows(meta)):
-                    samples.append(PoseTextSample(f"{skeleton.stem}#{number}", skeleton, text, window))
-                continue
-            if not single and not include_routines:
-                continue
-            text = activity_text(meta)
-        except (ValueError, json.JSONDecodeError) as err:
-            raise ValueError(f"{meta_path}: cannot get an activity description ({err})") from None
-        samples.append(PoseTextSample(skeleton.stem, skeleton, text))
-    if not samples:
-        raise FileNotFoundError(f"{skeleton_dir}: no .skeleton files with meta/ records")
-    return samples
 
 
 def load_pair_file(path: str | os.PathLike) -> list[PoseTextSample]:
@@ -353,10 +257,15 @@ class PosePretrainArguments:
     max_steps: int = 1500
     """Optimizer steps."""
     batch_size: int = 64
+    """Pairs per contrastive batch (at least 2)."""
     learning_rate: float = 5e-4
+    """Peak AdamW learning rate (linear warmup, then cosine decay)."""
     weight_decay: float = 0.05
+    """AdamW weight decay of the weight matrices."""
     warmup_steps: int = 100
+    """Steps of linear learning-rate warmup."""
     grad_clip: float = 1.0
+    """Gradient norm clip."""
     eval_fraction: float = 0.1
     """Held-out fraction (stratified by text) for the before/after loss and retrieval accuracy."""
     augment: bool = True
@@ -364,9 +273,11 @@ class PosePretrainArguments:
     save_steps: int = 200
     """Write the resumable checkpoint every this many steps."""
     log_steps: int = 50
+    """Log the mean training loss every this many steps."""
     seed: int = 0
+    """Seed of the initial weights, the split, the batch order and the augmentation."""
     device: str = "auto"
-    """'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."""
+    """'auto' (cuda:LOCAL_RANK when available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."""
     resume: bool = True
     """Continue from output_dir/checkpoint when it exists."""
 
@@ -390,12 +301,6 @@ class PretrainResult:
     texts: list[str] = field(default_factory=list)
     train_ids: list[str] = field(default_factory=list)
     eval_ids: list[str] = field(default_factory=list)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @torch.no_grad()
@@ -498,7 +403,7 @@ def pretrain_pose_encoder(
     if not args.output_dir:
         raise ValueError("output_dir is required")
     output_dir = Path(args.output_dir)
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     text_encoder = text_encoder or FrozenTextEncoder(args.text_encoder, device="cpu")
     train_samples, eval_samples = split_samples(samples, args.eval_fraction, args.seed)
     if len(train_samples) < 2:
@@ -651,101 +556,51 @@ def pretrain_pose_encoder(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Command line: flags from the dataclasses' fields and their docstrings; --config YAML, CLI overrides
+# Command line
+
+PROG = "llavidal pose-pretrain"
+DESCRIPTION = "Contrastive (PoseCLIP-style) pretraining of the pose encoder against a frozen text encoder."
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (a string literal right after a field) of a dataclass."""
-    docs: dict[str, str] = {}
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        return docs
-    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(following, ast.Expr) and isinstance(getattr(following, "value", None), ast.Constant):
-                if isinstance(following.value.value, str):
-                    docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
+@dataclass
+class PoseEncoderArguments(PoseEncoderConfig):
+    """The pose encoder's shape as flags (``--tokens``, ``--hidden``, ...): every field of
+    :class:`PoseEncoderConfig` but those the data decide (the text encoder's dimension; NTU's 25 joints)."""
+
+    num_joints: int = field(default=NUM_JOINTS, init=False)
+    text_dim: int = field(default=0, init=False)
+
+    def to_config(self) -> PoseEncoderConfig:
+        names = [f.name for f in dataclasses.fields(PoseEncoderConfig) if f.name not in ("num_joints", "text_dim")]
+        return PoseEncoderConfig(**{name: getattr(self, name) for name in names})
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = str(text).lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+def parse_args(argv: Sequence[str] | None = None) -> tuple[PosePretrainArguments, PoseEncoderConfig]:
+    """The command's settings (``--config`` YAML, ``key=value``, flags); a missing data source exits 2."""
+    from llavidal.config import parse
 
-
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = (), title: str = "") -> None:
-    group = parser.add_argument_group(title or cls.__name__)
-    docs = _field_docs(cls)
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
-    for item in dataclasses.fields(cls):
-        if item.name in skip:
-            continue
-        default = item.default if item.default is not dataclasses.MISSING else None
-        kind = str(hints[item.name])
-        converter: Callable = str
-        if "bool" in kind:
-            converter = _parse_bool
-        elif "int" in kind:
-            converter = int
-        elif "float" in kind:
-            converter = float
-        group.add_argument(
-            f"--{item.name}", type=converter, default=argparse.SUPPRESS,
-            help=f"{docs.get(item.name, '')} (default: {default!r})".strip(),
-        )
-
-
-def parse_args(argv: Sequence[str] | None) -> tuple[PosePretrainArguments, PoseEncoderConfig]:
-    parser = argparse.ArgumentParser(
-        prog="llavidal pose-pretrain",
-        description="Contrastive (PoseCLIP-style) pretraining of the pose encoder against a frozen text encoder.",
-    )
-    parser.add_argument("--config", default=None, help="YAML file of the flags below; flags on the command line win")
-    _add_dataclass_flags(parser, PosePretrainArguments, title="training")
-    _add_dataclass_flags(parser, PoseEncoderConfig, skip=("text_dim", "num_joints"), title="pose encoder")
-    namespace = vars(parser.parse_args(argv))
-    values: dict[str, Any] = {}
-    config_file = namespace.pop("config")
-    if config_file:
-        import yaml
-
-        with open(config_file, encoding="utf-8") as handle:
-            loaded = yaml.safe_load(handle) or {}
-        if not isinstance(loaded, dict):
-            parser.error(f"{config_file}: expected a mapping of flag names to values")
-        known = {f.name for f in dataclasses.fields(PosePretrainArguments)} | {f.name for f in dataclasses.fields(PoseEncoderConfig)}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            parser.error(f"{config_file}: unknown keys {unknown}")
-        values.update(loaded)
-    values.update(namespace)
-    train_names = {f.name for f in dataclasses.fields(PosePretrainArguments)}
-    try:
-        args = PosePretrainArguments(**{k: v for k, v in values.items() if k in train_names})
-        encoder_config = PoseEncoderConfig(**{k: v for k, v in values.items() if k not in train_names})
-    except (TypeError, ValueError) as err:
-        parser.error(str(err))
+    args, encoder_flags = parse((PosePretrainArguments, PoseEncoderArguments), argv, prog=PROG, description=DESCRIPTION)
+    problem = ""
     if not args.output_dir:
-        parser.error("--output_dir is required")
-    if bool(args.world_dir) == bool(args.data):
-        parser.error("pass exactly one of --world_dir (the embedded world) or --data (a {skeleton, text} file)")
-    return args, encoder_config
+        problem = "--output_dir is required"
+    elif bool(args.world_dir) == bool(args.data):
+        problem = "pass exactly one of --world_dir (the embedded world) or --data (a {skeleton, text} file)"
+    if problem:  # a usage error, reported as argparse reports one
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return args, encoder_flags.to_config()
 
 
+@command(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args, encoder_config = parse_args(argv)
-    try:
-        samples = load_world_samples(args.world_dir, args.include_routines, args.routine_segments) if args.world_dir else load_pair_file(args.data)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.world_dir:
+        from llavidal.sim.readers import load_world_samples  # the command reads the world; the library takes samples
+
+        samples = load_world_samples(args.world_dir, args.include_routines, args.routine_segments)
+    else:
+        samples = load_pair_file(args.data)
     print(f"pose-pretrain: {len(samples)} samples, {len({s.text for s in samples})} distinct texts, "
           f"text encoder {args.text_encoder}")
     result = pretrain_pose_encoder(samples, args, encoder_config)

@@ -1,0 +1,7 @@
+"""``python -m llavidal.quickstart`` = ``llavidal quickstart``."""
+
+import sys
+
+from llavidal.quickstart.command import main
+
+sys.exit(main())

@@ -1,0 +1,261 @@
+"""The quickstart's training data, all from the TRAIN split (held-out subjects stay unseen).
+
+- :func:`build_training_records`: the instruction-tuning conversations (``data/train.json``): per clip its
+  ADLMCQ question (with the benchmark's own prompt) plus the recipe's kinds of question from the world's
+  training record, reduced-modality copies of the MCQs, and extra forecasting questions;
+- :func:`build_alignment_labels`: ``llavidal align``'s records (each clip's feature files and activity);
+- :func:`pose_text_pairs`: ``llavidal pose-pretrain``'s skeleton/text pairs.
+
+A question of a world record is classified by the ``type`` the world writes on its human turn
+(:func:`llavidal.sim.annotate.training_record`), never by its wording.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+from llavidal.quickstart.layout import (
+    MCQ_BENCHMARKS,
+    MCQ_FILES,
+    MODALITY_SETS,
+    PLACEHOLDERS,
+    Paths,
+    last_label,
+    read_json,
+    split_ids,
+)
+from llavidal.quickstart.recipes import Recipe
+
+TURN_KINDS = {"detail": "description"}
+"""The world's turn types that recipes name otherwise (``Recipe.record_turns``); the others keep their name."""
+_PLACEHOLDER_PATTERN = re.compile(r"<video>|<human_pose>|<object>")
+
+
+def placeholder_text(modalities: list[str]) -> str:
+    # registry order (video, object, pose), as the inference engine writes them
+    return "".join(PLACEHOLDERS[m] for m in ("video", "object", "pose") if m in modalities)
+
+
+def turn_kind(message: dict, where: str = "") -> str:
+    """What a world record's human turn asks: its ``type`` (``detail`` named ``description``)."""
+    kind = message.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(
+            f"{where}: a question has no 'type' (a world written before question types existed); "
+            "delete the quickstart's world/ folder and rerun to regenerate it"
+        )
+    return TURN_KINDS.get(kind, kind)
+
+
+def record_turns(record: dict, where: str = "") -> list[tuple[str, str, str]]:
+    """(kind, question without placeholders, answer) for each question-answer pair of a training record."""
+    turns, messages = [], record.get("conversations") or []
+    for human, gpt in zip(messages[0::2], messages[1::2]):
+        question = _PLACEHOLDER_PATTERN.sub("", str(human["value"])).strip()
+        turns.append((turn_kind(human, f"{where} record {record.get('id')!r}"), question, str(gpt["value"])))
+    return turns
+
+
+def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple[list[dict], dict]:
+    """Training conversations from the TRAIN split: one per clip, plus reduced-modality MCQ copies.
+
+    Each clip's conversation asks its ADLMCQ question (recognition, or forecasting for routine prefixes)
+    with the exact prompt the benchmark uses at evaluation, answered as ``recipe.mcq_answer`` says, and the
+    recipe's kinds of turns from the world's training record (e.g. "What is the person doing?", a detailed
+    description for a share of the clips), in a per-clip random order. The features' placeholders follow
+    the first question, as the inference engine writes them.
+    """
+    from llavidal.eval.tasks import load_task
+
+    rng = random.Random(seed)
+    train_dir = paths.annotations("train")
+    records_path = train_dir / "records.json"
+    records = {r["id"]: r for r in read_json(records_path)}
+    mcq_turns: dict[str, list[tuple[str, str]]] = {}
+    counts = {"clips": 0, "mcq": 0, "record_turns": 0, "reduced_copies": 0}
+    for task, file_name in MCQ_FILES.items():
+        path = train_dir / file_name
+        if not path.is_file():
+            continue  # a world without MCQs for this task: the records alone are used
+        spec = load_task(MCQ_BENCHMARKS[task])
+        for mcq in spec.load_records(path):
+            answer = mcq_answer(recipe, mcq)
+            if task == "forecasting":
+                answer = forecast_answer(recipe, answer, _clip_last_label(paths, mcq.video_stem))
+            mcq_turns.setdefault(mcq.video_stem, []).append((spec.prompts(mcq)["main"], answer))
+            counts["mcq"] += 1
+
+    out: list[dict] = []
+    variants = forecast_variants(paths, recipe, records) + successor_questions(paths, recipe, records, rng)
+    counts["forecast_variants"] = len(variants)
+    for clip_id, question, answer in variants:
+        subset = [m for m in rng.choice(list(MODALITY_SETS.values())) if records[clip_id].get(m)]
+        out.append(conversation(clip_id, records[clip_id], subset, [(question, answer)], suffix=f"#f{len(out)}"))
+    for clip_id, record in records.items():
+        modalities = [m for m in ("video", "pose", "object") if record.get(m)]
+        pairs = list(mcq_turns.get(clip_id, []))
+        with_description = rng.random() < recipe.description_fraction
+        kept = [(q, a) for kind, q, a in record_turns(record, str(records_path))
+                if kind in recipe.record_turns and (kind != "description" or with_description)]
+        counts["record_turns"] += len(kept)
+        pairs += kept
+        rng.shuffle(pairs)
+        if not pairs:
+            continue
+        out.append(conversation(clip_id, record, modalities, pairs, suffix=""))
+        counts["clips"] += 1
+        if recipe.reduced_modality_copies:
+            for index, (question, answer) in enumerate(mcq_turns.get(clip_id, [])):
+                subset = list(rng.choice([s for name, s in MODALITY_SETS.items() if name != "all"]))
+                out.append(conversation(clip_id, record, subset, [(question, answer)], suffix=f"#m{index}"))
+                counts["reduced_copies"] += 1
+    rng.shuffle(out)
+    counts["samples"] = len(out)
+    return out, counts
+
+
+def _clip_last_label(paths: Paths, clip_id: str) -> str | None:
+    meta_path = paths.world / "meta" / f"{clip_id}.json"
+    return last_label(read_json(meta_path)) if meta_path.is_file() else None
+
+
+def forecast_answer(recipe: Recipe, answer: str, last: str | None) -> str:
+    """A forecasting training answer; with ``recipe.forecast_reasoning`` it names the clip's last activity first."""
+    if not recipe.forecast_reasoning or not last:
+        return answer
+    return f"The video ends with {last}. The answer is {answer}."
+
+
+def mcq_answer(recipe: Recipe, mcq: Any) -> str:
+    text = mcq.choices[mcq.answer_letter]
+    return {"letter": mcq.answer_letter, "text": text, "letter_text": f"({mcq.answer_letter}) {text}"}[recipe.mcq_answer]
+
+
+def forecast_variants(paths: Paths, recipe: Recipe, records: dict) -> list[tuple[str, str, str]]:
+    """(clip id, prompt, answer) of ``recipe.forecast_variants`` re-drawn forecasting MCQs per train clip."""
+    from llavidal.eval.tasks import load_task
+    from llavidal.eval.records import normalise_record
+    from llavidal.sim.annotate import forecasting_mcq
+
+    path = paths.annotations("train") / MCQ_FILES["forecasting"]
+    if recipe.forecast_variants <= 0 or not path.is_file():
+        return []
+    spec = load_task(MCQ_BENCHMARKS["forecasting"])
+    world_seed = int(read_json(paths.world / "world.json").get("seed", 0))
+    out = []
+    for original in spec.load_records(path):
+        meta_path = paths.world / "meta" / f"{original.video_stem}.json"
+        if original.video_stem not in records or not meta_path.is_file():
+            continue
+        meta = read_json(meta_path)
+        for variant in range(1, recipe.forecast_variants + 1):
+            raw = forecasting_mcq(meta, seed=world_seed + 7919 * variant)
+            mcq = normalise_record(raw, "mcq", where=f"{meta_path} (variant {variant})", default_task="action_forecasting")
+            answer = forecast_answer(recipe, mcq_answer(recipe, mcq), last_label(meta))
+            out.append((original.video_stem, spec.prompts(mcq)["main"], answer))
+    return out
+
+
+def successor_questions(paths: Paths, recipe: Recipe, records: dict, rng: random.Random) -> list[tuple[str, str, str]]:
+    """(clip id, prompt, answer): ``recipe.forecast_from_successors`` questions per train clip (see Recipe)."""
+    from collections import Counter
+
+    from llavidal.eval.tasks import load_task
+    from llavidal.eval.records import normalise_record
+    from llavidal.sim.annotate import FORECAST_QUESTIONS, LETTERS
+
+    if recipe.forecast_from_successors <= 0:
+        return []
+    metas = {}
+    for clip_id in split_ids(paths, "train"):
+        path = paths.world / "meta" / f"{clip_id}.json"
+        if clip_id in records and path.is_file():
+            metas[clip_id] = read_json(path)
+    successors: dict[str, Counter] = {}
+    in_routines: set[str] = set()  # activities seen in routines: the plausible-looking distractors
+    every: set[str] = set()
+    for meta in metas.values():
+        names = [seg.get("label") for seg in meta.get("segments") or [] if seg.get("label")]
+        every.update(names)
+        if len(names) > 1:
+            in_routines.update(names)
+        for first, second in zip(names, names[1:]):
+            successors.setdefault(first, Counter())[second] += 1
+    spec = load_task(MCQ_BENCHMARKS["forecasting"])
+    out = []
+    for clip_id, meta in sorted(metas.items()):
+        last = last_label(meta)
+        if last not in successors:
+            continue
+        plausible_looking = sorted(label for label in in_routines if label not in successors[last])
+        others = sorted(label for label in every - in_routines if label not in successors[last])
+        for index in range(recipe.forecast_from_successors):
+            # uniform over the successors seen, not by frequency: the answer must then come from the
+            # options (the one successor among them), not from "the usual next activity" alone
+            truth = rng.choice(sorted(successors[last]))
+            count = min(rng.randint(4, 6), len(plausible_looking) + len(others) + 1)
+            picked = rng.sample(plausible_looking, min(count - 1, len(plausible_looking)))
+            picked += rng.sample(others, count - 1 - len(picked))
+            options = picked + [truth]
+            rng.shuffle(options)
+            raw = {"video_filename": f"{clip_id}.mp4", "question": rng.choice(FORECAST_QUESTIONS),
+                   "answer_choices": {LETTERS[i]: text for i, text in enumerate(options)},
+                   "ground_truth_letter": LETTERS[options.index(truth)], "id": f"{clip_id}#s{index}"}
+            mcq = normalise_record(raw, "mcq", where=f"successor question for {clip_id}", default_task="action_forecasting")
+            out.append((clip_id, spec.prompts(mcq)["main"], forecast_answer(recipe, mcq_answer(recipe, mcq), last)))
+    return out
+
+
+def build_alignment_labels(paths: Paths) -> tuple[list[dict], dict]:
+    """Records for ``llavidal align`` from the TRAIN split: each clip's feature files and the name of the
+    activity it shows (for a routine or a forecasting prefix, the activity it ends with), as the world's
+    metadata gives it; the same names are the ADLMCQ options."""
+    records = {r["id"]: r for r in read_json(paths.annotations("train") / "records.json")}
+    out, labels = [], set()
+    for clip_id in split_ids(paths, "train"):
+        record = records.get(clip_id)
+        meta_path = paths.world / "meta" / f"{clip_id}.json"
+        if record is None or not meta_path.is_file():
+            continue
+        meta = read_json(meta_path)
+        label = last_label(meta)
+        if not label:
+            continue
+        item = {"id": clip_id, "label": label, "duration": meta.get("duration"),
+                "segments": [{"start": seg["start"], "end": seg["end"], "label": seg["label"]}
+                             for seg in meta.get("segments") or [] if seg.get("label")]}
+        item.update({m: record[m] for m in ("video", "pose", "object") if record.get(m)})
+        out.append(item)
+        labels.add(label)
+    return out, {"records": len(out), "labels": len(labels)}
+
+
+def pose_text_pairs(paths: Paths, recipe: Recipe) -> list[dict]:
+    """``llavidal pose-pretrain``'s pairs from the TRAIN split's skeletons: one per clip against its activity
+    text, or with ``recipe.pose_segments`` one per segment of a multi-activity clip (a frame window)."""
+    from llavidal.sim.readers import activity_text, segment_windows
+
+    pairs = []
+    for clip_id in split_ids(paths, "train"):
+        meta = read_json(paths.world / "meta" / f"{clip_id}.json")
+        skeleton = str(paths.world / "skeletons" / f"{clip_id}.skeleton")
+        if recipe.pose_segments and len(meta.get("segments") or []) > 1:
+            for number, ((start, end), text) in enumerate(segment_windows(meta)):
+                pairs.append({"id": f"{clip_id}#{number}", "skeleton": skeleton, "text": text,
+                              "start_frame": start, "end_frame": end})
+        else:
+            pairs.append({"id": clip_id, "skeleton": skeleton, "text": activity_text(meta)})
+    return pairs
+
+
+def conversation(clip_id: str, record: dict, modalities: list[str], pairs: list[tuple[str, str]], suffix: str) -> dict:
+    conversations = []
+    for index, (question, answer) in enumerate(pairs):
+        text = f"{question}\n{placeholder_text(modalities)}" if index == 0 else question
+        conversations += [{"from": "human", "value": text}, {"from": "gpt", "value": answer}]
+    sample = {"id": clip_id + suffix, "conversations": conversations}
+    for modality in modalities:
+        sample[modality] = record[modality]
+    return sample

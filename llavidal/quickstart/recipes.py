@@ -1,0 +1,178 @@
+"""The quickstart's recipes: everything it chooses besides paths (feature sizes, the training config and
+its overrides, the curriculum, evaluation sizes), and the training YAML under ``configs/`` they name.
+
+``RECIPES["embedded"]`` is the preset (``configs/quickstart_embedded.yaml``); ``frozen`` is upstream's recipe
+on the same data; ``ci`` is the smoke run. ``--recipe_set FIELD=VALUE`` changes one field
+(:func:`apply_recipe_settings`).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from llavidal.config import PROJECT_ROOT
+
+CONFIG_DIR = PROJECT_ROOT / "configs"
+NOT_SETTABLE = ("name", "description")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything the quickstart chooses besides paths: feature sizes, training config, evaluation sizes."""
+
+    name: str
+    description: str
+    train_config: str
+    """A train_mem.py YAML config under configs/ (its flags; ``train_overrides`` win)."""
+    train_overrides: dict = field(default_factory=dict)
+    video_frames: int = 8
+    """Frames sampled per video (upstream: 100)."""
+    video_temporal_tokens: int = 4
+    video_spatial_grid: int = 2
+    """Video tokens per clip = temporal tokens + grid^2 spatial tokens."""
+    pose_tokens: int = 8
+    pose_frames: int = 32
+    pose_hidden: int = 128
+    pose_heads: int = 4
+    pose_depth: int = 2
+    pose_steps: int = 150
+    pose_batch: int = 64
+    pose_segments: bool = True
+    """Pretrain the pose encoder on each segment of a multi-activity train clip (the segment's frames,
+    encoded within the whole clip, against that activity's text) instead of the whole clip against "A,
+    then B". The tokens then say what happens when, which forecasting needs (the activity a routine
+    prefix ends with)."""
+    mcq_answer: str = "text"
+    """How MCQ training answers are written: ``text`` ("reading a book", the option's text, which the MCQ
+    parser maps to its letter), ``letter`` ("B") or ``letter_text`` ("(B) reading a book"). With the letter
+    first, the one token that depends on the features comes before the model has named anything, and a
+    small model learns a constant letter instead; naming the option is what the features can answer."""
+    align: bool = True
+    """Run ``llavidal align`` first: fit the projectors so that a train clip's feature tokens reproduce the
+    LLM's embeddings of its activity's name (no LLM pass), and start training from them."""
+    align_steps: int = 400
+    forecast_variants: int = 3
+    """Extra training samples per train-split forecasting clip, each the same question with options drawn
+    again from the world's rules (other distractors, other order). The train split has few forecasting
+    clips (one per routine prefix), and "what comes next" is the one question whose answer is not what
+    the features show; without more of them the model answers with the activity it sees."""
+    forecast_reasoning: bool = True
+    """Forecasting training answers first name what the clip ends with, then the answer: "The video ends
+    with sitting down on a chair. The answer is standing up from a chair." (the MCQ parser takes the
+    choice after "the answer is"). Forecasting is two steps, recognising the last activity and knowing
+    what follows it; written out, the first is the recognition the model learns anyway and the second
+    becomes a text-to-text rule, where a small LLM otherwise names what it sees."""
+    forecast_from_successors: int = 1
+    """Forecasting questions per train clip built from what the train split's routines show: a clip that
+    ends with activity X is asked what comes next, the answer drawn (uniformly) from the activities seen
+    right after X in train routines, the other options from activities never seen after X. Teaches the succession
+    rules from many more clips than the split has routine prefixes (train-split statistics only)."""
+    reduced_modality_copies: bool = True
+    """Add, per train MCQ, a copy that shows a random reduced modality set (video / pose / video+pose), so
+    that the same model answers when features are withheld at inference (the ablation)."""
+    record_turns: tuple[str, ...] = ("recognition", "description", "last")
+    """Which kinds of question of the world's training records are kept (besides the MCQ turn), by the
+    ``type`` the world writes on each question: recognition, description (the world's ``detail``), object,
+    hand, count, first, next, last, forecast. "last" ("Which activity does the person finish with?") trains
+    what forecasting starts from."""
+    description_fraction: float = 0.25
+    """Share of the clips whose detailed description is trained on (descriptions are the longest turns;
+    a quarter teaches their form and costs a fraction of the time)."""
+    mcq_max_new_tokens: int = 40
+    description_limit: int | None = 24
+    """Held-out description records generated and judged (None: all)."""
+    description_max_new_tokens: int = 96
+    ablation_limit: int | None = 80
+    """Held-out MCQs per task for the reduced modality sets (None: all; 'all' always uses every record)."""
+    eval_batch_size: int = 16
+    train_procs: int = 2
+    train_threads: int = 1
+
+    def config_path(self) -> Path:
+        path = Path(self.train_config)
+        return path if path.is_absolute() else CONFIG_DIR / path
+
+    def train_settings(self, extra_flags: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The training flags in effect: the YAML config, then ``train_overrides``, then the user's flags."""
+        import yaml
+
+        config = yaml.safe_load(self.config_path().read_text()) or {}
+        return {**config, **self.train_overrides, **(extra_flags or {})}
+
+
+RECIPES: dict[str, Recipe] = {
+    # The preset: LoRA on the LLM's attention and two-layer projectors (see configs/quickstart_embedded.yaml).
+    "embedded": Recipe(
+        name="embedded",
+        description="LoRA (r 16) on q/k/v/o + mlp2x_gelu projectors, LLM otherwise frozen",
+        train_config="quickstart_embedded.yaml",
+    ),
+    # Upstream's recipe (frozen LLM, linear projectors), same data and time, for comparison.
+    "frozen": Recipe(
+        name="frozen",
+        description="LLM frozen, linear projectors + new token rows trained (upstream's recipe)",
+        train_config="quickstart_embedded.yaml",
+        train_overrides={"lora_enable": False, "tune_mm_mlp_adapter": True, "mm_projector_type": "linear",
+                         "learning_rate": 1e-3},
+    ),
+    # The CI smoke run: a tiny random LLM, few tokens and steps; checks that every step works, not quality.
+    "ci": Recipe(
+        name="ci",
+        description="smoke test: tiny sizes, a few optimizer steps",
+        train_config="quickstart_embedded.yaml",
+        train_overrides={"max_steps": 4, "per_device_train_batch_size": 2, "logging_steps": 1, "lora_r": 4,
+                         "lora_alpha": 8},
+        video_frames=4, video_temporal_tokens=2, video_spatial_grid=1,
+        pose_tokens=2, pose_frames=8, pose_hidden=32, pose_heads=2, pose_depth=1, pose_steps=5, pose_batch=16,
+        align_steps=20, forecast_variants=1, forecast_from_successors=1,  # the successor path runs in CI
+        mcq_max_new_tokens=4, description_limit=4, description_max_new_tokens=8, ablation_limit=4,
+        eval_batch_size=8, train_procs=2, train_threads=1,
+    ),
+}
+
+
+def apply_recipe_settings(recipe: Recipe, items: list[str]) -> Recipe:
+    """``recipe`` with ``FIELD=VALUE`` changes (values parsed as literals, typed like the field's default)."""
+    known = {f.name: f for f in fields(Recipe)}
+    changes = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or key not in known or key in NOT_SETTABLE:
+            raise ValueError(f"--recipe_set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{sorted(k for k in known if k not in NOT_SETTABLE)}")
+        literal = {"true": "True", "false": "False", "null": "None", "none": "None"}.get(text.strip().lower(), text)
+        try:
+            value = ast.literal_eval(literal)
+        except (ValueError, SyntaxError):
+            value = text  # a bare string
+        current = getattr(recipe, key)
+        if value is None and "None" in str(known[key].type):
+            changes[key] = None
+            continue
+        if isinstance(current, bool) and not isinstance(value, bool) or (
+            isinstance(current, (int, float)) and not isinstance(current, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float)))):
+            kind = {"bool": "a bool (true/false)", "int": "an int", "float": "a number"}[type(current).__name__]
+            raise ValueError(f"--recipe_set {item!r}: {key} takes {kind}, got {value!r}")
+        if isinstance(current, tuple) and isinstance(value, (list, tuple, str)):
+            value = tuple([value] if isinstance(value, str) else value)
+        changes[key] = float(value) if isinstance(current, float) else value
+    return replace(recipe, **changes)
+
+
+def resolve_recipe(name: str, settings: list[str], train_procs: int | None = None,
+                   train_threads: int | None = None) -> Recipe:
+    """The named recipe with the command line's changes; errors say what to pass instead."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown --recipe {name!r}; choose one of {sorted(RECIPES)}")
+    recipe = RECIPES[name]
+    recipe = replace(recipe, train_procs=train_procs or recipe.train_procs,
+                     train_threads=train_threads or recipe.train_threads)
+    recipe = apply_recipe_settings(recipe, settings)
+    if not recipe.config_path().is_file():
+        raise FileNotFoundError(f"training config {recipe.config_path()} not found (run from a source checkout)")
+    return recipe

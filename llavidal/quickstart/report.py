@@ -1,0 +1,293 @@
+"""The quickstart's report: ``report/report.md``, ``report.json`` and PNG plots.
+
+The figures come from the reports the ``llavidal eval mcq`` / ``eval judge`` commands wrote under ``eval/``
+(:func:`collect_results`, also saved as ``eval/results.json``), the training and alignment outputs and the
+steps' records; the markdown tables are :func:`llavidal.eval.report.markdown_table`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from llavidal.eval.report import format_value, load_results, markdown_table
+from llavidal.quickstart.layout import MCQ_FILES, MODALITY_SETS, PROTOCOL, Paths, read_json, split_ids
+from llavidal.quickstart.recipes import Recipe
+from llavidal.utils.io import atomic_write_json, atomic_write_text
+
+DIGITS = 3
+
+
+def _fmt(value: Any) -> str:
+    return format_value(value, DIGITS)
+
+
+# --------------------------------------------------------------------------- figures from the eval result files
+def _mcq_entry(paths: Paths, task: str, set_name: str) -> dict | None:
+    path = paths.scored(task, set_name)
+    if not path.is_file():
+        return None
+    (scored,) = load_results(path)
+    items = scored.get("items") or []
+    return {
+        "accuracy": scored["metrics"]["accuracy"] / 100.0,
+        "n": scored["metrics"]["n"],
+        "missing": scored["metrics"]["missing"],
+        "chance": sum(1.0 / len(item["choices"]) for item in items) / max(1, len(items)),
+        "per_class": {k: {"accuracy": v["accuracy"] / 100.0 if v.get("accuracy") is not None else None,
+                          "n": v["n"]} for k, v in scored.get("per_class", {}).items()},
+        "predictions": str(paths.predictions(task, set_name).relative_to(paths.out)),
+    }
+
+
+def _descriptions_entry(paths: Paths) -> dict | None:
+    path = paths.scored("descriptions", "all")
+    if not path.is_file():
+        return None
+    (judged,) = load_results(path)
+    items = judged.get("items") or []
+    return {
+        "judge": judged.get("judge"),
+        "n": len(items),
+        "metrics": judged.get("metrics"),
+        "predictions": str(paths.predictions("descriptions", "all").relative_to(paths.out)),
+        "examples": [{"id": item["id"], "reference": item["answer"], "prediction": item["prediction"]}
+                     for item in items[:3]],
+    }
+
+
+def collect_results(paths: Paths) -> dict:
+    """The held-out figures: per ADLMCQ task and modality set (accuracy as a fraction, chance, per class), and
+    the judged descriptions, read from the eval commands' result files."""
+    results: dict[str, Any] = {"protocol": PROTOCOL, "split": "test", "mcq": {}, "descriptions": None}
+    for task in MCQ_FILES:
+        for set_name in MODALITY_SETS:
+            entry = _mcq_entry(paths, task, set_name)
+            if entry is not None:
+                results["mcq"].setdefault(task, {})[set_name] = entry
+    results["descriptions"] = _descriptions_entry(paths)
+    return results
+
+
+def loss_history(paths: Paths) -> list[dict]:
+    history = paths.train / "loss_history.jsonl"
+    rows = []
+    if history.is_file():
+        for line in history.read_text().splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+    if not rows and (paths.train / "trainer_state.json").is_file():
+        rows = [r for r in read_json(paths.train / "trainer_state.json").get("log_history", []) if "loss" in r]
+    return [r for r in rows if "loss" in r]
+
+
+# --------------------------------------------------------------------------- plots
+def plots(paths: Paths, results: dict, losses: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if losses:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([r.get("step", i) for i, r in enumerate(losses)], [r["loss"] for r in losses], marker=".")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training loss")
+        ax.set_title("Training loss")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(paths.report / "loss_curve.png", dpi=110)
+        plt.close(fig)
+        written.append("loss_curve.png")
+    mcq = results.get("mcq") or {}
+    if mcq:
+        import numpy as np
+
+        sets = list(MODALITY_SETS)
+        fig, ax = plt.subplots(figsize=(6.5, 3.5))
+        width = 0.8 / max(1, len(mcq))
+        for index, (task, by_set) in enumerate(mcq.items()):
+            values = [by_set.get(s, {}).get("accuracy") or 0.0 for s in sets]
+            bars = ax.bar(np.arange(len(sets)) + index * width, values, width, label=task)
+            ax.bar_label(bars, fmt="%.2f", fontsize=8)
+            chance = by_set.get("all", {}).get("chance")
+            if chance:
+                ax.axhline(chance, color=bars.patches[0].get_facecolor(), linestyle=":", linewidth=1)
+        ax.set_xticks(np.arange(len(sets)) + width * (len(mcq) - 1) / 2, sets)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("accuracy (held-out subjects)")
+        ax.set_title("ADLMCQ accuracy per modality set (dotted: chance)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(paths.report / "accuracy_by_modality.png", dpi=110)
+        plt.close(fig)
+        written.append("accuracy_by_modality.png")
+        per_class = (mcq.get("recognition") or {}).get("all", {}).get("per_class") or {}
+        if per_class:
+            names = sorted(per_class, key=lambda k: per_class[k]["accuracy"] or 0.0)
+            fig, ax = plt.subplots(figsize=(6.5, max(3.0, 0.28 * len(names))))
+            ax.barh(names, [per_class[n]["accuracy"] or 0.0 for n in names])
+            ax.set_xlim(0, 1.0)
+            ax.set_xlabel("recognition accuracy, all modalities")
+            ax.set_title("Accuracy per activity (held-out subjects)")
+            ax.tick_params(axis="y", labelsize=7)
+            fig.tight_layout()
+            fig.savefig(paths.report / "accuracy_by_activity.png", dpi=110)
+            plt.close(fig)
+            written.append("accuracy_by_activity.png")
+    return written
+
+
+# --------------------------------------------------------------------------- the report
+def display_path(path: str | Path) -> str:
+    """A path as a user would type it: relative to the working folder when inside it, else with ~."""
+    path = Path(os.path.abspath(path))  # not resolve(): a symlinked folder keeps the name the user gave
+    for base, shown in ((Path.cwd(), None), (Path.home(), Path("~"))):
+        try:
+            relative = path.relative_to(os.path.abspath(base))
+        except ValueError:
+            continue
+        return str(shown / relative if shown else relative)
+    return str(path)
+
+
+def demo_command(paths: Paths, base_model: str) -> str:
+    return " ".join(shlex.quote(p) if not p.startswith("~/") else p for p in [
+        "python", "llavidal/demo/video_demo.py", "--model-name", display_path(base_model),
+        "--projection_path", display_path(paths.train), "--examples", display_path(paths.world),
+    ])
+
+
+def _alignment(paths: Paths) -> dict | None:
+    align_report = paths.align / "align_report.json"
+    if not align_report.is_file():
+        return None
+    saved = read_json(align_report)
+    return {name: {k: figures.get(k) for k in ("samples", "held_out_samples", "labels", "accuracy_before",
+                                               "accuracy_after", "chance", "seconds")}
+            for name, figures in saved.get("modalities", {}).items()}
+
+
+def write_report(paths: Paths, recipe: Recipe, settings: dict, base_model: str) -> dict:
+    results = collect_results(paths)
+    atomic_write_json(paths.eval / "results.json", results)
+    losses = loss_history(paths)
+    paths.report.mkdir(parents=True, exist_ok=True)
+    written = plots(paths, results, losses)
+    steps, step_notes = {}, {}
+    for record in sorted((paths.out / ".steps").glob("*.json"), key=lambda r: r.stat().st_mtime):
+        saved = read_json(record)
+        steps[record.stem] = round(float(saved.get("seconds", 0.0)), 1)
+        if saved.get("note"):
+            step_notes[record.stem] = saved["note"]
+    train_config = read_json(paths.train / "llavidal_config.json") if (paths.train / "llavidal_config.json").is_file() else {}
+    state = read_json(paths.train / "trainer_state.json") if (paths.train / "trainer_state.json").is_file() else {}
+    data_counts = read_json(paths.data / "summary.json") if (paths.data / "summary.json").is_file() else {}
+    world = read_json(paths.world / "world.json")
+    report = {
+        "recipe": asdict(recipe),
+        "settings": settings,
+        "world": {"preset": world.get("preset", {}).get("name"), "seed": world.get("seed"), "counts": world.get("counts"),
+                  "protocol": PROTOCOL, "train_clips": len(split_ids(paths, "train")),
+                  "test_clips": len(split_ids(paths, "test"))},
+        "training_data": data_counts,
+        "alignment": _alignment(paths),
+        "training": {"global_steps": state.get("global_step"), "epochs": state.get("epoch"),
+                     "first_loss": losses[0]["loss"] if losses else None, "last_loss": losses[-1]["loss"] if losses else None,
+                     "modalities": train_config.get("modalities"), "template": train_config.get("template")},
+        "results": results,
+        "step_seconds": steps,
+        "step_notes": step_notes,
+        "total_seconds": round(sum(steps.values()), 1),
+        "plots": written,
+        "demo_command": demo_command(paths, base_model),
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    atomic_write_json(paths.report / "report.json", report)
+    atomic_write_text(paths.report / "report.md", render_markdown(report))
+    return report
+
+
+def _mcq_section(results: dict) -> list[str]:
+    mcq = results.get("mcq", {})
+    rows = []
+    for set_name in MODALITY_SETS:
+        cells = [f"{_fmt(e['accuracy'])} ({e['n']})" if (e := by_set.get(set_name)) else "n/a" for by_set in mcq.values()]
+        rows.append([set_name, *cells])
+    chance = [f"{task} {_fmt(by_set.get('all', {}).get('chance'))}" for task, by_set in mcq.items()]
+    return ["## ADLMCQ accuracy on held-out subjects", "", "Same trained model; modalities withheld at inference.", "",
+            *markdown_table(["modality set", *(f"{task} (n)" for task in mcq)], rows, DIGITS),
+            "", f"Chance: {', '.join(chance)}.", ""]
+
+
+def _descriptions_section(desc: dict | None) -> list[str]:
+    if not desc:
+        return []
+    metrics = desc.get("metrics") or {}
+    lines = ["## ADL descriptions (local MiniLM judge, 0-100)", "",
+             f"{desc['n']} held-out records, all modalities; judge `{desc['judge']['judge_id']}`.", "",
+             *markdown_table(list(metrics), [[v if not isinstance(v, dict) else v.get("score")
+                                              for v in metrics.values()]], DIGITS), ""]
+    for example in desc.get("examples", [])[:2]:
+        lines += [f"- `{example['id']}`", f"  - reference: {example['reference']}", f"  - model: {example['prediction']}"]
+    return lines + [""]
+
+
+def _alignment_section(alignment: dict | None) -> list[str]:
+    if not alignment:
+        return []
+    rows = [[name, f"{figures['samples']} ({figures['held_out_samples']})",
+             (figures["accuracy_before"] or {}).get("held_out"), (figures["accuracy_after"] or {}).get("held_out"),
+             figures["chance"]] for name, figures in alignment.items() if figures.get("samples")]
+    return ["## Projector alignment (before training)", "",
+            "Nearest-activity-name accuracy of each modality's projected tokens in the LLM's embedding space, "
+            "on train-split clips held out from the alignment fit.", "",
+            *markdown_table(["modality", "clips (held out)", "before", "after", "chance"], rows, DIGITS), ""]
+
+
+def _training_section(report: dict) -> list[str]:
+    training, recipe = report["training"], report["recipe"]
+    lines = ["## Training", "",
+             (f"{report['training_data'].get('samples', 'n/a')} samples ({json.dumps(report['training_data'])}); "
+              f"{training['global_steps']} optimizer steps ({_fmt(training['epochs'])} epochs); loss "
+              f"{_fmt(training['first_loss'])} -> {_fmt(training['last_loss'])}; "
+              f"{recipe['train_procs']} torchrun rank(s) x {recipe['train_threads']} thread(s)."), ""]
+    for name, title in (("loss_curve.png", "loss"), ("accuracy_by_modality.png", "accuracy per modality set"),
+                        ("accuracy_by_activity.png", "accuracy per activity")):
+        if name in report["plots"]:
+            lines += [f"![{title}]({name})", ""]
+    return lines
+
+
+def _time_section(report: dict) -> list[str]:
+    rows = [[name, str(seconds)] for name, seconds in report["step_seconds"].items()]
+    rows.append(["**total**", str(report["total_seconds"])])
+    lines = ["## Wall time per step (seconds)", "", *markdown_table(["step", "seconds"], rows)]
+    for name, note in (report.get("step_notes") or {}).items():
+        lines.append(f"\n{name}: {note}")
+    return lines + [""]
+
+
+def render_markdown(report: dict) -> str:
+    recipe, world = report["recipe"], report["world"]
+    lines = [
+        "# LLAVIDAL quickstart report",
+        "",
+        (f"Recipe **{recipe['name']}**: {recipe['description']}. World preset **{world['preset']}** "
+         f"(seed {world['seed']}); trained on the {PROTOCOL.replace('_', '-')} train split "
+         f"({world['train_clips']} clips), evaluated on held-out subjects ({world['test_clips']} clips)."),
+        "",
+        *_mcq_section(report["results"]),
+        *_descriptions_section(report["results"].get("descriptions")),
+        *_alignment_section(report.get("alignment")),
+        *_training_section(report),
+        *_time_section(report),
+        "## Settings", "", "```json", json.dumps({"settings": report["settings"], "recipe": recipe}, indent=1), "```", "",
+    ]
+    return "\n".join(lines)

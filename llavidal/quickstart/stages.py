@@ -1,0 +1,364 @@
+"""The quickstart's steps: each a :class:`~llavidal.quickstart.steps.Step` whose commands are the public CLI
+(``llavidal synth``, ``llavidal extract ...``, ``llavidal pose-pretrain``, ``llavidal align``, torchrun of
+``llavidal/train/train_mem.py``, ``llavidal eval infer/mcq/judge/report``), so that any one can be rerun by
+hand (``OUT/commands.sh``). In-process work is limited to writing the files those commands read (the
+training curriculum, pose pairs, alignment labels) and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llavidal.quickstart import curriculum
+from llavidal.quickstart.layout import (
+    DESCRIPTION_BENCHMARK,
+    MCQ_BENCHMARKS,
+    MCQ_FILES,
+    MODALITY_SETS,
+    PROTOCOL,
+    Paths,
+    read_json,
+)
+from llavidal.quickstart.recipes import Recipe
+from llavidal.quickstart.steps import Command, Step
+from llavidal.utils.io import atomic_write_json, atomic_write_text
+
+SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+TRAIN_MEM = Path(__file__).resolve().parents[1] / "train" / "train_mem.py"
+WORLD_FORMAT = "typed questions"
+"""Part of the world step's settings: worlds written before records' questions had a ``type`` are remade."""
+
+
+@dataclass
+class Quickstart:
+    """What the steps need: the command line's choices, the recipe with the user's changes, the layout."""
+
+    paths: Paths
+    recipe: Recipe
+    preset: str
+    llm: str
+    seed: int
+    workers: int
+    train_flags: dict[str, str] = field(default_factory=dict)
+    """Extra train_mem.py flags (``--train_flag FLAG=VALUE``)."""
+
+    @property
+    def base_model(self) -> str:
+        """The backbone's folder: the embedded LLM's cache, the tiny test LLM's folder or the user's folder."""
+        if self.llm == "embedded":
+            from llavidal.model.embedded import default_cache_dir
+
+            return str(default_cache_dir())
+        if self.llm == "tiny":
+            return str(self.paths.tiny_llm)
+        return str(Path(self.llm).expanduser().resolve())
+
+    def settings(self) -> dict:
+        """The run's choices as the report records them."""
+        return {"preset": self.preset, "llm": self.llm if self.llm in ("embedded", "tiny") else "local folder",
+                "recipe": self.recipe.name, "seed": self.seed, "extra_train_flags": self.train_flags}
+
+
+def cli(*words: str) -> list[str]:
+    """Our own CLI in a child process of this interpreter (works without the console script on PATH)."""
+    return [sys.executable, "-m", "llavidal", *words]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def flag_value(value: Any) -> str:
+    return str(value) if not isinstance(value, bool) else ("True" if value else "False")
+
+
+def _count(folder: Path, pattern: str) -> int:
+    return sum(1 for _ in folder.glob(pattern)) if folder.is_dir() else 0
+
+
+def features_complete(folder: Path, pattern: str, expected: int) -> bool:
+    if not (folder / "manifest.json").is_file() or _count(folder, pattern) < expected:
+        return False
+    failed = folder / "failed.jsonl"
+    return not (failed.is_file() and failed.read_text().strip())
+
+
+def _clips(qs: Quickstart) -> int:
+    return _count(qs.paths.world / "videos", "*.mp4")
+
+
+# --------------------------------------------------------------------------- world and backbone
+def world_step(qs: Quickstart) -> Step:
+    paths = qs.paths
+
+    def valid() -> bool:
+        try:
+            splits = read_json(paths.world / "annotations" / "splits.json")[PROTOCOL]
+            counts = read_json(paths.world / "world.json")["counts"]
+        except (OSError, KeyError, ValueError):
+            return False
+        return (_clips(qs) == counts["clips"]
+                and all((paths.annotations(s) / "records.json").is_file() for s in ("train", "test"))
+                and bool(splits["train"]) and bool(splits["test"]))
+
+    return Step("world", f"Generate the embedded world ({qs.preset})", valid,
+                {"preset": qs.preset, "seed": qs.seed, "format": WORLD_FORMAT},
+                commands=lambda: [Command(cli("synth", "--out", str(paths.world), "--preset", qs.preset,
+                                              "--seed", str(qs.seed), "--workers", str(qs.workers)))])
+
+
+def llm_step(qs: Quickstart) -> Step:
+    title, settings = f"Backbone LLM ({qs.llm})", {"llm": qs.llm}
+    folder = Path(qs.base_model)
+    if qs.llm == "embedded":
+        from llavidal.model.embedded import is_complete
+
+        return Step("llm", title, lambda: is_complete(folder), settings,
+                    commands=lambda: [Command(cli("embedded-llm", "--cache_dir", str(folder)))])
+    if qs.llm == "tiny":
+        def make_tiny() -> None:
+            from llavidal.testing import tiny_causal_lm_dir
+
+            tiny_causal_lm_dir(folder)
+
+        return Step("llm", title, lambda: (folder / "config.json").is_file(), settings, prepare=make_tiny,
+                    prepares=f"a random tiny llama in {folder} (llavidal.testing.tiny_causal_lm_dir)")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--llm {qs.llm}: not 'embedded', 'tiny' or a Hugging Face model folder "
+                         f"(no {folder / 'config.json'})")
+    return Step("llm", title, lambda: True, settings)
+
+
+# --------------------------------------------------------------------------- features
+def video_step(qs: Quickstart) -> Step:
+    paths, recipe = qs.paths, qs.recipe
+    return Step(
+        "video", "Extract video features (embedded CLIP-architecture encoder)",
+        lambda: features_complete(paths.video, "*.safetensors", _clips(qs)),
+        {"frames": recipe.video_frames, "temporal": recipe.video_temporal_tokens, "grid": recipe.video_spatial_grid},
+        commands=lambda: [Command(cli(
+            "extract", "video", "--video_dir_path", str(paths.world / "videos"), "--clip_feat_path", str(paths.video),
+            "--num_frames", str(recipe.video_frames), "--temporal_tokens", str(recipe.video_temporal_tokens),
+            "--spatial_grid", str(recipe.video_spatial_grid), "--workers", str(max(0, min(qs.workers, 2) - 1)),
+            "--no_progress"), SINGLE_THREAD)],
+    )
+
+
+def pose_pretrain_step(qs: Quickstart) -> Step:
+    paths, recipe = qs.paths, qs.recipe
+    pairs = paths.pose_encoder / "train_pairs.jsonl"
+
+    def write_pairs() -> None:
+        lines = [json.dumps(pair) for pair in curriculum.pose_text_pairs(paths, recipe)]
+        pairs.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(pairs, "\n".join(lines) + "\n")
+
+    return Step(
+        "pose_pretrain", "Pretrain the pose encoder (contrastive, train-split skeletons only)",
+        lambda: (paths.pose_encoder / "pose_encoder.safetensors").is_file(),
+        {"tokens": recipe.pose_tokens, "frames": recipe.pose_frames, "hidden": recipe.pose_hidden,
+         "depth": recipe.pose_depth, "steps": recipe.pose_steps, "seed": qs.seed,
+         "segments": recipe.pose_segments, "token_pooling": "frames"},
+        prepare=write_pairs, prepares=f"{pairs} (train-split skeleton/text pairs, llavidal.quickstart.curriculum)",
+        commands=lambda: [Command(cli(
+            "pose-pretrain", "--data", str(pairs), "--output_dir", str(paths.pose_encoder),
+            "--tokens", str(recipe.pose_tokens), "--num_frames", str(recipe.pose_frames),
+            "--hidden", str(recipe.pose_hidden), "--heads", str(recipe.pose_heads),
+            "--depth", str(recipe.pose_depth), "--max_steps", str(recipe.pose_steps),
+            "--batch_size", str(recipe.pose_batch), "--warmup_steps", str(max(1, recipe.pose_steps // 10)),
+            "--log_steps", str(max(1, recipe.pose_steps // 6)), "--seed", str(qs.seed), "--device", "cpu"),
+            SINGLE_THREAD)],
+    )
+
+
+def pose_step(qs: Quickstart, pretrain: Step) -> Step:
+    paths = qs.paths
+    return Step(
+        "pose", "Extract pose features", lambda: features_complete(paths.pose, "*_pose.safetensors", _clips(qs)),
+        {"encoder": pretrain.settings},
+        commands=lambda: [Command(cli(
+            "extract", "pose", "--skeleton_dir", str(paths.world / "skeletons"), "--out", str(paths.pose),
+            "--encoder", str(paths.pose_encoder), "--device", "cpu", "--no_progress"), SINGLE_THREAD)],
+    )
+
+
+def object_step(qs: Quickstart) -> Step:
+    paths = qs.paths
+    return Step(
+        "object", "Extract object features (ground-truth tracks)",
+        lambda: features_complete(paths.object, "*_object.safetensors", 1), {},
+        commands=lambda: [Command(cli(
+            "extract", "object", "--video_dir", str(paths.world / "videos"), "--tracks_dir", str(paths.world / "tracks"),
+            "--out", str(paths.object), "--device", "cpu", "--no_progress"), SINGLE_THREAD)],
+    )
+
+
+# --------------------------------------------------------------------------- training
+def data_step(qs: Quickstart) -> Step:
+    paths, recipe = qs.paths, qs.recipe
+
+    def make_data() -> None:
+        samples, counts = curriculum.build_training_records(paths, recipe, seed=qs.seed)
+        atomic_write_json(paths.data / "train.json", samples)
+        atomic_write_json(paths.data / "summary.json", counts)
+        print(f"  {counts['samples']} training samples: {json.dumps(counts)}")
+
+    return Step(
+        "data", "Build training conversations (train split: records + ADLMCQ)",
+        lambda: (paths.data / "train.json").is_file() and (paths.data / "summary.json").is_file(),
+        {"recipe": asdict(recipe), "seed": qs.seed},
+        prepare=make_data, prepares=f"{paths.data / 'train.json'} (the curriculum, llavidal.quickstart.curriculum)",
+    )
+
+
+def align_step(qs: Quickstart) -> Step:
+    paths, recipe = qs.paths, qs.recipe
+    labels_path = paths.data / "align_labels.json"
+
+    def write_labels() -> None:
+        labels, counts = curriculum.build_alignment_labels(paths)
+        atomic_write_json(labels_path, labels)
+        print(f"  {counts['records']} labelled train clips, {counts['labels']} activities")
+
+    def commands() -> list[Command]:
+        settings = recipe.train_settings(qs.train_flags)
+        return [Command(cli(
+            "align", "--model_name_or_path", qs.base_model, "--version", str(settings.get("version", "v1")),
+            "--mm_projector_type", str(settings.get("mm_projector_type", "linear")),
+            "--data_path", str(labels_path), "--video_folder", str(paths.video),
+            "--pose_folder", str(paths.pose), "--object_folder", str(paths.object),
+            "--align_steps", str(recipe.align_steps), "--seed", str(qs.seed), "--output_dir", str(paths.align)),
+            {"OMP_NUM_THREADS": str(max(1, qs.workers)), "TOKENIZERS_PARALLELISM": "false"})]
+
+    return Step(
+        "align", "Align the projectors to the LLM's embeddings of the activity names",
+        lambda: (paths.align / "trainable.safetensors").is_file() and (paths.align / "align_report.json").is_file(),
+        {"recipe": asdict(recipe), "llm": qs.base_model, "seed": qs.seed, "extra": qs.train_flags},
+        commands=commands, prepare=write_labels,
+        prepares=f"{labels_path} (train clips and their activity names, llavidal.quickstart.curriculum)",
+    )
+
+
+def train_step(qs: Quickstart, align: Step | None) -> Step:
+    paths, recipe = qs.paths, qs.recipe
+
+    def commands() -> list[Command]:
+        flags = {**recipe.train_overrides, **qs.train_flags}
+        argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(recipe.train_procs),
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(TRAIN_MEM),
+                "--config", str(recipe.config_path()), "--model_name_or_path", qs.base_model,
+                "--data_path", str(paths.data / "train.json"), "--video_folder", str(paths.video),
+                "--pose_folder", str(paths.pose), "--object_folder", str(paths.object),
+                "--output_dir", str(paths.train), "--seed", str(qs.seed)]
+        if align is not None and "pretrain_mm_mlp_adapter" not in flags:
+            argv += ["--pretrain_mm_mlp_adapter", str(paths.align)]
+        for key, value in flags.items():
+            argv += [f"--{key}", flag_value(value)]
+        return [Command(argv, {"OMP_NUM_THREADS": str(recipe.train_threads), "TOKENIZERS_PARALLELISM": "false"})]
+
+    return Step(
+        "train", f"Train ({recipe.name} recipe, {recipe.train_procs} rank(s) x {recipe.train_threads} "
+                 f"thread(s), torchrun on CPU)",
+        lambda: all((paths.train / n).is_file() for n in ("trainable.safetensors", "llavidal_config.json",
+                                                           "trainer_state.json")),
+        {"recipe": asdict(recipe), "llm": qs.base_model, "extra": qs.train_flags, "seed": qs.seed,
+         "config": recipe.config_path().read_text(), "align": align.settings if align is not None else None},
+        commands=commands,
+    )
+
+
+# --------------------------------------------------------------------------- evaluation and report
+def evaluation_plan(qs: Quickstart) -> list[tuple[str, str]]:
+    """(task, modality set) pairs evaluated: each ADLMCQ task the world's test split has, under every modality
+    set, then the descriptions (all modalities) when the split has them."""
+    test_dir = qs.paths.annotations("test")
+    plan = [(task, set_name) for task, name in MCQ_FILES.items() if (test_dir / name).is_file()
+            for set_name in MODALITY_SETS]
+    if (test_dir / "descriptions.json").is_file():
+        plan.append(("descriptions", "all"))
+    return plan
+
+
+def evaluation_commands(qs: Quickstart) -> list[Command]:
+    """``llavidal eval infer`` then ``eval mcq`` (or ``eval judge descriptions``, local judge) for each entry
+    of :func:`evaluation_plan`, then ``eval report`` over all their results."""
+    paths, recipe = qs.paths, qs.recipe
+    test_dir = paths.annotations("test")
+    env = {"OMP_NUM_THREADS": str(max(1, os.cpu_count() or 1)), "TOKENIZERS_PARALLELISM": "false"}
+    for task, name in MCQ_FILES.items():
+        if not (test_dir / name).is_file():
+            print(f"  no {name} in the world: {task} not evaluated")
+    commands, results = [], []
+    for task, set_name in evaluation_plan(qs):
+        modalities = MODALITY_SETS[set_name]
+        predictions, scored = paths.predictions(task, set_name), paths.scored(task, set_name)
+        if task == "descriptions":
+            benchmark, records, limit = DESCRIPTION_BENCHMARK, test_dir / "descriptions.json", recipe.description_limit
+            max_new_tokens = recipe.description_max_new_tokens
+        else:
+            benchmark, records = MCQ_BENCHMARKS[task], test_dir / MCQ_FILES[task]
+            limit = None if set_name == "all" else recipe.ablation_limit
+            max_new_tokens = recipe.mcq_max_new_tokens
+        infer = ["eval", "infer", "--benchmark", benchmark, "--records", str(records), "--weights", str(paths.train),
+                 "--output", str(predictions), "--batch_size", str(recipe.eval_batch_size),
+                 "--max_new_tokens", str(max_new_tokens), "--optional_modalities", "object",
+                 "--device", "cpu", "--dtype", "float32"]
+        for modality in modalities:
+            infer += [f"--{modality}_folder", str(paths.folders()[modality])]
+        if limit is not None:
+            infer += ["--limit", str(limit)]
+        if "video" not in modalities:
+            infer.append("--allow_text_only")
+        commands.append(Command(cli(*infer), env))
+        if task == "descriptions":
+            score = ["eval", "judge", "descriptions", "--pred_path", str(predictions), "--judge", "local"]
+        else:
+            score = ["eval", "mcq", "--predictions", str(predictions), "--benchmark", benchmark]
+        score += ["--output_dir", str(scored.parent), "--video_root", str(paths.world / "videos")]
+        commands.append(Command(cli(*score), env))
+        results.append(str(scored))
+    if results:
+        commands.append(Command(cli("eval", "report", "--results", *results, "--output_dir", str(paths.eval / "report"),
+                                    "--video_root", str(paths.world / "videos"),
+                                    "--title", "LLAVIDAL quickstart evaluation (held-out subjects)"), env))
+    return commands
+
+
+def evaluate_step(qs: Quickstart, train: Step) -> Step:
+    paths = qs.paths
+    return Step(
+        "evaluate", "Evaluate on held-out subjects (ADLMCQ x modality sets, descriptions)",
+        lambda: (paths.eval / "report" / "report.json").is_file()
+        and all(paths.scored(task, set_name).is_file() for task, set_name in evaluation_plan(qs)),
+        {"train": train.settings}, commands=lambda: evaluation_commands(qs),
+    )
+
+
+def report_step(qs: Quickstart, evaluate: Step) -> Step:
+    from llavidal.quickstart.report import write_report
+
+    paths = qs.paths
+    return Step(
+        "report", "Write the report",
+        lambda: all((paths.report / n).is_file() for n in ("report.md", "report.json")), {"eval": evaluate.settings},
+        prepare=lambda: write_report(paths, qs.recipe, qs.settings(), qs.base_model),
+        prepares=f"{paths.report} (report.md, report.json and plots from the eval result files)",
+    )
+
+
+def build_steps(qs: Quickstart) -> list[Step]:
+    """world, llm, video, pose_pretrain, pose, object, data, align (when the recipe aligns), train, evaluate, report."""
+    pretrain = pose_pretrain_step(qs)
+    align = align_step(qs) if qs.recipe.align else None
+    train = train_step(qs, align)
+    evaluate = evaluate_step(qs, train)
+    return [world_step(qs), llm_step(qs), video_step(qs), pretrain, pose_step(qs, pretrain), object_step(qs),
+            data_step(qs), *([align] if align is not None else []), train, evaluate, report_step(qs, evaluate)]

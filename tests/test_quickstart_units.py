@@ -1,0 +1,186 @@
+"""Units of the quickstart: the curriculum's question kinds, the resumable steps runner, the evaluation's
+commands and its flags. The whole pipeline runs in test_quickstart_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llavidal.quickstart import RECIPES, apply_recipe_settings
+from llavidal.quickstart.curriculum import record_turns, turn_kind
+from llavidal.quickstart.steps import Command, Step, StepFailed, StepRunner
+
+
+# --------------------------------------------------------------------------- curriculum
+def _record(*turns: tuple[str | None, str, str]) -> dict:
+    conversations = []
+    for kind, question, answer in turns:
+        human = {"from": "human", "value": question}
+        if kind is not None:
+            human["type"] = kind
+        conversations += [human, {"from": "gpt", "value": answer}]
+    return {"id": "clip1", "video": "clip1.pkl", "conversations": conversations}
+
+
+def test_question_kinds_come_from_the_type_the_world_writes_not_the_wording():
+    record = _record(("recognition", "<video><human_pose>\nTell me, what is going on here?", "Reading."),
+                     ("detail", "What is the person doing?", "A long description."),  # recognition's wording
+                     ("next", "What does the person do after reading?", "Stands up."),
+                     ("last", "Anything", "Sits down."))
+    assert record_turns(record) == [
+        ("recognition", "Tell me, what is going on here?", "Reading."),  # placeholders removed
+        ("description", "What is the person doing?", "A long description."),  # "detail" is a recipe's description
+        ("next", "What does the person do after reading?", "Stands up."),
+        ("last", "Anything", "Sits down."),
+    ]
+
+
+def test_a_record_without_question_types_says_how_to_fix_it():
+    with pytest.raises(ValueError, match=r"records.json record 'clip1'.*no 'type'.*delete .*world"):
+        record_turns(_record((None, "What is the person doing?", "Reading.")), "records.json")
+    assert turn_kind({"type": "forecast"}) == "forecast"
+
+
+def test_every_world_question_carries_its_type_and_the_curriculum_uses_it(tmp_path):
+    pytest.importorskip("pybullet")
+    pytest.importorskip("av")
+    from llavidal.quickstart.curriculum import build_training_records
+    from llavidal.quickstart.layout import Paths, read_json
+    from llavidal.sim.annotate import clip_questions
+    from llavidal.sim.synth import main as synth
+
+    assert synth(["--out", str(tmp_path / "world"), "--preset", "tiny", "--workers", "1"]) == 0
+    paths = Paths(tmp_path)
+    world_seed = read_json(paths.world / "world.json")["seed"]
+    records = read_json(paths.annotations("train") / "records.json")
+    assert records
+    for record in records:
+        meta = read_json(paths.world / "meta" / f"{record['id']}.json")
+        expected = sorted({"detail": "description"}.get(kind, kind) for kind, _, _ in clip_questions(meta, world_seed))
+        assert sorted(kind for kind, _, _ in record_turns(record)) == expected
+    recipe = apply_recipe_settings(RECIPES["ci"], ['record_turns=["hand"]', "reduced_modality_copies=false",
+                                                   "forecast_variants=0", "forecast_from_successors=0"])
+    samples, counts = build_training_records(paths, recipe)
+    hands = {(record["id"], question) for record in records for kind, question, _ in record_turns(record)
+             if kind == "hand"}
+    assert counts["record_turns"] == len(hands) > 0
+    asked = {(sample["id"], turn["value"].split("\n")[0]) for sample in samples for turn in sample["conversations"][::2]}
+    assert hands <= asked  # every hand question kept, and (by the count) nothing else from the records
+
+
+# --------------------------------------------------------------------------- steps runner
+def _touch(path: Path, text: str = "x") -> Command:
+    return Command([sys.executable, "-c", f"open({str(path)!r}, 'w').write({text!r})"], {"QUICKSTART_TEST": "1"})
+
+
+def _step(out: Path, settings: dict, text: str = "x") -> Step:
+    target = out / "made.txt"
+    return Step("make", "Make a file", lambda: target.is_file(), settings, commands=lambda: [_touch(target, text)])
+
+
+def test_a_done_step_is_skipped_and_rerun_when_its_settings_change(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    first = StepRunner(out).run([_step(out, {"size": 1}, "one")])
+    assert [r.status for r in first] == ["done"] and (out / "made.txt").read_text() == "one"
+    record = json.loads((out / ".steps" / "make.json").read_text())
+    assert record["settings"] == {"size": 1} and "QUICKSTART_TEST=1" in record["commands"][0]
+    assert "  $ " in capsys.readouterr().out  # each command line is echoed
+
+    again = StepRunner(out).run([_step(out, {"size": 1}, "two")])
+    assert [r.status for r in again] == ["skipped"] and (out / "made.txt").read_text() == "one"
+    assert "done already, skipped" in capsys.readouterr().out
+
+    changed = StepRunner(out).run([_step(out, {"size": 2}, "three")])
+    assert [r.status for r in changed] == ["done"] and (out / "made.txt").read_text() == "three"
+
+    (out / "made.txt").unlink()  # the output is gone: the step no longer validates, so it runs again
+    assert [r.status for r in StepRunner(out).run([_step(out, {"size": 2}, "four")])] == ["done"]
+
+
+def test_commands_sh_lists_every_steps_commands_and_reruns_them(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    made = out / "prepared.txt"
+    steps = [_step(out, {}, "cmd"),
+             Step("prep", "In-process only", made.is_file, {}, prepare=lambda: made.write_text("p"),
+                  prepares=f"{made}")]
+    StepRunner(out).run(steps)
+    script = (out / "commands.sh").read_text()
+    assert "# [1/2] make: Make a file" in script and "# in-process: " + str(made) in script
+    command_lines = [line for line in script.splitlines() if line.startswith("QUICKSTART_TEST=1 ")]
+    assert command_lines == [_step(out, {}, "cmd").commands()[0].shell()]
+    (out / "made.txt").unlink()
+    subprocess.run(["sh", str(out / "commands.sh")], check=True)  # a user reruns the commands by hand
+    assert (out / "made.txt").read_text() == "cmd"
+    StepRunner(out).run(steps)  # all skipped: the script still lists the recorded commands
+    assert (out / "commands.sh").read_text() == script
+
+
+def test_a_failing_command_stops_the_run_and_leaves_no_record(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    fail = Step("fail", "Fail", lambda: True, {}, commands=lambda: [Command([sys.executable, "-c", "raise SystemExit(3)"])])
+    with pytest.raises(StepFailed, match="exit status 3.*logs/fail.log"):
+        StepRunner(out).run([fail])
+    assert not (out / ".steps" / "fail.json").exists()
+    assert "# (this step did not finish)" in (out / "commands.sh").read_text()
+    invalid = Step("invalid", "Invalid", lambda: False, {})
+    with pytest.raises(StepFailed, match="does not validate"):
+        StepRunner(out).run([invalid])
+
+
+# --------------------------------------------------------------------------- evaluation commands and flags
+def _world_with_test_files(root: Path, files: tuple[str, ...]) -> None:
+    test_dir = root / "world" / "annotations" / "cross_subject" / "test"
+    test_dir.mkdir(parents=True)
+    for name in files:
+        (test_dir / name).write_text("[]")
+
+
+def test_evaluation_runs_the_eval_cli_per_task_and_modality_set(tmp_path):
+    from llavidal.quickstart.layout import Paths
+    from llavidal.quickstart.stages import Quickstart, evaluation_commands
+
+    _world_with_test_files(tmp_path, ("mcq_action_recognition.json", "descriptions.json"))
+    qs = Quickstart(paths=Paths(tmp_path), recipe=RECIPES["ci"], preset="small", llm="tiny", seed=0, workers=1)
+    commands = [c.argv[3:] for c in evaluation_commands(qs)]  # after "python -m llavidal"
+    words = [" ".join(argv[:2]) if argv[1] != "judge" else "eval judge " + argv[2] for argv in commands]
+    assert words == ["eval infer", "eval mcq"] * 4 + ["eval infer", "eval judge descriptions", "eval report"]
+    infers = {Path(a[a.index("--output") + 1]).name: a for a in commands if a[1] == "infer"}
+    assert set(infers) == {f"recognition__{s}.jsonl" for s in ("video", "pose", "video+pose", "all")} | {
+        "descriptions__all.jsonl"}
+    pose_only = infers["recognition__pose.jsonl"]
+    assert "--video_folder" not in pose_only and "--allow_text_only" in pose_only and "--pose_folder" in pose_only
+    assert pose_only[pose_only.index("--limit") + 1] == str(RECIPES["ci"].ablation_limit)
+    assert "--limit" not in infers["recognition__all.jsonl"]  # the full test set for all modalities
+    judge = next(a for a in commands if a[1] == "judge")
+    assert judge[judge.index("--judge") + 1] == "local"
+    report = commands[-1]
+    assert len(report[report.index("--results") + 1:report.index("--output_dir")]) == 5
+
+
+def test_command_line_flags(tmp_path, capsys):
+    from llavidal.config import parse
+    from llavidal.quickstart import QuickstartArguments, main
+
+    (args,) = parse((QuickstartArguments,), ["--out", "qs", "--train_flag", "max_steps=4", "--train-flag",
+                                              "logging_steps=1", "--recipe_set", "align_steps=3", "seed=2"], prog="q")
+    assert args.output_dir == "qs" and args.seed == 2 and args.recipe_set == ["align_steps=3"]
+    assert args.train_flags() == {"max_steps": "4", "logging_steps": "1"}
+    assert main(["--output_dir", str(tmp_path / "qs"), "--recipe", "nope"]) == 2
+    assert "unknown --recipe 'nope'" in capsys.readouterr().err
+    assert main(["--output_dir", str(tmp_path / "qs"), "--train_flag", "max_steps"]) == 2
+    assert "expected FLAG=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "qs").exists()
+    assert apply_recipe_settings(RECIPES["ci"], ["ablation_limit=None"]).ablation_limit is None
+
+
+def test_shell_lines_quote_what_the_shell_would_split():
+    line = Command(["python", "-c", "print('a b')"], {"A": "x y"}).shell()
+    assert shlex.split(line) == ["A=x y", "python", "-c", "print('a b')"]
