@@ -89,8 +89,14 @@ def resolve_type(ref: Any) -> type:
 
 def _module_file(module: str) -> Path | None:
     """The source file of ``module`` found without executing it (nor its parent packages)."""
+    if module == "__main__":  # a command run as a script: its own file
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        return Path(main_file) if main_file else None
     parts = module.split(".")
-    spec = importlib.util.find_spec(parts[0])
+    try:
+        spec = importlib.util.find_spec(parts[0])
+    except (ValueError, ImportError):
+        return None
     if spec is None:
         return None
     if len(parts) == 1:
@@ -282,7 +288,7 @@ def field_docs(cls: type) -> dict[str, str]:
             for item in _static_fields(f"{module}:{klass.__qualname__}"):
                 if item.help:
                     docs[item.name] = item.help
-        except (ConfigError, OSError, SyntaxError):
+        except (ConfigError, OSError, SyntaxError, ValueError):
             continue
     for item in dataclasses.fields(cls):
         if item.metadata.get("help"):

@@ -1,7 +1,10 @@
 """Deterministic H.264 mp4 writing (PyAV) and reading.
 
 Byte-identical reruns need: one encoder thread (x264's threaded lookahead and slices depend on timing),
-no wall-clock metadata, and a fixed encoder configuration. The container's muxer writes no creation
+no wall-clock metadata, a fixed encoder configuration, and x264's macroblock-tree rate control off:
+with ``mbtree`` on, encoding the same frames twice in one process gave different files (the second
+encode depends on what the first left in memory), which made the world's files depend on the order and
+number of clips each process had rendered before. The container's muxer writes no creation
 time unless asked to.
 """
 
@@ -17,7 +20,7 @@ from llavidal.utils.io import atomic_path
 from llavidal.utils.optional import require
 
 X264_OPTIONS = {"threads": "1", "preset": "veryfast", "crf": "20", "tune": "animation",
-                "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0"}
+                "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:mbtree=0"}
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> None:
