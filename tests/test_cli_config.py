@@ -124,3 +124,14 @@ def test_train_driven_by_key_value_overrides_and_an_experiment(tmp_path, monkeyp
     losses = (output / "loss_history.jsonl").read_text().splitlines()
     assert len(losses) == 3  # the command line's trainer.max_steps=3 won over the experiment's 5
     assert os.path.isfile(output / "trainable.safetensors")
+
+
+@pytest.mark.parametrize("name", ["llavidal", "llavidal_lora"])
+def test_shipped_experiments_parse(name, tmp_path):
+    from llavidal.train.args import parse_args
+
+    model, data, training = parse_args([f"experiment={name}", "model_name_or_path=llm", "data_path=d.json",
+                                        "video_folder=v", f"output_dir={tmp_path}", "save_steps=10"])
+    assert training.num_train_epochs == 3 and training.save_steps == 10  # the experiment, then the override
+    assert model.version == ("v1" if name == "llavidal" else "chat")
+    assert model.lora_enable is (name == "llavidal_lora") and (model.lora_r, model.lora_alpha)[0] in (64, 8)
