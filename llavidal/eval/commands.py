@@ -24,7 +24,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from llavidal.config import arg, command, parse
 
@@ -394,20 +394,6 @@ UPSTREAM_SCRIPTS = {
     "zeroshot": ("zeroshot", "--pred_path"),
 }
 
-JUDGE_COMMANDS: dict[str, Callable[[list[str] | None], int]] = {
-    "descriptions": cmd_judge_descriptions,
-    "videochatgpt": cmd_judge_videochatgpt,
-    "zeroshot": cmd_judge_zeroshot,
-}
-COMMANDS: dict[str, Callable[[list[str] | None], int]] = {
-    "infer": cmd_infer,
-    "mcq": cmd_mcq,
-    "report": cmd_report,
-    "tasks": cmd_tasks,
-    "benchmarks": cmd_benchmarks,
-}
-
-
 def upstream_main(criterion: str, argv: list[str] | None = None) -> int:
     """Entry of the scripts at Video-ChatGPT's paths: same flags (``--pred_path``, ``--output_dir``,
     ``--output_json``, ``--num_tasks``), one criterion; ``--judge_model`` (or ``--judge local``) is
@@ -421,22 +407,25 @@ def upstream_main(criterion: str, argv: list[str] | None = None) -> int:
         for a in argv
     ]
     extra = [] if which == "zeroshot" else ["--criteria", criterion]
-    return JUDGE_COMMANDS[which]([*extra, *argv])
+    from llavidal.cli import run
+
+    return run(("eval", "judge", which), [*extra, *argv])
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``llavidal eval SUBCOMMAND ...`` (and ``python -m llavidal.eval.commands``): dispatch to the subcommand."""
+    """``llavidal eval SUBCOMMAND ...`` (and ``python -m llavidal.eval.commands``): the subcommands are
+    entries of the one command table, :data:`llavidal.cli.COMMANDS`."""
+    from llavidal.cli import resolve, run
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    words = argv[:2] if argv[:1] == ["judge"] else argv[:1]
-    if words[:1] == ["judge"] and len(words) == 2 and words[1] in JUDGE_COMMANDS:
-        return JUDGE_COMMANDS[words[1]](argv[2:])
-    if words and words[0] in COMMANDS:
-        return COMMANDS[words[0]](argv[1:])
+    found = resolve(["eval", *argv])
+    if found is not None and found[0] != ("eval",):
+        return run(*found)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    if words[:1] == ["judge"]:
-        print(f"usage: llavidal eval judge {{{','.join(JUDGE_COMMANDS)}}} [flags]  (-h for flags)", file=sys.stderr)
+    if argv[0] == "judge":
+        print(f"usage: llavidal eval judge {{{','.join(JUDGE_TASKS)}}} [flags]  (-h for flags)", file=sys.stderr)
     else:
         print(f"llavidal eval: unknown subcommand {argv[0]!r}\n\n{__doc__}", file=sys.stderr)
     return 2
