@@ -23,7 +23,7 @@ from llavidal.model.llavidal_model import LlavidalModel
 from llavidal.model.modality import ModalityRegistry
 from llavidal.model.upstream import is_llava_v1_folder, load_llava_v1
 from llavidal.model.weights import canonicalize
-from llavidal.utils.device import resolve_dtype
+from llavidal.utils.device import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +34,7 @@ def best_attn_implementation(device: str | torch.device | None = None, torch_dty
     flash_attention_2 needs the ``flash_attn`` package, a CUDA device and a 16-bit dtype (``torch_dtype``;
     when not given, bf16 support of the device is assumed to be what training will use).
     """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device(device)
     dtype = resolve_dtype(torch_dtype, default=None)
     if device.type == "cuda" and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         if isinstance(dtype, torch.dtype):
