@@ -142,3 +142,19 @@ def test_weights_folder_keeps_encoder_paths_relative(tmp_path, clip):
     assert isinstance(manifest, FeatureManifest)
     extractor = extractor_from_manifest(manifest, device="cpu")
     assert extractor.weights_match() and extractor.extract(clip).features.shape == (8, 24)
+
+
+def test_manifest_differences_name_what_changed(vision_encoder):
+    from llavidal.features.extractor import manifest_differences
+    from llavidal.features.pooling import PoolingConfig
+    from llavidal.features.video import VideoExtractor
+
+    base = VideoExtractor.create(vision_encoder, PoolingConfig(temporal_tokens=8, spatial_grid=4), 8).manifest()
+    assert manifest_differences(base, base) == []
+    other = VideoExtractor.create(vision_encoder, PoolingConfig(temporal_tokens=4, spatial_grid=4), 8).manifest()
+    found = manifest_differences(base, other)
+    assert any("temporal_tokens 4 instead of 8" in d for d in found) and any("shape" in d for d in found)
+    import dataclasses
+
+    moved = dataclasses.replace(other, recipe={**other.recipe, "weights_sha256": "0" * 64})
+    assert any(d.startswith("encoder weights") for d in manifest_differences(other, moved))

@@ -273,6 +273,39 @@ def extractor_from_manifest(manifest: "FeatureManifest", **options: Any) -> Extr
     return extractor_class(manifest.modality).from_manifest(manifest, **options)
 
 
+def manifest_differences(expected: "FeatureManifest", actual: "FeatureManifest") -> list[str]:
+    """How features described by ``actual`` differ from those ``expected`` (e.g. what trained weights
+    record): one human-readable line per difference in what determines the values (encoder weights,
+    frames, pooling, crops, storage shape and dim); empty when they were made the same way. Paths are not
+    compared (the same encoder may live elsewhere); its weight hash is."""
+    differences = []
+    if expected.modality != actual.modality:
+        return [f"modality {actual.modality!r} instead of {expected.modality!r}"]
+    if expected.feature_dim != actual.feature_dim:
+        differences.append(f"feature dim {actual.feature_dim} instead of {expected.feature_dim}")
+    if expected.shape and actual.shape and list(expected.shape) != list(actual.shape):
+        differences.append(f"per-sample shape {actual.shape} instead of {expected.shape}")
+    try:
+        want, got = recipe_from_manifest(expected), recipe_from_manifest(actual)
+    except RecipeError:
+        want = got = None
+    if want is not None and got is not None:
+        for field in dataclasses.fields(want):
+            if field.name in want.path_fields or field.name == "model_id":
+                continue
+            a, b = getattr(want, field.name), getattr(got, field.name)
+            if field.name == "weights_sha256" and (not a or not b):
+                continue
+            if a != b:
+                label = "encoder weights (sha256)" if field.name == "weights_sha256" else field.name
+                shown = (f"{b[:12]}... instead of {a[:12]}..." if field.name == "weights_sha256"
+                         else f"{b!r} instead of {a!r}")
+                differences.append(f"{label} {shown}")
+    elif expected.weights_sha256 and actual.weights_sha256 and expected.weights_sha256 != actual.weights_sha256:
+        differences.append(f"encoder {actual.model_id!r} (other weights) instead of {expected.model_id!r}")
+    return differences
+
+
 UPSTREAM_VIDEO_PATCHES = 256
 """Patches per frame of upstream's CLIP ViT-L/14 at 224 px (and of the embedded encoder)."""
 
