@@ -1,5 +1,6 @@
 """The demo without a browser: video checks, skeleton drawing, handlers (fake engine), the feature
-pipeline on a tiny model, and refusal of weights whose feature dims the extractors do not make."""
+pipeline on a tiny model, and refusal of weights whose feature dims the extractors do not make.
+Cancelled answers with a real engine: tests/faults/test_demo_faults.py."""
 
 from __future__ import annotations
 
@@ -127,6 +128,32 @@ def test_handlers_keep_each_session_s_own_history(tmp_path):
     # A new video starts a new conversation.
     handlers.analyse(video, first)
     assert first.history == [] and first.ready
+
+
+def test_closing_a_reply_closes_the_engine_stream_and_frees_its_slot(tmp_path):
+    from llavidal.demo.session import DemoSession
+    from llavidal.demo.video_demo import DemoHandlers, DemoSettings
+
+    engine, closed = FakeEngine(), []
+
+    def endless_stream(request, **kwargs):
+        try:
+            text = ""
+            while True:
+                text += "x"
+                yield text
+        finally:
+            closed.append(request.question)
+
+    engine.stream = endless_stream
+    handlers = DemoHandlers(engine, FakeFeatures(tmp_path), DemoSettings(concurrency=1))
+    session = DemoSession(features={"video": np.ones((4, 8), np.float32)})
+    replies = handlers.reply("Stop me?", session, 0.0, 64)
+    next(replies), next(replies)
+    replies.close()  # what gradio does on cancel
+    assert closed == ["Stop me?"] and session.history == []  # a cancelled turn is not remembered
+    assert handlers.generation_slots.acquire(blocking=False), "the cancelled answer kept its slot"
+    handlers.generation_slots.release()
 
 
 def test_find_examples_reads_world_folders(tmp_path):

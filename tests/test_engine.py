@@ -1,5 +1,6 @@
 """The inference engine: batched left-padded greedy generation equals per-sample generation; strings
-out; streaming yields growing text; weights folders load through from_pretrained."""
+out; streaming yields growing text (stopping a cancelled stream: tests/faults/test_demo_faults.py); weights
+folders load through from_pretrained."""
 
 from __future__ import annotations
 
@@ -85,6 +86,21 @@ def test_stream_yields_growing_text():
     assert all(isinstance(p, str) for p in pieces)
     assert all(b.startswith(a) for a, b in zip(pieces, pieces[1:], strict=False))
     assert pieces[-1] == engine.generate([request], max_new_tokens=8)[0]
+
+
+def test_stream_reraises_a_generation_error_and_leaves_no_thread():
+    import threading
+
+    engine = tiny_engine()
+
+    def broken_generate(*args, **kwargs):
+        raise RuntimeError("out of memory, say")
+
+    engine.model.generate = broken_generate
+    baseline = threading.active_count()
+    with pytest.raises(RuntimeError, match="out of memory, say"):
+        list(engine.stream(requests()[0], max_new_tokens=8))
+    assert threading.active_count() == baseline
 
 
 def test_from_pretrained_and_v1_template(tmp_path):

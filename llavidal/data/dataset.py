@@ -22,6 +22,9 @@ Rules (upstream behaviour unless noted):
 
 * missing feature file: zeros of the modality's shape and a counted warning, or an error naming the
   record with ``strict_features=True``;
+* feature values that are not finite (NaN/Inf) or not floating point: the sample is skipped with a counted
+  warning naming the file (:func:`~llavidal.data.feature_store.check_feature_array`), or an error naming the
+  file and record with ``strict_features=True``;
 * label mask disagreeing with the tokenisation: the sample is dropped with a warning (upstream silently
   zeroes its labels);
 * overlong sample: truncated to ``max_length`` without cutting into a modality span (a span that would
@@ -52,10 +55,12 @@ from llavidal.data.feature_store import (
     FEATURE_EXTENSIONS,
     FeatureFileError,
     FeatureFolder,
+    check_feature_array,
     check_manifest_compatible,
 )
 from llavidal.data.templates import ConversationMismatchError, normalize_conversation, tokenize_conversation
 from llavidal.model.modality import ModalityRegistry, ModalitySpec, SpliceError, default_modalities, expand_placeholders
+from llavidal.utils.io import read_utf8_text
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +81,7 @@ def load_records(data_path: str | os.PathLike) -> list[dict]:
     path = Path(data_path)
     if not path.is_file():
         raise FileNotFoundError(f"training data {path} does not exist; check --data_path")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8_text(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -109,6 +114,8 @@ class DatasetSummary:
     """modality -> records whose feature file is missing (replaced by zeros)."""
     truncated: int = 0
     """Records longer than ``max_length`` that will be truncated."""
+    truncated_ids: list = field(default_factory=list)
+    """The first few of them (named in the summary)."""
     modality_samples: collections.Counter = field(default_factory=collections.Counter)
     """modality -> records that use it."""
 
@@ -125,7 +132,8 @@ class DatasetSummary:
                 + ", ".join(f"{k} {v}" for k, v in sorted(self.missing_features.items()))
             )
         if self.truncated:
-            lines.append(f"  truncated to {max_length} tokens: {self.truncated}")
+            more = ", ..." if self.truncated > len(self.truncated_ids) else ""
+            lines.append(f"  truncated to {max_length} tokens: {self.truncated} ({', '.join(self.truncated_ids)}{more})")
         return "\n".join(lines)
 
 
@@ -297,9 +305,11 @@ class LazySupervisedDataset(Dataset):
                 input_ids, labels = self._tokenize(conversations, rows, sample_id, compact=True)
                 length = len(input_ids) + sum(rows[name] - 1 for name in used)  # compact spans hold one patch
                 if length > self.max_length:
-                    self.summary.truncated += 1
                     expanded = self._expand_compact(input_ids, labels, rows)
                     self._truncate(expanded[0], expanded[1], dict.fromkeys(used), sample_id)
+                    self.summary.truncated += 1
+                    if len(self.summary.truncated_ids) < _WARN_LIMIT:  # name the first few in the summary
+                        self.summary.truncated_ids.append(sample_id)
             except SampleDropped as dropped:
                 self.summary.dropped[dropped.reason] += 1
                 self._warn(dropped.reason, f"dropped ({dropped.reason.replace('_', ' ')}): {dropped}")
@@ -412,24 +422,32 @@ class LazySupervisedDataset(Dataset):
         for name in prepared.modalities:
             spec = self.modalities[name]
             try:
-                array = self.folders[name].get(prepared.files[name], prepared.sample_id)
+                array, path = self.folders[name].read(prepared.files[name], prepared.sample_id)
             except FeatureFileError:
                 if self.strict_features:
                     raise
-                array = None
+                array, path = None, None
             if array is None:
                 self.runtime_missing[name] += 1
                 tensor = torch.zeros(self._expected_rows(spec), spec.feature_dim)
             else:
-                tensor = self._shape_features(spec, np.asarray(array), prepared)
+                try:
+                    array = check_feature_array(array, path, prepared.sample_id)
+                except FeatureFileError as err:
+                    if self.strict_features:
+                        raise FeatureFileError(f"{err}; or drop --strict_features to skip such records") from None
+                    raise SampleDropped("bad_feature_values", str(err)) from None
+                tensor = self._shape_features(spec, array, prepared, path)
             probability = self.mask_probs.get(name, 0.0)
             if probability and self._rng(index, name).random() < probability:
                 tensor = torch.zeros_like(tensor)
             features[name] = tensor
         return features
 
-    def _shape_features(self, spec: ModalitySpec, array: np.ndarray, prepared: _Prepared) -> torch.Tensor:
-        source = f"{self.folders[spec.name].folder / prepared.files[spec.name]}"
+    def _shape_features(
+        self, spec: ModalitySpec, array: np.ndarray, prepared: _Prepared, path: Path | None = None
+    ) -> torch.Tensor:
+        source = str(path or self.folders[spec.name].folder / prepared.files[spec.name])  # the file read
         while array.ndim > 2 and array.shape[0] == 1 and not spec.variable:
             array = array[0]  # (1, T, D) -> (T, D)
         if spec.variable and array.ndim == 3:

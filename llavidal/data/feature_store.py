@@ -151,6 +151,34 @@ def load_feature_file(path: str | os.PathLike) -> np.ndarray:
     raise FeatureFileError(f"{path}: unsupported feature file type {suffix!r}; use one of {FEATURE_EXTENSIONS}")
 
 
+def check_feature_array(array: Any, path: str | os.PathLike, record_id: str = "") -> np.ndarray:
+    """Return ``array`` as numpy when it holds usable features; else raise :class:`FeatureFileError`
+    naming ``path`` (and ``record_id``): features must be floating point and finite everywhere.
+
+    Every reader of feature files calls this on what it read (training's dataset, evaluation), so
+    NaN/Inf values or integer/bool arrays never reach a model (one NaN turns a whole batch's loss NaN).
+    """
+    where = f"{path}" + (f" (record {record_id})" if record_id else "")
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy() if array.dtype != torch.bfloat16 else array.detach().float().cpu().numpy()
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise FeatureFileError(
+            f"{where}: features are of dtype {array.dtype}; feature files hold floating point values "
+            "(float16/float32). This file was not written by a feature extractor: re-extract it"
+        )
+    finite = np.isfinite(array)
+    if not finite.all():
+        nan = int(np.isnan(array).sum())
+        inf = int(array.size - finite.sum()) - nan
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise FeatureFileError(
+            f"{where}: features hold {nan} NaN and {inf} Inf values (first at index {first}, shape "
+            f"{tuple(array.shape)}); re-extract this file (check the source video/pose data of this record)"
+        )
+    return array
+
+
 def validate_feature_file(path: str | os.PathLike, expected_shape: tuple | None = None) -> bool:
     """True when ``path`` exists, loads, and matches ``expected_shape`` (``-1`` matches any size)."""
     try:
@@ -340,6 +368,15 @@ class FeatureFolder:
         return None
 
     def get(self, name: str, record_id: str = "") -> np.ndarray | None:
+        """The features of ``name`` as read (``None`` when missing; see the class docstring)."""
+        return self.read(name, record_id)[0]
+
+    def read(self, name: str, record_id: str = "") -> tuple[np.ndarray | None, Path | None]:
+        """``(features, resolved path)`` of ``name``, ``(None, None)`` when missing (``strict``: an error).
+
+        The values are returned as read; callers check them with :func:`check_feature_array`, naming the
+        resolved path (an upstream record naming ``v_1.pkl`` may resolve to ``v_1.safetensors``).
+        """
         path = self.resolve(name)
         if path is None:
             if self.strict:
@@ -348,5 +385,5 @@ class FeatureFolder:
                     f"(looked for {name!r} with extensions {FEATURE_EXTENSIONS}); extract it or drop --strict_features"
                 )
             self.missing.append(name)
-            return None
-        return load_feature_file(path)
+            return None, None
+        return load_feature_file(path), path

@@ -18,9 +18,11 @@ import dataclasses
 import logging
 import os
 import sys
+import threading
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Protocol, Sequence
 
 from llavidal.config import arg, command, parse
 from llavidal.demo.features import DemoFeatures, ExtractionError
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("llavidal.demo")
 
 TITLE = "LLAVIDAL: chat about activities of daily living"
+GENERATION_CONCURRENCY_ID = "llavidal-generate"
+"""Send and Enter share one queue, so the concurrency limit counts every model call once."""
+SLOT_WAIT_S = 300.0
+"""Longest a question waits for an earlier answer's generation to end before it is refused."""
 MAX_EXAMPLES = 8
 # Elements the browser test (and users' own scripts) find by id.
 ELEM_IDS = {
@@ -54,7 +60,8 @@ class ChatEngine(Protocol):
 
     def stream(
         self, request: "GenerationRequest", max_new_tokens: int = ..., temperature: float = ..., top_p: float = ...,
-    ) -> Iterator[str]: ...
+    ) -> Generator[str, None, None]:
+        """The growing answer; closing the generator stops the generation before it returns."""
 
 
 class FeatureSource(Protocol):
@@ -78,7 +85,8 @@ class DemoSettings:
     max_new_tokens_limit: int = 1024
     top_p: float = 1.0
     concurrency: int = 1
-    """Model calls that run at once; further requests wait in gradio's queue."""
+    """Model calls that run at once; further requests wait in gradio's queue (a cancelled answer counts
+    until its generation has stopped)."""
     queue_size: int = 64
     model_description: str = ""
 
@@ -110,6 +118,10 @@ class DemoHandlers:
         self.engine = engine
         self.features = features
         self.settings = settings
+        # gradio frees its concurrency slot when a run is cancelled, before it closes the run's generator;
+        # this semaphore is held until the generation has really stopped, so a new question never runs
+        # beside an answer that is still winding down.
+        self.generation_slots = threading.BoundedSemaphore(settings.concurrency)
 
     def analyse(
         self, video_path: str | None, session: DemoSession, progress: Callable[[float, str], None] | None = None,
@@ -131,7 +143,12 @@ class DemoHandlers:
     def reply(
         self, question: str, session: DemoSession, temperature: float, max_new_tokens: int,
     ) -> Iterator[list[dict[str, str]]]:
-        """Stream the chat transcript while the answer grows; the finished turn joins the history."""
+        """Stream the chat transcript while the answer grows; the finished turn joins the history.
+
+        Closing this generator (gradio does when the user presses stop, closes the tab or the run is
+        cancelled) closes the engine's stream, which stops the generation; the close returns once it has
+        stopped. A cancelled turn does not join the history.
+        """
         from llavidal.serve.engine import GenerationRequest
 
         question = (question or "").strip()
@@ -148,13 +165,20 @@ class DemoHandlers:
         earlier = session.chat_messages() + [{"role": "user", "content": question}]
         yield [*earlier, {"role": "assistant", "content": ""}]
         answer = ""
-        for text in self.engine.stream(
-            request, max_new_tokens=max_new_tokens, temperature=temperature, top_p=self.settings.top_p,
-        ):
-            if text == answer:
-                continue  # the streamer repeats itself while a multi-byte character is incomplete
-            answer = text
-            yield [*earlier, {"role": "assistant", "content": answer}]
+        if not self.generation_slots.acquire(timeout=SLOT_WAIT_S):
+            raise RuntimeError(f"the model is still busy with earlier answers after {SLOT_WAIT_S:.0f} s; ask again")
+        try:
+            stream = self.engine.stream(
+                request, max_new_tokens=max_new_tokens, temperature=temperature, top_p=self.settings.top_p,
+            )
+            with closing(stream):  # closed even when this generator is: that is what stops the generation
+                for text in stream:
+                    if text == answer:
+                        continue  # the streamer repeats itself while a multi-byte character is incomplete
+                    answer = text
+                    yield [*earlier, {"role": "assistant", "content": answer}]
+        finally:
+            self.generation_slots.release()
         session.history.append((question, answer))
         logger.info("session %s: turn %d answered (%d characters)",
                     session.session_id, len(session.history), len(answer))
@@ -219,8 +243,11 @@ def build_app(engine: ChatEngine, features: FeatureSource, settings: DemoSetting
 
     def on_question(question: str, session: DemoSession, temperature: float, max_new_tokens: int):
         try:
-            for messages in handlers.reply(question, session, temperature, max_new_tokens):
-                yield messages, session, gr.update(value="", interactive=False)
+            # closing(): gradio's cancel closes this generator; pass that on at once, not whenever the
+            # inner one happens to be collected.
+            with closing(handlers.reply(question, session, temperature, max_new_tokens)) as replies:
+                for messages in replies:
+                    yield messages, session, gr.update(value="", interactive=False)
         except NotReady as err:
             raise gr.Error(str(err), title="Not yet", print_exception=False) from None
         except Exception as err:  # the boundary to the user: say what failed instead of a silent stop
@@ -291,8 +318,10 @@ def build_app(engine: ChatEngine, features: FeatureSource, settings: DemoSetting
         )
         chat_inputs = [question, session, temperature, max_new_tokens]
         chat_outputs = [chatbot, session, question]
-        question.submit(on_question, inputs=chat_inputs, outputs=chat_outputs, show_progress="minimal")
-        send.click(on_question, inputs=chat_inputs, outputs=chat_outputs, show_progress="minimal")
+        question.submit(on_question, inputs=chat_inputs, outputs=chat_outputs, show_progress="minimal",
+                        concurrency_id=GENERATION_CONCURRENCY_ID)
+        send.click(on_question, inputs=chat_inputs, outputs=chat_outputs, show_progress="minimal",
+                   concurrency_id=GENERATION_CONCURRENCY_ID)
         chatbot.clear(on_clear_chat, inputs=[session], outputs=[session], queue=False)
         reset.click(
             on_reset, inputs=[session],

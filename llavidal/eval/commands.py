@@ -16,6 +16,11 @@ Run as:
 Every command accepts ``--config FILE.yaml`` whose keys are flag names, and ``key=value`` overrides;
 flags on the command line win (:mod:`llavidal.config`). ``-h`` lists a command's flags. API keys come
 from the environment only (``OPENAI_API_KEY`` or the variable named by ``--api_key_env``).
+
+Exit status: 0 when every row was done; 1 when any row failed (``infer``: a ``feature_error`` or
+``generation_error`` row; ``mcq`` / ``judge``: such rows in the predictions, or judgements that failed),
+after writing every result; 2 for a usage error (nothing run). Missing features and missing predictions
+are results (counted as missing), not failures.
 """
 
 from __future__ import annotations
@@ -110,6 +115,10 @@ class InferArguments:
     limit: Optional[int] = arg(None, "only the first N records (smoke runs)")
     optional_modalities: str = arg("", "comma list of modalities a record may lack (e.g. object)")
     allow_text_only: bool = arg(False, "run without --video_folder (a text-only baseline, on purpose)")
+    allow_feature_mismatch: bool = arg(
+        False, "run even when a feature folder's manifest.json differs from the manifests the weights record "
+        "(the differences are logged as a warning)"
+    )
     merge_only: bool = arg(False, "only merge the per-rank files of an earlier sharded run")
     merge_timeout: float = arg(6 * 3600.0, "seconds the torchrun ranks wait for each other before rank 0 merges")
     device: Optional[str] = arg(None, "device for the engine (default: cuda:LOCAL_RANK if available, else cpu)")
@@ -201,6 +210,33 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}%"
 
 
+def _read_predictions(path: str, kind: str, torn: list[str]):
+    """Predictions of ``path`` (a :class:`~llavidal.eval.predictions.PredictionFile`); a torn last line is
+    warned about by the reader and noted in ``torn``."""
+    from llavidal.eval.predictions import read_prediction_file
+
+    found = read_prediction_file(path, kind)
+    if found.torn_line is not None:
+        torn.append(f"{found.path}:{found.torn_line}")
+    return found
+
+
+def _failed_rows_line(files: list) -> str:
+    """One line about prediction rows that are failures, or "" when there are none."""
+    from collections import Counter
+
+    failed = [(f.path, p) for f in files for p in f.failed()]
+    if not failed:
+        return ""
+    counts = Counter(p.status for _, p in failed)
+    paths = sorted({path for path, _ in failed})
+    first = failed[0][1]
+    return (f"{len(failed)} predictions failed in 'llavidal eval infer' "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}); the reasons are in the rows' 'error' "
+            f"field in {', '.join(paths)} (e.g. {first.id}: {first.error or first.status}). Fix the cause and rerun "
+            "'llavidal eval infer' with the same --output (it tries failed rows again), then score again")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Subcommands
 
@@ -219,15 +255,18 @@ def cmd_infer(argv: list[str] | None = None) -> int:
         path = merge_predictions(args.output, records)
         print(f"merged predictions into {path}")
         return 0
+    from llavidal.eval.run_inference import check_feature_manifests
     from llavidal.serve.engine import InferenceEngine
 
+    folders = {"video": args.video_folder, "pose": args.pose_folder, "object": args.object_folder}
+    check_feature_manifests(args.weights, folders, allow_mismatch=args.allow_feature_mismatch)
     engine = InferenceEngine.from_pretrained(
         args.weights, base_model=args.base_model, device=args.device, dtype=args.dtype
     )
     summary = run_inference(
         engine,
         records,
-        {"video": args.video_folder, "pose": args.pose_folder, "object": args.object_folder},
+        folders,
         args.output,
         benchmark=spec,
         batch_size=args.batch_size,
@@ -241,6 +280,11 @@ def cmd_infer(argv: list[str] | None = None) -> int:
     print(summary.line())
     if summary.missing_examples:
         print(f"missing features, e.g.: {'; '.join(summary.missing_examples)} (recorded; rerun after extracting them)")
+    if summary.errors:
+        print(f"{summary.errors} records failed; the reasons are in the rows' 'error' field in {summary.output} "
+              f"(e.g. {summary.error_examples[0]}). Fix the cause and rerun the same command: it tries only the "
+              "records not done", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -250,13 +294,15 @@ def cmd_mcq(argv: list[str] | None = None) -> int:
     args, judge_args = parse((McqArguments, JudgeArguments), argv, prog="llavidal eval mcq",
                              description=cmd_mcq.__doc__)
     _setup_logging()
-    from llavidal.eval.predictions import load_predictions
+    from llavidal.eval.mcq import add_unpredicted
     from llavidal.eval.tasks import load_task
 
     spec = load_task(args.benchmark)
     if spec.kind != "mcq":
         raise ValueError(f"benchmark {spec.name} is not multiple choice; use 'llavidal eval judge'")
-    predictions = load_predictions(args.predictions, "mcq")
+    torn: list[str] = []
+    found = _read_predictions(args.predictions, "mcq", torn)
+    predictions = found.predictions
     records = spec.load_records(args.records, task=args.task) if args.records else None
     if records is None and args.task:
         for prediction in predictions:
@@ -264,6 +310,20 @@ def cmd_mcq(argv: list[str] | None = None) -> int:
                 prediction.record.task = args.task
     judge = judge_args.build(args.fallback_judge) if args.fallback_judge != "none" else None
     result = spec.score(predictions, records, judge=judge)
+    notes = []
+    if records is None:
+        if found.benchmark_total is not None:
+            unseen = add_unpredicted(result, found.benchmark_total)
+            if unseen:
+                notes.append(f"{unseen} of the benchmark's {found.benchmark_total} records have no row in "
+                             f"{args.predictions} (counted as missing; not in the per-task lines: pass --records "
+                             "for those)")
+        else:
+            notes.append("n counts predictions only; pass --records for missing ones")
+    if torn:
+        notes.append(f"torn last line left out: {', '.join(torn)}")
+    result["torn_lines"] = torn
+    result["notes"] = notes
     paths = _write_results(result, args.output_dir, args.video_root)
     m = result["metrics"]
     print(
@@ -272,7 +332,13 @@ def cmd_mcq(argv: list[str] | None = None) -> int:
     )
     for task, block in result["per_task"].items():
         print(f"  {task}: {_percent(block['accuracy'])} (n={block['n']}, missing {block['missing']})")
+    for note in notes:
+        print(f"  note: {note}")
     print(f"report: {paths['markdown']}")
+    failed = _failed_rows_line([found])
+    if failed:
+        print(failed, file=sys.stderr)
+        return 1
     return 0
 
 
@@ -281,12 +347,13 @@ def _judge(which: str, argv: list[str] | None) -> int:
     args, judge_args = parse((JudgeRunArguments, JudgeArguments), argv, prog=prog,
                              description=f"Judge predictions on the {JUDGE_TASKS[which]} task's criteria.")
     _setup_logging()
-    from llavidal.eval.predictions import load_predictions
     from llavidal.eval.scoring import DEFAULT_SPLIT
     from llavidal.eval.tasks import load_task
 
     spec = load_task(args.benchmark or JUDGE_TASKS[which])
     splits: dict[str, list] = {}
+    files: list = []
+    torn: list[str] = []
     if spec.criterion_splits:
         given = {
             "generic": args.pred_path,
@@ -295,9 +362,11 @@ def _judge(which: str, argv: list[str] | None) -> int:
         }
         for split, path in given.items():
             if path:
-                splits[split] = load_predictions(path, spec.kind)
+                files.append(_read_predictions(path, spec.kind, torn))
+                splits[split] = files[-1].predictions
     else:
-        splits[DEFAULT_SPLIT] = load_predictions(args.pred_path, spec.kind)
+        files.append(_read_predictions(args.pred_path, spec.kind, torn))
+        splits[DEFAULT_SPLIT] = files[-1].predictions
     records = None
     if args.records:
         if len(splits) != 1:
@@ -306,6 +375,15 @@ def _judge(which: str, argv: list[str] | None) -> int:
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()] or None
     judge = judge_args.build()
     result = spec.score(splits, records, judge=judge, criteria=criteria)
+    notes = [f"torn last line left out: {', '.join(torn)}"] if torn else []
+    if records is None:
+        for found in files:
+            unseen = (found.benchmark_total or 0) - len(found.predictions)
+            if unseen > 0:
+                notes.append(f"{unseen} of the benchmark's {found.benchmark_total} records have no row in {found.path} "
+                             "(not judged, not counted: pass --records to count them as missing)")
+    result["torn_lines"] = torn
+    result["notes"] = notes
     paths = _write_results(result, args.output_dir, args.video_root, args.output_json)
     print(f"{spec.name} judged by {result['judge']['judge_id']} (prompt {result['judge']['prompt_version']})")
     for criterion, block in result["criteria"].items():
@@ -323,8 +401,20 @@ def _judge(which: str, argv: list[str] | None) -> int:
     stats = getattr(judge, "stats", None)
     if stats:
         print(f"  judge calls: {stats}")
+    for note in notes:
+        print(f"  note: {note}")
     print(f"report: {paths['markdown']}")
-    return 0
+    judge_failed = sum(block.get("judge_failed", 0) for block in result["criteria"].values())
+    failed_rows = _failed_rows_line(files)
+    if judge_failed:
+        first = next((f"{item['id']}: {item['errors'].get(criterion, '')}" for item in result["items"]
+                      for criterion, status in item.get("status", {}).items() if status == "failed"), "")
+        print(f"{judge_failed} judgements failed (no usable reply after the retries; e.g. {first}); the reasons are "
+              f"in the items' 'errors' in {paths['results']}. Rerun the same command: judgements already made are "
+              "cached and not asked again", file=sys.stderr)
+    if failed_rows:
+        print(failed_rows, file=sys.stderr)
+    return 1 if judge_failed or failed_rows else 0
 
 
 @command("llavidal eval judge descriptions")

@@ -325,3 +325,23 @@ def score_mcq(
         "items": items,
     }
 
+
+
+def add_unpredicted(result: dict, benchmark_total: int) -> int:
+    """Count records of the benchmark that have no row in the predictions (a run cut short) as missing.
+
+    Used when scoring without ``--records``: the predictions carry only their own records, and their rows'
+    ``benchmark_total`` says how many the benchmark had. The unseen records count in ``metrics`` (``n``,
+    ``missing``, ``accuracy``) and ``missing_reasons["no_prediction"]``, not in the per-task or per-class
+    blocks (their tasks are unknown without the records). Returns how many were added.
+    """
+    metrics = result["metrics"]
+    unseen = benchmark_total - metrics["n"]
+    if unseen <= 0:
+        return 0
+    n = metrics["n"] + unseen
+    metrics.update(n=n, missing=metrics["missing"] + unseen, accuracy=100.0 * metrics["correct"] / n)
+    reasons = result.setdefault("missing_reasons", {})
+    reasons["no_prediction"] = reasons.get("no_prediction", 0) + unseen
+    result["unpredicted_records"] = unseen
+    return unseen

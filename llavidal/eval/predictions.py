@@ -8,12 +8,17 @@ Our rows (one JSON line per record, the last line per id wins)::
      "missing": [modality, ...], "error": "...", "record": {EvalRecord fields},
      "benchmark", "benchmark_version", "modalities", "generation": {...}}
 
+Rows written by ``llavidal eval infer`` also carry ``benchmark_total``: how many records the run was asked
+for, so that a file cut short (a killed run, a torn last line) still says how many predictions are missing.
+
 Upstream (Video-ChatGPT / LLAVIDAL) prediction files are flat: the benchmark record's fields plus
 ``pred`` (``pred1``/``pred2`` for consistency). Both are read into :class:`Prediction`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,7 +32,12 @@ from llavidal.eval.records import (
 )
 from llavidal.utils.io import load_json_or_jsonl
 
+logger = logging.getLogger(__name__)
+
 PREDICTION_STATUSES = ("ok", "missing_features", "feature_error", "generation_error")
+FAILED_STATUSES = ("feature_error", "generation_error")
+"""Rows that are failures (a rerun of ``llavidal eval infer`` tries them again); ``missing_features`` is not:
+it is reported as missing, and generated once the features are extracted."""
 _PRED_KEYS = ("pred", "prediction", "output", "model_output", "response", "generated")
 
 
@@ -97,11 +107,57 @@ def predictions_from_data(data: Any, kind: str, source: str) -> list[Prediction]
     return predictions
 
 
-def load_predictions(path: str | Path, kind: str) -> list[Prediction]:
+@dataclass
+class PredictionFile:
+    """A predictions file as read: its predictions, and what reading it found."""
+
+    path: str
+    predictions: list[Prediction]
+    torn_line: int | None = None
+    """Number of an unterminated, unparsable last line (a write cut short), which was left out."""
+    benchmark_total: int | None = None
+    """Records the run that wrote the file was asked for (``benchmark_total`` of its rows), when recorded."""
+
+    def failed(self) -> list[Prediction]:
+        return [p for p in self.predictions if p.status in FAILED_STATUSES]
+
+
+def torn_last_line(path: str | Path) -> int | None:
+    """The line number of a JSONL file's torn last line (no newline, not valid JSON), else ``None``."""
+    path = Path(path)
+    if path.suffix != ".jsonl" or not path.is_file():
+        return None
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return None
+    tail = data[data.rfind(b"\n") + 1 :]
+    if not tail.strip():
+        return None
+    try:
+        json.loads(tail)
+    except ValueError:
+        return data.count(b"\n") + 1
+    return None
+
+
+def read_prediction_file(path: str | Path, kind: str) -> PredictionFile:
+    """Read a predictions file (ours or upstream); a torn last line is left out with a warning naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prediction file {path} does not exist; run 'llavidal eval infer' first")
-    return predictions_from_data(load_json_or_jsonl(path), kind, str(path))
+    data = load_json_or_jsonl(path)  # non-UTF-8 text: an error naming the file and byte
+    torn = torn_last_line(path)
+    if torn is not None:
+        logger.warning("%s:%d: torn last line (a write cut short) left out; its record counts as having no "
+                       "prediction. Rerun 'llavidal eval infer' with the same --output to redo it", path, torn)
+    totals = [row.get("benchmark_total") for row in data if isinstance(row, dict)] if isinstance(data, list) else []
+    totals = [t for t in totals if isinstance(t, int) and not isinstance(t, bool)]
+    predictions = predictions_from_data(data, kind, str(path))
+    return PredictionFile(str(path), predictions, torn, max(totals) if totals else None)
+
+
+def load_predictions(path: str | Path, kind: str) -> list[Prediction]:
+    return read_prediction_file(path, kind).predictions
 
 
 def as_predictions(predictions: Any, kind: str) -> list[Prediction]:

@@ -11,7 +11,13 @@ skips ids already predicted (status ``ok``) and tries the others again. Under to
 run without torchrun: once every rank is done; else ``--merge_only`` or any later single-process run
 merges them; :func:`llavidal.utils.dist.merge_rank_outputs`). A record whose feature file is missing
 for a passed modality is written with ``status: missing_features`` and the missing modalities; it is
-never generated without them. Row format: :mod:`llavidal.eval.predictions`.
+never generated without them. A feature file that cannot be used (unreadable, not floating point, NaN/Inf
+values, another feature dim than the model's projector) is written with ``status: feature_error`` and the
+file named; such rows (and ``generation_error`` rows) are failures: ``llavidal eval infer`` exits 1 after
+writing them, and a rerun tries them again. Every row carries ``benchmark_total`` (the number of records
+asked for), so that scoring without ``--records`` still knows how many there were. Before generating, the
+command compares each feature folder's ``manifest.json`` with the manifests the weights record
+(:func:`check_feature_manifests`). Row format: :mod:`llavidal.eval.predictions`.
 
 Feature files: ``{stem}{suffix}`` in each modality's folder with any supported extension, where ``stem``
 is the record's video file name without extension and ``suffix`` the modality's ``file_suffix``
@@ -30,7 +36,9 @@ from typing import Any, Callable, Iterable, Sequence
 from llavidal.data.feature_store import (
     FeatureFileError,
     FeatureFolder,
+    FeatureManifest,
     UnsafePickleError,
+    check_feature_array,
 )
 from llavidal.eval.records import EvalRecord
 from llavidal.eval.tasks import TaskSpec
@@ -54,6 +62,8 @@ class InferenceSummary:
     merged: bool = False
     seconds: float = 0.0
     missing_examples: list[str] = field(default_factory=list)
+    error_examples: list[str] = field(default_factory=list)
+    """The first few failed records' reasons (every reason is in its row's ``error`` field)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,8 +71,64 @@ class InferenceSummary:
     def line(self) -> str:
         return (
             f"{self.output}: {self.total} records in shard, {self.skipped_done} already done, {self.generated} "
-            f"generated, {self.missing_features} missing features, {self.errors} errors ({self.seconds:.1f}s)"
+            f"generated, {self.missing_features} missing features, {self.errors} failed ({self.seconds:.1f}s)"
         )
+
+    def note_error(self, message: str) -> None:
+        self.errors += 1
+        if len(self.error_examples) < 3:
+            self.error_examples.append(message)
+
+
+class FeatureManifestMismatch(ValueError):
+    """Feature folders made differently from the features the weights were trained on."""
+
+
+def check_feature_manifests(
+    weights_dir: str | Path, feature_folders: dict[str, str | Path | None], allow_mismatch: bool = False
+) -> list[str]:
+    """Compare each feature folder's ``manifest.json`` with the manifest the weights record for its modality.
+
+    Raises :class:`FeatureManifestMismatch` naming every mismatching folder, the weights and each difference
+    (:func:`llavidal.features.extractor.manifest_differences`), unless ``allow_mismatch``: then the
+    differences are logged as warnings. Folders without a manifest (upstream pickles) and modalities the
+    weights record nothing for cannot be checked; that is logged too. Returns the warnings logged.
+    """
+    from llavidal.features.extractor import manifest_differences
+    from llavidal.model.config import LlavidalConfig
+
+    folders = {name: Path(folder) for name, folder in feature_folders.items() if folder}
+    if not folders:
+        return []
+    recorded = LlavidalConfig.from_json_file(weights_dir).recorded_manifests(weights_dir)
+    warnings: list[str] = []
+    mismatches: list[str] = []
+    for name, folder in folders.items():
+        if not folder.is_dir():
+            continue  # the feature folder's own check names it
+        actual = FeatureManifest.load(folder)
+        expected = recorded.get(name)
+        if actual is None or expected is None:
+            missing = (f"{folder} has no manifest.json" if actual is None
+                       else f"{weights_dir} records no {name} manifest")
+            warnings.append(f"--{name}_folder {folder}: not checked against the weights ({missing}); make sure the "
+                            f"{name} features were extracted the way training's were")
+            continue
+        differences = manifest_differences(expected, actual)
+        if differences:
+            mismatches.append(f"--{name}_folder {folder}: {'; '.join(differences)}")
+    if mismatches:
+        message = (f"feature folders do not match the features the weights {weights_dir} were trained on: "
+                   f"{' | '.join(mismatches)}")
+        if not allow_mismatch:
+            raise FeatureManifestMismatch(
+                f"{message}. Re-extract the features with the recipe the weights record (feature_manifests in "
+                f"{Path(weights_dir) / 'llavidal_config.json'}), or pass --allow_feature_mismatch to run anyway"
+            )
+        warnings.append(f"{message} (running anyway: --allow_feature_mismatch)")
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return warnings
 
 
 def shard_path(output: str | Path, shard_rank: int) -> Path:
@@ -147,8 +213,17 @@ def _open_folders(
     return folders
 
 
+def _engine_feature_dims(engine: Any) -> dict[str, int]:
+    registry = getattr(engine, "modalities", None)
+    return {} if registry is None else {spec.name: int(spec.feature_dim) for spec in registry}
+
+
 def _load_features(
-    record: EvalRecord, folders: dict[str, FeatureFolder], suffixes: dict[str, str], optional: set[str]
+    record: EvalRecord,
+    folders: dict[str, FeatureFolder],
+    suffixes: dict[str, str],
+    optional: set[str],
+    feature_dims: dict[str, int] | None = None,
 ) -> tuple[dict[str, Any], list[str], str]:
     """(features, missing modalities, error message)."""
     features: dict[str, Any] = {}
@@ -156,7 +231,15 @@ def _load_features(
     for name, folder in folders.items():
         file_name = record.video_stem + suffixes.get(name, "")
         try:
-            array = folder.get(file_name, record_id=record.id)
+            array, path = folder.read(file_name, record_id=record.id)
+            if array is not None:
+                array = check_feature_array(array, path, record.id)
+                want = (feature_dims or {}).get(name)
+                if want and (array.ndim < 2 or array.shape[-1] != want):
+                    raise FeatureFileError(
+                        f"{path}: {name} features of shape {tuple(array.shape)}, but the model's {name} projector "
+                        f"takes {want}-d features; re-extract them with the recipe the weights record"
+                    )
         except (FeatureFileError, UnsafePickleError, OSError, ValueError) as err:
             return {}, [], f"record {record.id!r}: {name} features: {err}"
         if array is None:
@@ -207,6 +290,7 @@ def run_inference(
     make_request = request_factory or _default_request_factory()
     folders = _open_folders(dict(feature_folders), engine, allow_text_only)
     suffixes = _engine_suffixes(engine)
+    feature_dims = _engine_feature_dims(engine)
     optional = set(optional_modalities)
     target = out_jsonl if num_shards == 1 else shard_path(out_jsonl, shard_rank)
     if num_shards > 1:
@@ -239,6 +323,7 @@ def run_inference(
             "modalities": used or [],
             **identity,
             "generation": generation,
+            "benchmark_total": len(benchmark_records),
             "record": record.to_dict(),
         }
 
@@ -251,10 +336,10 @@ def run_inference(
         chunk = todo[chunk_start : chunk_start + batch_size]
         ready: list[tuple[EvalRecord, dict[str, Any], dict[str, str]]] = []
         for record in chunk:
-            features, missing, error = _load_features(record, folders, suffixes, optional)
+            features, missing, error = _load_features(record, folders, suffixes, optional, feature_dims)
             if error:
                 append_jsonl(target, row(record, "feature_error", error=error))
-                summary.errors += 1
+                summary.note_error(error)
             elif missing:
                 append_jsonl(
                     target,
@@ -274,7 +359,7 @@ def run_inference(
         for (record, features, _), (outputs, error) in zip(ready, results):
             if error:
                 append_jsonl(target, row(record, "generation_error", error=error, used=sorted(features)))
-                summary.errors += 1
+                summary.note_error(error)
             else:
                 append_jsonl(target, row(record, "ok", outputs=outputs, used=sorted(features)))
                 summary.generated += 1

@@ -132,7 +132,8 @@ def _read_file(path: Path, device: str | torch.device) -> dict[str, Tensor]:
         except Exception as err:  # noqa: BLE001 - SafetensorError and friends, re-raised with the file named
             raise ValueError(
                 f"{path}: could not be read as safetensors ({err}); the file is truncated or not safetensors: "
-                "re-download or re-save it"
+                "re-download or re-save it (weights written by llavidal: re-run the training or alignment that "
+                "wrote them)"
             ) from None
     try:
         if zipfile.is_zipfile(path):

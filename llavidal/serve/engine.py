@@ -14,6 +14,7 @@ template the weights were trained with (``llavidal_v1`` for the upstream ``v1`` 
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -21,12 +22,19 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import StoppingCriteria
 
 from llavidal.data.templates import render_generation_prompt
 from llavidal.model.llavidal_model import LlavidalModel
 from llavidal.model.modality import ModalityRegistry, expand_placeholders
 
 FeatureArray = np.ndarray | Tensor
+
+logger = logging.getLogger("llavidal.serve")
+
+STOP_JOIN_TIMEOUT_S = 30.0
+"""How long closing a stream waits for its generation to stop (one decoding step after the stop signal;
+the bound only matters for a model that hangs)."""
 
 
 @dataclass
@@ -205,12 +213,20 @@ class InferenceEngine:
         temperature: float = 0.0,
         top_p: float = 1.0,
     ) -> Iterator[str]:
-        """Yield the answer as it grows (each item is the whole text so far)."""
-        from transformers import TextIteratorStreamer
+        """Yield the answer as it grows (each item is the whole text so far).
+
+        Generation runs in a thread that stops as soon as the consumer stops: closing the generator
+        (what gradio does when a user presses stop, closes the tab or a request is cancelled) sets a
+        stop signal that the next decoding step obeys, and the close returns only once the thread has
+        ended, so an abandoned answer never keeps the model busy in the background.
+        """
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         inputs, modality_features, ids = self._encode([request])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=True, timeout=600)
+        stop = threading.Event()
         kwargs = self._generate_kwargs(max_new_tokens, temperature, top_p)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(stop)])
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -223,12 +239,37 @@ class InferenceEngine:
                 errors.append(err)
                 streamer.end()
 
-        thread = threading.Thread(target=run, daemon=True)
+        thread = threading.Thread(
+            target=run, daemon=True, name=f"llavidal-stream-{request.request_id or 'request'}",
+        )
         thread.start()
-        text = ""
-        for piece in streamer:
-            text += piece
-            yield text.strip()
-        thread.join()
-        if errors:
+        finished = False
+        try:
+            text = ""
+            for piece in streamer:
+                text += piece
+                yield text.strip()
+            finished = True
+        finally:
+            # Also reached by GeneratorExit (the consumer closed us) and by an error in the consumer's
+            # thread: either way the generation must not outlive the request.
+            stop.set()
+            thread.join(STOP_JOIN_TIMEOUT_S)
+            if thread.is_alive():
+                logger.warning(
+                    "request %s: generation did not stop within %.0f s of its cancellation",
+                    request.request_id or "<unnamed>", STOP_JOIN_TIMEOUT_S,
+                )
+        if finished and errors:
             raise errors[0]
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Stop every row once ``event`` is set; ``generate`` checks it after each new token, so a set event
+    ends generation within one decoding step."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Tensor, scores: Any, **kwargs: Any) -> Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)

@@ -142,7 +142,9 @@ class DataArguments:
     object_mask_prob: float = field(default=0.0, metadata={"help": "Probability of zeroing a sample's object features."})
     strict_features: bool = field(
         default=False,
-        metadata={"help": "A missing feature file is an error naming the record (default: zeros and a counted warning)."},
+        metadata={"help": "A missing feature file, or one holding NaN/Inf or non-float values, is an error naming the file "
+                          "and record (default: zeros for a missing file, the sample skipped for bad values; both counted "
+                          "and warned about)."},
     )
     system_prompt: str | None = field(default=None, metadata={"help": "Override the template's system prompt."})
     packing: bool = field(default=False, metadata={"help": "Pack several samples per row (needs llavidal.data.packing)."})

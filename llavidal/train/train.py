@@ -8,20 +8,25 @@ Run as (the upstream command; any subset of --video_folder / --pose_folder / --o
         --video_folder feats/video --pose_folder feats/pose --object_folder feats/object --output_dir runs/x
 
 or ``llavidal train --config configs/train_video.yaml --learning_rate 1e-4`` (flags override the file).
-A run whose output folder holds ``checkpoint-*`` resumes from the last one.
+A run whose output folder holds ``checkpoint-*`` resumes from the newest complete one (a folder a kill
+left half-written is moved aside to ``incomplete-checkpoint-*``, with one warning). Under torchrun, each
+worker exits when its launcher dies (kill -9 of torchrun leaves no orphan training on).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import transformers
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
 
 from llavidal.config import command
 from llavidal.data.collator import PaddedCollator
@@ -65,13 +70,137 @@ def make_collator(
     return PaddedCollator(pad_token_id=tokenizer.pad_token_id, max_length=training_args.model_max_length)
 
 
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+INCOMPLETE_PREFIX = "incomplete-"
+"""A half-written ``checkpoint-N`` is renamed ``incomplete-checkpoint-N`` (outside the Trainer's
+``checkpoint-*`` rotation, so it is neither resumed from nor deleted)."""
+
+
+def checkpoint_missing(folder: str | os.PathLike) -> list[str]:
+    """What a ``checkpoint-N`` folder lacks to be resumed from (empty when complete): the Trainer's state
+    (written last) and our trainable weights."""
+    from llavidal.model.config import TRAINABLE_NAME
+
+    return [name for name in (TRAINER_STATE_NAME, TRAINABLE_NAME) if not (Path(folder) / name).is_file()]
+
+
 def find_resume_checkpoint(training_args: TrainingArguments) -> str | None:
-    """``--resume_from_checkpoint`` when given, else the last ``checkpoint-*`` in the output folder."""
-    if training_args.resume_from_checkpoint:
-        return training_args.resume_from_checkpoint
-    if os.path.isdir(training_args.output_dir):
-        return get_last_checkpoint(training_args.output_dir)
-    return None
+    """``--resume_from_checkpoint`` when given, else the newest complete ``checkpoint-*`` in the output folder.
+
+    A ``checkpoint-N`` without ``trainer_state.json`` or ``trainable.safetensors`` (a kill while saving)
+    is reported in one warning and renamed ``incomplete-checkpoint-N`` by the main process (kept, not
+    deleted: it may hold something the user wants); the other ranks skip it the same way.
+    """
+    given = training_args.resume_from_checkpoint
+    if given:
+        missing = checkpoint_missing(given) if os.path.isdir(given) else []
+        if missing:
+            raise FileNotFoundError(
+                f"{given}: not a complete checkpoint (no {', '.join(missing)}; a run was stopped while saving it); "
+                "pass an earlier checkpoint-*, or leave out --resume_from_checkpoint to resume from the newest "
+                "complete one"
+            )
+        return given
+    output = Path(training_args.output_dir)
+    if not output.is_dir():
+        return None
+    found = []
+    for child in output.iterdir():
+        match = _CHECKPOINT_NAME.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    chosen = None
+    for _step, folder in sorted(found, reverse=True):
+        missing = checkpoint_missing(folder)
+        if not missing:
+            chosen = folder
+            break
+        if dist.is_main_process():
+            aside = _set_aside(folder)
+            logger.warning(
+                "%s: incomplete checkpoint (no %s; a run was stopped while saving it): moved to %s and not "
+                "resumed from", folder, ", ".join(missing), aside,
+            )
+    return str(chosen) if chosen is not None else None
+
+
+def _set_aside(folder: Path) -> Path:
+    target = folder.with_name(INCOMPLETE_PREFIX + folder.name)
+    number = 1
+    while target.exists():
+        number += 1
+        target = folder.with_name(f"{INCOMPLETE_PREFIX}{folder.name}.{number}")
+    try:
+        folder.rename(target)
+    except OSError as err:  # e.g. a read-only output folder: skipping it is enough to resume
+        logger.warning("%s: could not be moved aside (%s); it is skipped", folder, err)
+        return folder
+    return target
+
+
+def exit_with_launcher(poll_seconds: float = 1.0) -> threading.Thread | None:
+    """Under torchrun (``LOCAL_RANK`` set), exit this worker when its launcher dies.
+
+    torchrun's agent stops its workers when it is stopped cleanly, but a kill -9 of the launcher would leave
+    them training (and writing checkpoints) to the end. A daemon thread checks the parent pid every
+    ``poll_seconds``; when the worker is re-parented it logs one line and exits with status 1 at once.
+    Nothing is done outside torchrun, or when the parent is already pid 1 (a container's init).
+    """
+    if "LOCAL_RANK" not in os.environ:
+        return None
+    parent = os.getppid()
+    if parent == 1:
+        return None
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent:
+                try:
+                    logger.error("rank %d: the torchrun launcher (pid %d) is gone; this worker stops", dist.rank(), parent)
+                    for handler in logging.getLogger().handlers:
+                        handler.flush()
+                except Exception:  # noqa: BLE001 - a closed stderr must not keep the worker alive
+                    pass
+                os._exit(1)
+
+    thread = threading.Thread(target=watch, name="llavidal-launcher-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def warn_adapter_recipe_differences(adapter: str | None, folders: dict[str, str]) -> int:
+    """Warn once per modality when ``--pretrain_mm_mlp_adapter`` was trained on features made another way
+    than the feature folders of this run (its recorded manifests against the folders'). Returns the number
+    of warnings."""
+    if not adapter:
+        return 0
+    from llavidal.data.feature_store import FeatureManifest
+    from llavidal.features.extractor import manifest_differences
+    from llavidal.model.config import CONFIG_NAME, LlavidalConfig
+
+    weights_dir = Path(adapter) if Path(adapter).is_dir() else Path(adapter).parent
+    if not (weights_dir / CONFIG_NAME).is_file():
+        return 0  # upstream mm_projector.bin and friends record no recipe
+    try:
+        recorded = LlavidalConfig.from_json_file(weights_dir).recorded_manifests(weights_dir)
+    except ValueError as err:
+        logger.warning("--pretrain_mm_mlp_adapter %s: its feature recipes could not be read (%s)", adapter, err)
+        return 0
+    current = feature_manifests(folders)
+    warned = 0
+    for name, expected in recorded.items():
+        if name not in current:
+            continue
+        differences = manifest_differences(expected, FeatureManifest.from_dict(current[name]))
+        if differences:
+            warned += 1
+            logger.warning(
+                "--pretrain_mm_mlp_adapter %s: its %s projector was trained on features made differently from "
+                "those in %s (%s); it starts from a mapping for other features: re-align on these features or "
+                "re-extract them with the adapter's recipe", adapter, name, folders[name], "; ".join(differences),
+            )
+    return warned
 
 
 @command("llavidal train")
@@ -79,9 +208,12 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
     """Entry point of ``llavidal train`` / ``train.py`` / ``train_mem.py`` (``fastest_attention=True``)."""
     model_args, data_args, training_args = parse_args(argv)
     configure_logging(training_args)
+    exit_with_launcher()
     from llavidal.model.builder import best_attn_implementation, build_model
 
     registry = build_registry(model_args, data_args)
+    if dist.is_main_process():
+        warn_adapter_recipe_differences(model_args.pretrain_mm_mlp_adapter, data_args.feature_folders())
     torch_dtype = resolve_torch_dtype(model_args, training_args)
     attn = model_args.attn_implementation
     if attn is None and fastest_attention:
@@ -139,6 +271,11 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
     if checkpoint:
         logger.info("resuming from checkpoint %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    skipped = {**{f"{k} (replaced by the next sample)": v for k, v in dataset.runtime_drops.items()},
+               **{f"missing {k} features (zeros used)": v for k, v in dataset.runtime_missing.items()}}
+    if skipped:
+        logger.warning("rank %d, while training: %s", dist.rank(),
+                       ", ".join(f"{reason} {count}" for reason, count in skipped.items()))
     trainer.save_state()
     trainer.save_model(training_args.output_dir)
     if dist.is_main_process():

@@ -5,13 +5,18 @@
 * resuming loads them back from ``checkpoint-*`` (``load_trainable`` also restores a fully fine-tuned
   LLM from its ``llm/`` folder; optimizer, scheduler, RNG and trainer state are the Trainer's own);
 * ``group_by_length`` takes lengths from the dataset (known without reading any feature file);
-* the loss history is appended to ``loss_history.jsonl`` in the output folder as training goes.
+* the loss history is appended to ``loss_history.jsonl`` in the output folder as training goes (a resumed
+  run first drops the rows after its checkpoint's step, so no step appears twice);
+* a non-finite loss or gradient norm stops training before the optimizer step, with the step and the
+  batch's sample ids (:class:`NonFiniteTrainingError`): nothing is saved from that state, so the last
+  checkpoint stays the last good one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from typing import Any
 
@@ -20,6 +25,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from llavidal.model.config import CONFIG_NAME
+from llavidal.utils.io import append_jsonl, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +33,55 @@ TRAINING_ARGS_JSON = "training_args.json"
 LOSS_HISTORY = "loss_history.jsonl"
 
 
+class NonFiniteTrainingError(ValueError):
+    """The loss or the gradient norm of a step is NaN or Inf; training stopped before the optimizer step."""
+
+
 class LossHistoryCallback(TrainerCallback):
-    """Append every log entry that carries a loss to ``{output_dir}/loss_history.jsonl`` (main process)."""
+    """Append every log entry that carries a loss to ``{output_dir}/loss_history.jsonl`` (main process).
+
+    At the start of training, rows of steps after the state training starts from (a resumed checkpoint's
+    ``global_step``, 0 for a fresh run) are dropped: they were logged by a run that was stopped before its
+    next checkpoint and are about to be logged again.
+    """
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D401 - Trainer callback API
+        if not state.is_world_process_zero:
+            return
+        path = os.path.join(args.output_dir, LOSS_HISTORY)
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.readlines()
+        kept = []
+        for line in lines:
+            try:
+                step = json.loads(line).get("step")
+            except (json.JSONDecodeError, AttributeError):
+                continue  # a torn line from a killed run
+            if isinstance(step, int) and step <= state.global_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if len(kept) != len(lines):
+            atomic_write_text(path, "".join(kept))
+            logger.info("%s: dropped %d rows after step %d (logged again by this run)", path, len(lines) - len(kept),
+                        state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D401 - Trainer callback API
         if not state.is_world_process_zero or not logs or "loss" not in logs:
             return
         entry = {"step": state.global_step, "epoch": state.epoch, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
-        os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, LOSS_HISTORY), "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        append_jsonl(os.path.join(args.output_dir, LOSS_HISTORY), entry)
+
+
+def _flat_ids(sample_ids: Any) -> list[str]:
+    """The sample ids of a batch (packed rows carry a tuple of ids each)."""
+    ids: list[str] = []
+    for value in sample_ids or []:
+        if isinstance(value, (list, tuple)):
+            ids.extend(str(v) for v in value)
+        else:
+            ids.append(str(value))
+    return ids
 
 
 class LlavidalTrainer(Trainer):
@@ -46,6 +91,40 @@ class LlavidalTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.extra_config = dict(extra_config or {})
         self.add_callback(LossHistoryCallback())
+        self._step_sample_ids: list[str] = []
+        """Ids of the samples of the optimizer step in progress (all its micro-batches, this rank)."""
+
+    # ------------------------------------------------------------------ non-finite loss / gradients
+    def _stop_non_finite(self, what: str, value: Any, sample_ids: list[str]) -> None:
+        step = self.state.global_step + 1
+        rank = f" (rank {self.args.process_index})" if self.args.world_size > 1 else ""
+        shown = ", ".join(sample_ids[:32]) + (f", ... ({len(sample_ids)} in all)" if len(sample_ids) > 32 else "")
+        raise NonFiniteTrainingError(
+            f"step {step}: {what} is {value} (not finite) on the batch of samples [{shown}]{rank}; training stopped "
+            f"before the optimizer step and nothing was saved from this state: the last checkpoint in "
+            f"{self.args.output_dir} (if any) is the last good one. Check these samples' features and records, "
+            "or lower --learning_rate / set --max_grad_norm, then rerun (it resumes from the last checkpoint)"
+        )
+
+    def training_step(self, model: torch.nn.Module, inputs: dict, *args: Any, **kwargs: Any) -> torch.Tensor:
+        batch_ids = _flat_ids(inputs.get("sample_ids")) if isinstance(inputs, dict) else []
+        self._step_sample_ids.extend(batch_ids)
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if not bool(torch.isfinite(loss).all()):
+            self._stop_non_finite("the loss", loss.float().mean().item(), batch_ids)
+        return loss
+
+    def _get_grad_norm(self, model: torch.nn.Module, grad_norm: Any = None) -> Any:
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        sample_ids, self._step_sample_ids = self._step_sample_ids, []
+        # Under fp16 loss scaling an overflowing gradient is expected now and then: the scaler skips that
+        # step and lowers the scale, so only unscaled training stops here.
+        scaled = getattr(self.accelerator, "scaler", None) is not None
+        if grad_norm is not None and not scaled:
+            value = float(grad_norm.item() if isinstance(grad_norm, torch.Tensor) else grad_norm)
+            if not math.isfinite(value):
+                self._stop_non_finite("the gradient norm", value, sample_ids)
+        return grad_norm
 
     def _unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import tempfile
@@ -69,14 +70,31 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         os.fsync(handle.fileno())
 
 
+def read_utf8_text(path: str | os.PathLike) -> str:
+    """The text of ``path``; a file that is not UTF-8 is a ``ValueError`` naming it, the byte and the fix.
+
+    The one reader of users' text files (training records, evaluation records, predictions), so that a file
+    saved in another encoding never ends in a bare ``UnicodeDecodeError``.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {err.start}, line {line}: {data[err.start:err.start + 1]!r} {err.reason}); "
+            "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8, or your editor's 'save with encoding')"
+        ) from None
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file, skipping a torn (unterminated, unparsable) final line."""
     path = Path(path)
     if not path.exists():
         return []
     records = []
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.readlines()
+    lines = io.StringIO(read_utf8_text(path), newline=None).readlines()  # as open(): \r\n -> \n, \u2028 kept
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -93,8 +111,7 @@ def load_json_or_jsonl(path: str | os.PathLike) -> list[dict] | dict:
     path = Path(path)
     if path.suffix == ".jsonl":
         return read_jsonl(path)
-    with open(path, encoding="utf-8") as handle:
-        try:
-            return json.load(handle)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err}); check the file") from None
+    try:
+        return json.loads(read_utf8_text(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); check the file") from None

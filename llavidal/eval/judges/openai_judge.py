@@ -5,7 +5,8 @@
   ``allow_unpinned=True``: aliases move to new models and scores drift between runs.
 - The API key is read from the environment only (``OPENAI_API_KEY``, or the variable named by
   ``api_key_env``); it is never logged, stored in results or in the cache. Local servers (``base_url``
-  not OpenAI's) need no key.
+  not OpenAI's) need no key. Credentials inside ``base_url`` (``http://user:secret@host/v1``, ``?key=...``)
+  are redacted wherever the URL is recorded or shown (:func:`redact_url`).
 - ``temperature=0`` and a fixed ``seed`` by default.
 - Retries are ours and bounded: the client's own retries are disabled (``max_retries=0``), and a call is
   tried at most ``1 + max_retries`` times on 408/409/429/5xx, timeouts and connection errors, sleeping
@@ -28,6 +29,7 @@ import logging
 import os
 import random
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,30 @@ logger = logging.getLogger(__name__)
 
 OPENAI_HOST = "api.openai.com"
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")  # gpt-4o-2024-08-06, gpt-4-0613
+
+
+_SECRET_PARAMETER = re.compile(r"key|token|secret|pass|auth|sig|credential|session", re.IGNORECASE)
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` as it may be recorded: a password in it becomes ``***`` (``http://user:***@host/v1``), and
+    so does the value of any query parameter whose name looks like a credential (``?key=***``)."""
+    if not url:
+        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparsable base URL, not shown>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if has_password else f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = "&".join(f"{name}={'***' if _SECRET_PARAMETER.search(name) else value}" for name, value in pairs)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def default_cache_path() -> Path:
@@ -146,7 +172,8 @@ class OpenAIJudge:
         return PROMPT_VERSION
 
     def __repr__(self) -> str:  # no key here, ever
-        return f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r}, concurrency={self.concurrency})"
+        base_url = redact_url(self.base_url)
+        return f"OpenAIJudge(model={self.model!r}, base_url={base_url!r}, concurrency={self.concurrency})"
 
     def describe(self) -> dict:
         return {
@@ -154,7 +181,7 @@ class OpenAIJudge:
             "judge_id": self.judge_id,
             "model": self.model,
             "served_models": sorted(self.served_models),
-            "base_url": self.base_url or f"https://{OPENAI_HOST}/v1",
+            "base_url": redact_url(self.base_url) or f"https://{OPENAI_HOST}/v1",
             "prompt_version": self.prompt_version,
             "temperature": self.temperature,
             "seed": self.seed,
