@@ -50,6 +50,8 @@ COMMANDS: dict[tuple[str, ...], Command] = {
                           ("llavidal.data.convert:ConvertArguments",)),
     ("merge-weights",): Command("llavidal.model.merge:main", "merge projector weights of LLAVIDAL's staged recipe",
                                 ("llavidal.model.merge:MergeArguments",)),
+    ("apply-delta",): Command("llavidal.model.delta:main", "base + delta weights, tensor by tensor (LLaVA's apply_delta)",
+                              ("llavidal.model.delta:ApplyDeltaArguments",)),
     ("export",): Command("llavidal.model.export:main", "export a merged, standalone Hugging Face model folder",
                          ("llavidal.model.export:ExportArguments",)),
     ("embedded-llm",): Command("llavidal.model.embedded:main", "convert the bundled SmolLM2 GGUF into a cached HF folder",

@@ -57,6 +57,36 @@ def test_video_recipe_round_trip(tmp_path, clip, vision_encoder):
     assert np.array_equal(first, first.astype(np.float16).astype(np.float32))  # rounded as training read it
 
 
+def test_per_layer_video_recipe_round_trip(tmp_path, clip, vision_encoder):
+    """The Breakfast fork's features: the CLS token of chosen hidden states per frame, (T, L, D)."""
+    from llavidal.features.pooling import PoolingConfig
+    from llavidal.features.video import VideoExtractor
+
+    extractor = VideoExtractor.create(vision_encoder, PoolingConfig(temporal_tokens=20), 20, "float16",
+                                      layers="0,-1", layer_token="cls")
+    assert extractor.recipe.layers == [0, 3] and extractor.output_shape() == (20, 2, 256)
+    rebuilt = _round_trip(extractor, tmp_path)
+    assert rebuilt.recipe.layer_token == "cls" and rebuilt.manifest().shape == [20, 2, 256]
+    first, second = extractor.extract(clip).features, rebuilt.extract(clip).features
+    assert first.shape == (20, 2, 256) and not first[16:].any()  # 16 frames, zero-padded to 20 rows
+    np.testing.assert_allclose(first, second, atol=1e-6)
+
+
+def test_default_video_recipe_keeps_its_earlier_form(vision_encoder):
+    """Features made without --layers record the same recipe as before the per-layer fields existed, so an
+    existing feature folder resumes and recorded manifests compare equal."""
+    from llavidal.features.extractor import VideoRecipe, manifest_differences, recipe_from_dict, recipe_to_dict
+    from llavidal.features.pooling import PoolingConfig
+    from llavidal.features.video import VideoExtractor
+
+    data = recipe_to_dict(VideoRecipe(num_frames=8, temporal_tokens=8))
+    assert "layers" not in data and "layer_token" not in data
+    assert recipe_from_dict(data) == VideoRecipe(num_frames=8, temporal_tokens=8)
+    pooled = VideoExtractor.create(vision_encoder, PoolingConfig(temporal_tokens=8), 8).manifest()
+    per_layer = VideoExtractor.create(vision_encoder, PoolingConfig(temporal_tokens=8), 8, layers="all").manifest()
+    assert any(line.startswith("layers [0, 1, 2, 3] instead of None") for line in manifest_differences(pooled, per_layer))
+
+
 def test_pose_recipe_round_trip_with_a_checkpoint(tmp_path, clip):
     from llavidal.features.pose.encoder import PoseEncoderConfig, load_pose_encoder, save_pose_encoder, seeded_pose_encoder
     from llavidal.features.pose.extract import PoseExtractor

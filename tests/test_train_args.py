@@ -101,3 +101,16 @@ def test_registry_dims_from_flags_manifest_and_defaults(tmp_path):
     model_args, data_args, _ = parse_args(base + ["--video_folder", str(stores["video"]), "--video_feature_dim", "1024"])
     with pytest.raises(FeatureFileError, match="16-d"):
         build_registry(model_args, data_args)
+
+
+def test_video_chatgpt_script_flags_are_accepted(tmp_path):
+    from llavidal.train.args import parse_args
+
+    model, data, _ = parse_args(["--model_name_or_path", "m", "--data_path", "d", "--video_folder", "v",
+                                 "--output_dir", str(tmp_path), "--freeze_backbone", "True", "--is_multimodal", "True",
+                                 "--sep_video_conv_front", "False", "--video_token_len", "356",
+                                 "--frame_aspect_ratio", "square", "--force_fsdp", "False"])
+    assert model.tune_mm_mlp_adapter is True and model.video_tokens == 356
+    with pytest.raises(ValueError, match="freeze_mm_mlp_adapter"):
+        parse_args(["--model_name_or_path", "m", "--data_path", "d", "--video_folder", "v",
+                    "--output_dir", str(tmp_path), "--freeze_mm_mlp_adapter", "True"])

@@ -12,6 +12,10 @@ Each QA pair becomes ``{id, video: "<id>.pkl", conversations: [human, gpt]}``; t
 ``--clip_feature_path`` pairs whose video has no feature file (any supported extension) are dropped.
 ``--with_pose_object`` writes LLAVIDAL records: ``pose: "<id>_pose.pkl"``, ``object: "<id>_object.pkl"``
 and ``<video><object><human_pose>`` in the human turn.
+
+The Breakfast fork's Q/A text folders have their own converter (:mod:`llavidal.data.breakfast`,
+``scripts/convert_instruction_txt_to_training_format_breakfast.py``), which writes the same records through
+:func:`training_record`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ VIDEO_PLACEHOLDER = "<video>"
 LLAVIDAL_PLACEHOLDERS = "<video><object><human_pose>"
 
 
-def _feature_stems(folder: str | os.PathLike | None) -> set[str] | None:
+def feature_stems(folder: str | os.PathLike | None) -> set[str] | None:
     """Stems of the feature files in ``folder`` (``v_1`` for ``v_1.pkl`` / ``v_1.safetensors``...)."""
     if not folder:
         return None
@@ -48,6 +52,22 @@ def _feature_stems(folder: str | os.PathLike | None) -> set[str] | None:
                 stems.add(name[: -len(ext)])
                 break
     return stems
+
+
+def training_record(video_id: str, question: str, answer: str, index: int, placeholders: str = VIDEO_PLACEHOLDER,
+                    with_pose_object: bool = False) -> dict[str, Any]:
+    """One training record: ``{id, video: "<id>.pkl", [object, pose,] conversations: [human, gpt]}``.
+
+    The human turn is ``"{question}\\n{placeholders}"`` at an even ``index`` and ``"{placeholders}\\n{question}"``
+    at an odd one, as upstream alternates them.
+    """
+    human = f"{question}\n{placeholders}" if index % 2 == 0 else f"{placeholders}\n{question}"
+    record: dict[str, Any] = {"id": video_id, "video": f"{video_id}.pkl"}
+    if with_pose_object:
+        record["object"] = f"{video_id}_object.pkl"
+        record["pose"] = f"{video_id}_pose.pkl"
+    record["conversations"] = [{"from": "human", "value": human}, {"from": "gpt", "value": answer}]
+    return record
 
 
 def convert_records(
@@ -84,14 +104,7 @@ def convert_records(
             if object_features is not None and f"{video_id}_object" not in object_features:
                 counts["missing_object"] += 1
                 continue
-        question = str(item["q"])
-        human = f"{question}\n{placeholders}" if index % 2 == 0 else f"{placeholders}\n{question}"
-        record: dict[str, Any] = {"id": video_id, "video": f"{video_id}.pkl"}
-        if with_pose_object:
-            record["object"] = f"{video_id}_object.pkl"
-            record["pose"] = f"{video_id}_pose.pkl"
-        record["conversations"] = [{"from": "human", "value": human}, {"from": "gpt", "value": str(item["a"])}]
-        records.append(record)
+        records.append(training_record(video_id, str(item["q"]), str(item["a"]), index, placeholders, with_pose_object))
     counts["kept"] = len(records)
     return records, counts
 
@@ -116,6 +129,16 @@ class ConvertArguments:
 def main(argv: list[str] | None = None) -> int:
     (args,) = parse((ConvertArguments,), argv, prog="llavidal convert", description=ConvertArguments.__doc__)
     input_path = Path(args.input_json_file)
+    if input_path.is_dir():
+        from llavidal.data.breakfast import looks_like_breakfast
+
+        message = (f"--input_json_file {input_path} is a folder; this converter wants a JSON file (a list of "
+                   "{video_id, q, a})")
+        if looks_like_breakfast(input_path):
+            message += (". The folder looks like the Breakfast fork's Q/A text files (person/camera/*.txt, .labels): "
+                        "convert it with python scripts/convert_instruction_txt_to_training_format_breakfast.py "
+                        f"--input_json_file {input_path} --output_json_file {args.output_json_file}")
+        raise IsADirectoryError(message)
     if not input_path.is_file():
         raise FileNotFoundError(f"--input_json_file {input_path} does not exist")
     try:
@@ -126,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{input_path}: expected a JSON list of {{video_id, q, a}}")
     records, counts = convert_records(
         qa,
-        video_features=_feature_stems(args.clip_feature_path),
+        video_features=feature_stems(args.clip_feature_path),
         with_pose_object=args.with_pose_object,
-        pose_features=_feature_stems(args.pose_feature_path) if args.with_pose_object else None,
-        object_features=_feature_stems(args.object_feature_path) if args.with_pose_object else None,
+        pose_features=feature_stems(args.pose_feature_path) if args.with_pose_object else None,
+        object_features=feature_stems(args.object_feature_path) if args.with_pose_object else None,
         source=str(input_path),
     )
     atomic_write_json(args.output_json_file, records, indent=None)

@@ -87,10 +87,10 @@ class DemoFeaturePipeline:
         what they make does not fit the weights' projectors."""
         from llavidal.features.decode import VideoDecodeError  # noqa: F401  (fail early without the extras)
         from llavidal.features.extractor import extractor_from_manifest, unrecorded_manifest
-        from llavidal.model.config import LlavidalConfig
+        from llavidal.model.builder import recorded_manifests
 
         weights_dir = Path(weights_dir)
-        manifests = LlavidalConfig.from_json_file(weights_dir).recorded_manifests(weights_dir)
+        manifests = recorded_manifests(weights_dir)  # none for upstream weights: the upstream recipe
         extractors = {}
         for spec in registry:
             manifest = manifests.get(spec.name)

@@ -358,7 +358,9 @@ def find_examples(folders: Sequence[str | os.PathLike], limit: int = MAX_EXAMPLE
 class DemoArguments:
     """Flags of ``llavidal demo`` / ``llavidal/demo/video_demo.py`` (upstream's spellings are accepted)."""
 
-    projection_path: str = arg(None, "folder written by training (llavidal_config.json + trainable.safetensors)")
+    projection_path: str = arg(None, "folder written by training (llavidal_config.json + trainable.safetensors), or "
+                                     "upstream weights: a file (mm_projector.bin, model.bin, .safetensors) or a folder "
+                                     "holding one, with --model-name")
     model_name: str | None = arg(None, "base LLM folder; default: the base recorded in the weights' llavidal_config.json",
                                  aliases=["--base_model"])
     vision_tower_name: str | None = arg(None, "vision encoder (a CLIP folder or 'embedded'); default: the one the "
@@ -424,7 +426,7 @@ def load_demo(
     args: DemoArguments, limits: VideoLimits, examples: tuple[Path, ...],
 ) -> tuple["gr.Blocks", DemoSettings]:
     """Load the engine and the extractors, check that they fit, and build the app."""
-    from llavidal.demo.features import DemoFeaturePipeline
+    from llavidal.demo.features import DemoFeaturePipeline, IncompatibleProjectorError
     from llavidal.serve.engine import InferenceEngine
 
     weights = Path(args.projection_path).expanduser()
@@ -432,9 +434,20 @@ def load_demo(
     engine = InferenceEngine.from_pretrained(weights, base_model=args.model_name, device=args.device, dtype=args.dtype)
     options = {"video": {"encoder": args.vision_tower_name}, "pose": {"encoder": args.pose_encoder},
                "object": {"encoder": args.object_encoder, "detector": args.detector}}
-    pipeline = DemoFeaturePipeline.for_weights(
-        weights, engine.modalities, limits=limits, options=options, device=args.device, examples=examples,
-    )
+    try:
+        pipeline = DemoFeaturePipeline.for_weights(
+            weights, engine.modalities, limits=limits, options=options, device=args.device, examples=examples,
+        )
+    except IncompatibleProjectorError as err:
+        from llavidal.model.builder import llavidal_weights_dir
+
+        if llavidal_weights_dir(weights) is not None or args.vision_tower_name:
+            raise
+        raise IncompatibleProjectorError(
+            f"{err} {weights} are upstream weights, which record no feature manifest, so the embedded encoder was "
+            "assumed: pass the vision encoder they were trained with (upstream: a CLIP ViT-L/14 folder) as "
+            "--vision_tower_name PATH"
+        ) from None
     if args.conv_mode:
         logger.info("--conv-mode %s ignored: the weights' recorded template is used", args.conv_mode)
     settings = DemoSettings(

@@ -97,11 +97,17 @@ class JudgeArguments:
 @dataclass
 class InferArguments:
     benchmark: Optional[str] = arg(None, "task name (see 'llavidal eval tasks') or a task YAML path")
-    records: Optional[str] = arg(None, "benchmark records (.json/.jsonl)", aliases=["--gt_file", "--question_file"])
-    weights: Optional[str] = arg(None, "trained weights folder (InferenceEngine.from_pretrained)")
-    base_model: Optional[str] = arg(None, "base LLM folder when the weights do not name a reachable one",
-                                    aliases=["--model-name"])
-    video_folder: Optional[str] = arg(None, "video features folder ({stem}.pkl|.safetensors|...)")
+    records: Optional[str] = arg(None, "benchmark records (.json/.jsonl); with --answers, the questions only",
+                                 aliases=["--gt_file", "--question_file", "--gt_file_question"])
+    answers: Optional[str] = arg(None, "reference answers of --records' questions, joined by question_id or position "
+                                 "(the ActivityNet-QA pair of files)", aliases=["--gt_file_answers"])
+    weights: Optional[str] = arg(None, "trained weights: a folder written by training, or upstream weights (a file "
+                                       "such as mm_projector.bin / model.bin, or a folder holding one; then "
+                                       "--model-name is required)", aliases=["--projection_path"])
+    base_model: Optional[str] = arg(None, "base LLM folder when the weights do not name a reachable one (required "
+                                          "for upstream weights)", aliases=["--model-name"])
+    video_folder: Optional[str] = arg(None, "video features folder ({stem}.pkl|.safetensors|...)",
+                                      aliases=["--video_dir"])
     pose_folder: Optional[str] = arg(None, "pose features folder ({stem}_pose.*)")
     object_folder: Optional[str] = arg(None, "object features folder ({stem}_object.*)")
     output: Optional[str] = arg(None, "predictions .jsonl (default: OUTPUT_DIR/OUTPUT_NAME.jsonl)")
@@ -123,6 +129,10 @@ class InferArguments:
     merge_timeout: float = arg(6 * 3600.0, "seconds the torchrun ranks wait for each other before rank 0 merges")
     device: Optional[str] = arg(None, "device for the engine (default: cuda:LOCAL_RANK if available, else cpu)")
     dtype: Optional[str] = arg(None, "dtype for the engine (float16, bfloat16, float32)")
+    conv_mode: Optional[str] = arg(None, "conversation template of the prompt (default: the one the weights were "
+                                   "trained with; Video-ChatGPT's video-chatgpt_v1 is llavidal_v1)")
+    videochatgpt_json: bool = arg(False, "also write Video-ChatGPT's prediction file: --output with .json, a JSON "
+                                  "list of {id, question, answer, pred} or the benchmark record + pred (pred1/pred2)")
 
     def __post_init__(self) -> None:
         if not self.output:
@@ -134,6 +144,13 @@ class InferArguments:
                 raise ValueError(f"--{name} is required")
         if not self.merge_only and not self.weights:
             raise ValueError("--weights is required")
+        if self.videochatgpt_json and Path(self.output).suffix == ".json":
+            raise ValueError(f"--output {self.output} ends in .json, the name of the --videochatgpt_json file; "
+                             "use .jsonl for --output")
+        if self.conv_mode:
+            from llavidal.data.templates import get_template
+
+            get_template(self.conv_mode)  # an unknown name is a usage error now, not after loading the model
 
 
 @dataclass
@@ -241,6 +258,14 @@ def _failed_rows_line(files: list) -> str:
 # Subcommands
 
 
+def _write_videochatgpt_json(args: InferArguments, kind: str) -> None:
+    if args.videochatgpt_json:
+        from llavidal.eval.predictions import write_videochatgpt_predictions
+
+        path = Path(args.output).with_suffix(".json")
+        print(f"Video-ChatGPT predictions: {path} ({write_videochatgpt_predictions(args.output, path, kind)} rows)")
+
+
 @command("llavidal eval infer")
 def cmd_infer(argv: list[str] | None = None) -> int:
     """Generate predictions for a task's records (resumable; sharded under torchrun)."""
@@ -250,18 +275,27 @@ def cmd_infer(argv: list[str] | None = None) -> int:
     from llavidal.eval.tasks import load_task
 
     spec = load_task(args.benchmark)
-    records = spec.load_records(args.records, task=args.task, limit=args.limit)
+    if args.answers:
+        from llavidal.eval.records import load_records
+
+        records = load_records(args.records, spec.kind, task=args.task, limit=args.limit, answers=args.answers)
+    else:
+        records = spec.load_records(args.records, task=args.task, limit=args.limit)
     if args.merge_only:
         path = merge_predictions(args.output, records)
         print(f"merged predictions into {path}")
+        _write_videochatgpt_json(args, spec.kind)
         return 0
-    from llavidal.eval.run_inference import check_feature_manifests
+    from llavidal.eval.run_inference import check_feature_manifests, refuse_video_files_folder
     from llavidal.serve.engine import InferenceEngine
 
     folders = {"video": args.video_folder, "pose": args.pose_folder, "object": args.object_folder}
+    for name, folder in folders.items():
+        if folder:
+            refuse_video_files_folder(name, folder)  # before loading the model: a usage error
     check_feature_manifests(args.weights, folders, allow_mismatch=args.allow_feature_mismatch)
     engine = InferenceEngine.from_pretrained(
-        args.weights, base_model=args.base_model, device=args.device, dtype=args.dtype
+        args.weights, base_model=args.base_model, device=args.device, dtype=args.dtype, template=args.conv_mode
     )
     summary = run_inference(
         engine,
@@ -278,6 +312,8 @@ def cmd_infer(argv: list[str] | None = None) -> int:
         merge_timeout=args.merge_timeout,
     )
     print(summary.line())
+    if summary.merged:
+        _write_videochatgpt_json(args, spec.kind)
     if summary.missing_examples:
         print(f"missing features, e.g.: {'; '.join(summary.missing_examples)} (recorded; rerun after extracting them)")
     if summary.errors:

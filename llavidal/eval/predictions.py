@@ -12,7 +12,9 @@ Rows written by ``llavidal eval infer`` also carry ``benchmark_total``: how many
 for, so that a file cut short (a killed run, a torn last line) still says how many predictions are missing.
 
 Upstream (Video-ChatGPT / LLAVIDAL) prediction files are flat: the benchmark record's fields plus
-``pred`` (``pred1``/``pred2`` for consistency). Both are read into :class:`Prediction`.
+``pred`` (``pred1``/``pred2`` for consistency), or, from Video-ChatGPT's ActivityNet-QA inference,
+``{id, question, answer, pred}`` (no video field). Both are read into :class:`Prediction`;
+:func:`videochatgpt_rows` writes ours back in Video-ChatGPT's shape.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def _from_row(row: dict) -> Prediction:
 
 
 def _from_flat(raw: dict, kind: str, where: str) -> Prediction:
-    record = normalise_record(raw, kind, where)
+    record = normalise_record(raw, kind, where, video_optional=True)  # ActivityNet rows: id/question/answer/pred
     outputs: dict[str, str] = {}
     if "pred1" in raw and "pred2" in raw:
         outputs["cons1"], outputs["cons2"] = str(raw["pred1"]), str(raw["pred2"])
@@ -200,3 +202,63 @@ def join(
             "check that the prediction and benchmark files belong together"
         )
     return [(r, by_id.get(r.id)) for r in records]
+
+
+def _source_item(source: str, cache: dict[str, list | None]) -> dict | None:
+    """The raw benchmark record at ``source`` (``file:index``, as :class:`EvalRecord` notes it), or ``None``
+    when that file can no longer be read."""
+    path, _, index = source.rpartition(":")
+    if not path or not index.isdigit():
+        return None
+    if path not in cache:
+        try:
+            cache[path] = [raw for _, raw in iter_raw_records(load_json_or_jsonl(path), path)]
+        except (OSError, ValueError):
+            cache[path] = None
+    items = cache[path]
+    if items is None or int(index) >= len(items) or not isinstance(items[int(index)], dict):
+        return None
+    return items[int(index)]
+
+
+def videochatgpt_rows(predictions: Iterable[Prediction]) -> list[dict]:
+    """Predictions in Video-ChatGPT's prediction-file shape (what its ``run_inference_*`` scripts write), in
+    order, for the predictions that are ``ok`` (Video-ChatGPT leaves out records it could not answer):
+
+    * records read from a question + answer pair of files (ActivityNet-QA): ``{id, question, answer, pred}``;
+    * others: the benchmark record as it is in its file (``video_name, Q, A``, ...) plus ``pred``, and
+      ``pred1``/``pred2`` when the record has two consistency questions. When the benchmark file can no
+      longer be read, ``{video_name, Q, A}`` (and ``Q1``/``Q2``) are written from the record.
+    """
+    rows: list[dict] = []
+    cache: dict[str, list | None] = {}
+    for prediction in predictions:
+        record = prediction.record
+        if not prediction.ok or record is None:
+            continue
+        outputs = prediction.outputs
+        if record.meta.get("answers_file"):
+            rows.append({"id": record.id, "question": record.question, "answer": record.answer,
+                         "pred": outputs.get("main", "")})
+            continue
+        raw = _source_item(record.source, cache)
+        if raw is None:
+            raw = {"video_name": record.video, "Q": record.question, "A": record.answer}
+            if len(record.consistency_questions) == 2:
+                raw["Q1"], raw["Q2"] = record.consistency_questions
+        row = {k: v for k, v in raw.items() if k not in ("pred", "pred1", "pred2")}
+        row["pred"] = outputs.get("main", "")
+        if "cons1" in outputs and "cons2" in outputs:
+            row["pred1"], row["pred2"] = outputs["cons1"], outputs["cons2"]
+        rows.append(row)
+    return rows
+
+
+def write_videochatgpt_predictions(predictions_path: str | Path, output: str | Path, kind: str) -> int:
+    """Read our predictions file and write it as Video-ChatGPT's (one JSON list, :func:`videochatgpt_rows`)
+    to ``output``; returns the number of rows written."""
+    from llavidal.utils.io import atomic_write_json
+
+    rows = videochatgpt_rows(load_predictions(predictions_path, kind))
+    atomic_write_json(output, rows)
+    return len(rows)

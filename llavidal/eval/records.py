@@ -200,13 +200,22 @@ def _resolve_letter(value: Any, choices: dict[str, str], original: dict[str, str
     )
 
 
-def normalise_record(raw: dict, kind: str, where: str, default_task: str = "") -> EvalRecord:
-    """Read one raw record of any accepted shape as an :class:`EvalRecord` of ``kind``."""
+def normalise_record(
+    raw: dict, kind: str, where: str, default_task: str = "", video_optional: bool = False
+) -> EvalRecord:
+    """Read one raw record of any accepted shape as an :class:`EvalRecord` of ``kind``.
+
+    ``video_optional``: a record without a video field takes its id as the video (prediction files of
+    Video-ChatGPT's ActivityNet-QA inference carry only ``id, question, answer, pred``; judging needs no
+    features).
+    """
     if kind not in RECORD_KINDS:
         raise ValueError(f"unknown record kind {kind!r}; one of {RECORD_KINDS}")
     if not isinstance(raw, dict):
         raise RecordFormatError(f"{where}: expected a JSON object, got {type(raw).__name__}")
     _, video = _first(raw, _VIDEO_KEYS)
+    if video is None and video_optional:
+        _, video = _first(raw, _ID_KEYS)
     if video is None:
         raise RecordFormatError(f"{where}: no video field (one of {', '.join(_VIDEO_KEYS)}); fields are {sorted(raw)}")
     video = _text(video)
@@ -272,8 +281,9 @@ def normalise_record(raw: dict, kind: str, where: str, default_task: str = "") -
         if not record.answer:
             raise RecordFormatError(f"{where}: no reference answer (one of {', '.join(_ANSWER_TEXT_KEYS)})")
         record.label = record.label or (record.answer if kind == "zeroshot" and len(record.answer) < 40 else "")
-    # Segment bounds and subject/view are kept for cross-subject / cross-view breakdowns.
-    record.meta.update({k: raw[k] for k in ("start", "end", "subject", "view") if k in raw})
+    # Segment bounds and subject/view are kept for cross-subject / cross-view breakdowns; ActivityNet-QA's
+    # answer 'type' for per-type ones.
+    record.meta.update({k: raw[k] for k in ("start", "end", "subject", "view", "type") if k in raw})
     return record
 
 
@@ -320,23 +330,80 @@ def iter_raw_records(data: Any, path: str | Path) -> list[tuple[str, dict]]:
     return _iter_raw(data, Path(path))
 
 
-def load_records(path: str | Path, kind: str, task: str = "", limit: int | None = None) -> list[EvalRecord]:
+def load_records(
+    path: str | Path, kind: str, task: str = "", limit: int | None = None, answers: str | Path | None = None
+) -> list[EvalRecord]:
     """Load and normalise a benchmark file (``.json`` or ``.jsonl``).
 
     Records without an id get one from the video stem (``stem`` when the video appears once in the
-    file, else ``stem#n``). Duplicate explicit ids are an error naming them.
+    file, else ``stem#n``). Duplicate explicit ids are an error naming them. With ``answers``, ``path``
+    holds only the questions and ``answers`` the reference answers (the ActivityNet-QA pair of files,
+    :func:`join_question_answer_files`).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file {path} does not exist")
     data = load_json_or_jsonl(path)
     raw_items = _iter_raw(data, path)
+    if answers is not None:
+        raw_items = join_question_answer_files(raw_items, path, answers)
     default_task = task or path.stem
     records = []
     for index, (fallback_id, raw) in enumerate(raw_items):
         record = normalise_record(raw, kind, f"{path}:{index}", default_task=default_task)
         if not record.id and fallback_id:
             record.id = fallback_id
+        if answers is not None:
+            record.meta["answers_file"] = str(answers)  # written back as {id, question, answer, pred}
         records.append(record)
     assign_ids(records)
     return records[:limit] if limit else records
+
+
+def join_question_answer_files(
+    questions: list[tuple[str, dict]], questions_path: Path, answers_path: str | Path
+) -> list[tuple[str, dict]]:
+    """Questions ``[{video_name, question, question_id}]`` + answers ``[{answer, type, question_id}]`` (the
+    ActivityNet-QA ``test_q.json`` / ``test_a.json`` pair that Video-ChatGPT's ``--gt_file_question`` and
+    ``--gt_file_answers`` take) -> one raw record per question, its answer's fields added.
+
+    Joined by ``question_id`` when both files carry it; otherwise by position, as Video-ChatGPT does, which
+    needs the two files to have the same length.
+    """
+    answers_path = Path(answers_path)
+    if not answers_path.is_file():
+        raise FileNotFoundError(f"answers file {answers_path} does not exist")
+    answers = _iter_raw(load_json_or_jsonl(answers_path), answers_path)
+    for index, (_, answer) in enumerate(answers):
+        if not isinstance(answer, dict) or _first(answer, _ANSWER_TEXT_KEYS)[0] is None:
+            raise RecordFormatError(
+                f"{answers_path}:{index}: no answer field (one of {', '.join(_ANSWER_TEXT_KEYS)}); is this the "
+                "answers file of the pair?"
+            )
+    question_ids = [str(raw["question_id"]) if isinstance(raw, dict) and "question_id" in raw else None
+                    for _, raw in questions]
+    answer_ids = {str(answer["question_id"]): answer for _, answer in answers if "question_id" in answer}
+    if all(qid is not None for qid in question_ids) and len(answer_ids) == len(answers):
+        missing = [qid for qid in question_ids if qid not in answer_ids]
+        if missing:
+            raise RecordFormatError(
+                f"{len(missing)} questions of {questions_path} have no answer in {answers_path} (question_id "
+                f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); check that the two files belong "
+                "together"
+            )
+        pairs = [answer_ids[qid] for qid in question_ids]
+    elif len(answers) == len(questions):
+        pairs = [answer for _, answer in answers]
+    else:
+        raise RecordFormatError(
+            f"{questions_path} has {len(questions)} questions and {answers_path} {len(answers)} answers, and they "
+            "cannot be joined by question_id; pass the matching questions and answers files"
+        )
+    joined = []
+    for (fallback_id, question), answer in zip(questions, pairs):
+        if not isinstance(question, dict):
+            joined.append((fallback_id, question))  # normalise_record names the file and index
+            continue
+        extra = {k: v for k, v in answer.items() if k not in question}
+        joined.append((fallback_id, {**question, **extra}))
+    return joined

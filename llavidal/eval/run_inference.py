@@ -28,12 +28,14 @@ is the record's video file name without extension and ``suffix`` the modality's 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from llavidal.data.feature_store import (
+    FEATURE_EXTENSIONS,
     FeatureFileError,
     FeatureFolder,
     FeatureManifest,
@@ -95,12 +97,12 @@ def check_feature_manifests(
     weights record nothing for cannot be checked; that is logged too. Returns the warnings logged.
     """
     from llavidal.features.extractor import manifest_differences
-    from llavidal.model.config import LlavidalConfig
+    from llavidal.model.builder import recorded_manifests
 
     folders = {name: Path(folder) for name, folder in feature_folders.items() if folder}
     if not folders:
         return []
-    recorded = LlavidalConfig.from_json_file(weights_dir).recorded_manifests(weights_dir)
+    recorded = recorded_manifests(weights_dir)  # none for upstream weights (a file, no llavidal_config.json)
     warnings: list[str] = []
     mismatches: list[str] = []
     for name, folder in folders.items():
@@ -204,6 +206,8 @@ def _open_folders(
                 f"--{name}_folder was passed but the model has no '{name}' modality "
                 f"(it has {sorted(engine_modalities)}); drop the flag or load weights trained with it"
             )
+        if not isinstance(folder, FeatureFolder):
+            refuse_video_files_folder(name, folder)
         folders[name] = folder if isinstance(folder, FeatureFolder) else FeatureFolder(folder, modality=name)
     if "video" in engine_modalities and "video" not in folders and not allow_text_only:
         raise ValueError(
@@ -211,6 +215,37 @@ def _open_folders(
             "Pass --video_folder, or --allow_text_only to measure a text-only baseline on purpose."
         )
     return folders
+
+
+VIDEO_FILE_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+EXTRACTION_COMMANDS = {
+    "video": "python scripts/save_spatio_temporal_clip_features.py --video_dir_path {folder} --clip_feat_path FEATURES",
+    "pose": "llavidal extract pose ... --output_dir FEATURES",
+    "object": "llavidal extract object ... --output_dir FEATURES",
+}
+
+
+def refuse_video_files_folder(name: str, folder: str | Path) -> None:
+    """Refuse a feature folder that holds videos and no feature files (Video-ChatGPT's ``--video_dir`` held
+    videos and extracted features on the fly; here features are extracted once, beforehand)."""
+    path = Path(folder)
+    if not path.is_dir():
+        return
+    video_example = None
+    with os.scandir(path) as entries:
+        for entry in entries:
+            suffix = Path(entry.name).suffix.lower()
+            if suffix in FEATURE_EXTENSIONS:
+                return  # a features folder (videos beside them are the user's business)
+            if video_example is None and suffix in VIDEO_FILE_EXTENSIONS:
+                video_example = entry.name
+    if video_example is not None:
+        command = EXTRACTION_COMMANDS.get(name, f"llavidal extract {name} ...").format(folder=path)
+        raise ValueError(
+            f"--{name}_folder {path} holds videos ({video_example}), not {name} features: features are read from a "
+            f"features folder, not extracted on the fly. Extract them first ({command}) and pass that FEATURES "
+            "folder instead"
+        )
 
 
 def _engine_feature_dims(engine: Any) -> dict[str, int]:

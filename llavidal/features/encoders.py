@@ -16,7 +16,15 @@ stream close to it, so pooled features still separate videos by layout, motion a
 what a projector can learn activities from on small data. Use real CLIP for real work.
 
 Every encoder exposes ``name``, ``model_id``, ``weights_sha256`` (a hash of its state dict, recorded in
-feature manifests), ``feature_dim``, ``image_size``, ``num_patches``, ``grid_size`` and ``layer``.
+feature manifests), ``feature_dim``, ``image_size``, ``num_patches``, ``grid_size``, ``layer`` and
+``num_hidden_states`` (25 for ViT-L/14: the embeddings and each of the 24 layers).
+
+Per-layer features (the Breakfast fork stores the CLS token of every hidden state)::
+
+    encoder.encode_layers(frames, layers=[0, 12, 24], token="cls")   # -> (N, 3, feature_dim)
+
+``hidden_states[0]`` is the embedding output after CLIP's pre-layer norm and ``hidden_states[i]`` the
+output of layer ``i``, as transformers' ``output_hidden_states=True`` returns them (no post-layer norm).
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import math
 import os
 import zlib
 from pathlib import Path
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -53,6 +63,8 @@ EMBEDDED_CONFIG = dict(
     hidden_act="quick_gelu",
 )
 EMBEDDED_MODEL_ID = "llavidal/embedded-clip-vit-p14-224-h256-l3-seed1729"
+LAYER_TOKENS = ("cls", "mean")
+"""What one hidden state contributes per frame in per-layer features: the class token or the patch mean."""
 
 
 class VisionEncoder:
@@ -69,6 +81,8 @@ class VisionEncoder:
     num_patches: int = 0
     layer: int = -2
     """Which hidden state the features are taken from (``-2``: the penultimate layer, as upstream)."""
+    num_hidden_states: int = 0
+    """Hidden states :meth:`encode_layers` can return: the embeddings plus one per layer (25 for ViT-L/14)."""
 
     def __init__(self, model: torch.nn.Module, image_mean, image_std, rescale_factor: float = 1 / 255,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, batch_size: int = 64):
@@ -125,8 +139,63 @@ class VisionEncoder:
             return torch.zeros((0, self.num_patches, self.feature_dim), device=self.device)
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
+    def resolve_layers(self, layers: str | Sequence[int] | None) -> list[int]:
+        """``"all"``, ``"0,12,24"``, ``[-1]``... -> hidden-state indices, in the order given, in ``[0, num_hidden_states)``.
+
+        Negative indices count from the last hidden state (``-1``: the last layer's output).
+        """
+        count = self.num_hidden_states
+        if layers is None or (isinstance(layers, str) and layers.strip().lower() == "all"):
+            return list(range(count))
+        if isinstance(layers, str):
+            try:
+                values = [int(part) for part in layers.replace(" ", "").split(",") if part]
+            except ValueError:
+                raise ValueError(f"--layers {layers!r}: write 'all' or hidden-state indices such as 0,12,24") from None
+        else:
+            values = [int(value) for value in layers]
+        if not values:
+            raise ValueError("--layers: name at least one hidden state ('all', or indices such as 0,12,24)")
+        resolved = []
+        for value in values:
+            index = value + count if value < 0 else value
+            if not 0 <= index < count:
+                raise ValueError(f"--layers: hidden state {value} does not exist; {self.model_id} has {count} "
+                                 f"(0 = embeddings ... {count - 1} = last layer)")
+            resolved.append(index)
+        if len(set(resolved)) != len(resolved):
+            raise ValueError(f"--layers {layers!r}: a hidden state is named twice")
+        return resolved
+
+    @torch.inference_mode()
+    def encode_layers(self, frames: np.ndarray | torch.Tensor, layers: Sequence[int], token: str = "cls",
+                      batch_size: int | None = None) -> torch.Tensor:
+        """uint8 RGB ``(N, H, W, 3)`` -> float32 ``(N, len(layers), feature_dim)``: one token per hidden state.
+
+        ``token``: ``cls`` (the class token, as the Breakfast fork stores) or ``mean`` (mean over patches).
+        """
+        if token not in LAYER_TOKENS:
+            raise ValueError(f"layer token {token!r}: use one of {LAYER_TOKENS}")
+        layers = [int(layer) for layer in layers]
+        batch_size = batch_size or self.batch_size
+        frames = torch.as_tensor(frames)
+        outputs = []
+        for start in range(0, frames.shape[0], batch_size):
+            pixels = self.preprocess(frames[start : start + batch_size])
+            states = self._hidden_states(pixels)  # L+1 tensors of (n, 1 + P, D)
+            picked = torch.stack([states[layer] for layer in layers], dim=1)  # (n, k, 1 + P, D)
+            summary = picked[:, :, 0] if token == "cls" else picked[:, :, 1:].mean(dim=2)  # (n, k, D)
+            outputs.append(summary.float())
+        if not outputs:
+            return torch.zeros((0, len(layers), self.feature_dim), device=self.device)
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
     def _patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def _hidden_states(self, pixel_values: torch.Tensor) -> Sequence[torch.Tensor]:
+        """Every hidden state ``(N, 1 + P, D)``, CLS first: the embeddings, then each layer's output."""
+        raise NotImplementedError(f"{type(self).__name__} cannot return per-layer hidden states")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, model_id={self.model_id!r}, dim={self.feature_dim}, "
@@ -139,7 +208,8 @@ class HFClipVisionEncoder(VisionEncoder):
     The last transformer layer is not needed for the penultimate hidden state, so it is not run: the
     encoder keeps only the first ``L - 1`` layers, whose output *is* ``hidden_states[-2]`` of the full
     model (the final layer norm applies only to the pooled CLS output). The weight hash covers every
-    weight of the checkpoint's vision tower, the unused last layer included.
+    weight of the checkpoint's vision tower, the unused last layer included. Per-layer features
+    (:meth:`encode_layers`) run every layer: the full layer list is swapped in for that forward.
     """
 
     def __init__(self, model, name: str, model_id: str, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD,
@@ -149,8 +219,11 @@ class HFClipVisionEncoder(VisionEncoder):
         layers = _clip_encoder_layers(model)
         if len(layers) < 2:
             raise ValueError(f"{model_id}: a CLIP vision model needs at least 2 layers for penultimate-layer features")
-        _set_clip_encoder_layers(model, layers[:-1])
+        self._all_layers = torch.nn.ModuleList(list(layers))  # shares the modules; moved with the model below
+        self._penultimate_layers = torch.nn.ModuleList(list(layers[:-1]))
+        _set_clip_encoder_layers(model, self._penultimate_layers)
         model = model.to(device=device, dtype=dtype)
+        self._all_layers.to(device=device, dtype=dtype)  # the last layer is not attached to the model
         super().__init__(model, image_mean, image_std, rescale_factor, device, dtype, batch_size)
         self.name = name
         self.model_id = model_id
@@ -158,10 +231,18 @@ class HFClipVisionEncoder(VisionEncoder):
         self.image_size = int(config.image_size)
         self.num_patches = (self.image_size // int(config.patch_size)) ** 2
         self.layer = -2
+        self.num_hidden_states = len(self._all_layers) + 1
 
     def _patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.model(pixel_values=pixel_values).last_hidden_state  # (N, 1 + P, D): hidden_states[-2]
         return hidden[:, 1:]  # (N, P, D): CLS dropped
+
+    def _hidden_states(self, pixel_values: torch.Tensor) -> Sequence[torch.Tensor]:
+        _set_clip_encoder_layers(self.model, self._all_layers)
+        try:
+            return self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states  # L+1 x (N, 1+P, D)
+        finally:
+            _set_clip_encoder_layers(self.model, self._penultimate_layers)
 
 
 def _clip_vision_body(model):
@@ -174,7 +255,8 @@ def _clip_encoder_layers(model) -> torch.nn.ModuleList:
 
 
 def _set_clip_encoder_layers(model, layers) -> None:
-    _clip_vision_body(model).encoder.layers = torch.nn.ModuleList(list(layers))
+    layers = layers if isinstance(layers, torch.nn.ModuleList) else torch.nn.ModuleList(list(layers))
+    _clip_vision_body(model).encoder.layers = layers
 
 
 class OpenClipVisionEncoder(VisionEncoder):
@@ -197,8 +279,10 @@ class OpenClipVisionEncoder(VisionEncoder):
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.num_patches = int(visual.positional_embedding.shape[0]) - 1
         self.layer = -2
+        self.num_hidden_states = len(visual.transformer.resblocks) + 1
 
-    def _patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _run_blocks(self, pixel_values: torch.Tensor, blocks: int) -> list[torch.Tensor]:
+        """The ``ln_pre`` output and the outputs of the first ``blocks`` residual blocks, each ``(N, 1 + P, D)``."""
         visual = self.model
         x = visual.conv1(pixel_values)  # (N, D, g, g)
         x = x.flatten(2).transpose(1, 2)  # (N, P, D), row-major patches as in transformers
@@ -206,13 +290,20 @@ class OpenClipVisionEncoder(VisionEncoder):
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)  # (N, 1 + P, D)
         x = visual.ln_pre(x)
         batch_first = getattr(visual.transformer, "batch_first", False)
+        states = [x]
         if not batch_first:
             x = x.transpose(0, 1)  # (1 + P, N, D): older open_clip blocks are sequence-first
-        for block in list(visual.transformer.resblocks)[:-1]:  # stop before the last block (penultimate)
+        for block in list(visual.transformer.resblocks)[:blocks]:
             x = block(x)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        return x[:, 1:]  # (N, P, D)
+            states.append(x if batch_first else x.transpose(0, 1))
+        return states
+
+    def _patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # stop before the last block (penultimate)
+        return self._run_blocks(pixel_values, self.num_hidden_states - 2)[-1][:, 1:]  # (N, P, D)
+
+    def _hidden_states(self, pixel_values: torch.Tensor) -> Sequence[torch.Tensor]:
+        return self._run_blocks(pixel_values, self.num_hidden_states - 1)
 
 
 def build_embedded_clip_model(seed: int = EMBEDDED_SEED):

@@ -64,6 +64,14 @@ class VideoRecipe:
     """Side of the pooled spatial grid; None keeps the encoder's grid."""
     decoder: str = "pyav"
     feature_dtype: str = "float16"
+    layers: list[int] | None = None
+    """Per-layer features: these hidden states (0 = embeddings), one token each per frame, ``(T, L, D)``
+    (the Breakfast fork: all 25 of ViT-L/14). None: the pooled penultimate-layer patches above."""
+    layer_token: str = "patches"
+    """``patches`` (pooled patch tokens; ``layers`` is None), or with ``layers``: ``cls`` or ``mean``."""
+    optional_fields: ClassVar[tuple[str, ...]] = ("layers", "layer_token")
+    """Fields added after recipe format 1: left out of a recipe's dict at their defaults, so that manifests of
+    features made without them stay equal to those written before (a rerun resumes the same folder)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +113,12 @@ RECIPES: dict[str, type] = {"video": VideoRecipe, "pose": PoseRecipe, "object": 
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    return {"format": RECIPE_FORMAT, "modality": recipe.modality, **dataclasses.asdict(recipe)}
+    data = {"format": RECIPE_FORMAT, "modality": recipe.modality, **dataclasses.asdict(recipe)}
+    defaults = {f.name: f.default for f in dataclasses.fields(recipe)}
+    for name in getattr(recipe, "optional_fields", ()):
+        if data.get(name) == defaults.get(name):
+            del data[name]
+    return data
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "manifest") -> Recipe:

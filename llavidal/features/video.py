@@ -12,6 +12,13 @@ tower, CLS dropped; :mod:`llavidal.features.encoders`), pools them (:mod:`llavid
 and writes ``{video_id}.safetensors`` (tensor ``features``, ``(T + S, D)``, float16; upstream:
 ``(356, 1024)``) or, with ``--format pickle``, upstream's ``{video_id}.pkl``, plus ``manifest.json``.
 
+Per-layer features (the Breakfast fork's format): ``--layers all --layer_token cls`` writes, per video, the
+CLS token of every hidden state of every sampled frame, ``(T, L, D)`` (fork: ``--num_frames 1000`` with
+ViT-L/14 -> ``(1000, 25, 1024)`` float16, ``--format pickle`` for its ``{video_id}.pkl``); ``--layers 0,12,24``
+keeps some. Videos with fewer than ``--num_frames`` frames are zero-padded at the end, as the temporal
+tokens are. ``--video_id path`` names nested videos by their path (``P03/cam01/P03_cereals.avi`` ->
+``P03_cam01_P03_cereals``), one file per video and camera.
+
 How it is fast: videos are decoded in worker processes (a ``DataLoader``) while the main process encodes
 frames of several videos per forward pass; torchrun ranks each take every ``WORLD_SIZE``-th video.
 How it is safe: outputs are written atomically; a rerun skips outputs that exist and validate (shape,
@@ -59,7 +66,7 @@ from llavidal.features.decode import (
     find_videos,
     video_id_for,
 )
-from llavidal.features.encoders import EMBEDDED_NAME, VisionEncoder, load_vision_encoder
+from llavidal.features.encoders import EMBEDDED_NAME, LAYER_TOKENS, VisionEncoder, load_vision_encoder
 from llavidal.features.extractor import (
     Clip,
     Extracted,
@@ -80,6 +87,7 @@ EXTRACTOR = "llavidal.features.video"
 FAILED_NAME = "failed.jsonl"
 OUTPUT_SUFFIX = {"safetensors": ".safetensors", "pickle": ".pkl"}
 FEATURE_DTYPES = {"float16": np.float16, "float32": np.float32}
+VIDEO_ID_RULES = ("stem", "path")
 _TMP_RE = re.compile(r"^\.(?P<target>.+)\.[^.]+\.tmp")  # atomic_path's temporary files
 
 
@@ -103,6 +111,15 @@ class VideoExtractionArgs:
     dtype: str = field(default="auto", metadata={"help": "Encoder dtype: auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16."})
     feature_dtype: str = field(default="float16", metadata={"help": "Saved dtype: float16 (upstream) or float32."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (--progress False to hide it)."})
+    layers: str | None = field(default=None, metadata={"help": (
+        "Per-layer features instead of pooled patches: 'all' (every hidden state; 25 for ViT-L/14, as the "
+        "Breakfast fork stores) or indices such as 0,12,24 (0 = embeddings, -1 = last layer). Writes (T, L, D) "
+        "per video, T = --num_frames (zero-padded).")})
+    layer_token: str = field(default="cls", metadata={"help": "With --layers: the token kept per hidden state and frame: cls (the fork) or mean (mean over patches)."})
+    video_id: str = field(default="stem", metadata={"help": (
+        "How a video's id (its feature file name) is made: stem (file name without extension, upstream) or path "
+        "(its path under --video_dir_path joined with '_': P03/cam01/P03_cereals.avi -> P03_cam01_P03_cereals; "
+        "for the Breakfast layout, where every camera's file has the same name).")})
 
     def __post_init__(self) -> None:
         if self.format not in OUTPUT_SUFFIX:
@@ -113,6 +130,15 @@ class VideoExtractionArgs:
             raise ValueError(f"--feature_dtype {self.feature_dtype!r}: use one of {sorted(FEATURE_DTYPES)}")
         if self.num_frames < 1 or self.batch_size < 1:
             raise ValueError("--num_frames and --batch_size must be positive")
+        if self.layer_token not in LAYER_TOKENS:
+            raise ValueError(f"--layer_token {self.layer_token!r}: use one of {LAYER_TOKENS}")
+        if self.video_id not in VIDEO_ID_RULES:
+            raise ValueError(f"--video_id {self.video_id!r}: use one of {VIDEO_ID_RULES}")
+        if self.layers is not None and not self.layers.strip():
+            self.layers = None
+        if self.layers is not None and (self.temporal_tokens is not None or self.spatial_grid is not None):
+            raise ValueError("--temporal_tokens and --spatial_grid pool patch features; per-layer features (--layers) "
+                             "keep one row per frame: leave them out (or drop --layers)")
         if self.workers < 0:
             self.workers = default_workers()
 
@@ -168,7 +194,7 @@ class _Pending:
 
     job: _Job
     decoded: DecodedVideo
-    features: torch.Tensor  # (T, P, D) float32, filled as batches come back
+    features: torch.Tensor  # (T, P, D) or per layer (T, L, D), float32, filled as batches come back
     dispatched: int = 0
     encoded: int = 0
 
@@ -213,14 +239,25 @@ class VideoExtractor:
 
     @classmethod
     def create(cls, encoder: VisionEncoder, pooling: PoolingConfig, num_frames: int, feature_dtype: str = "float16",
-               decoder: str = "pyav", encoder_ref: str | os.PathLike | None = None) -> "VideoExtractor":
+               decoder: str = "pyav", encoder_ref: str | os.PathLike | None = None,
+               layers: str | list[int] | None = None, layer_token: str = "cls") -> "VideoExtractor":
+        """``layers`` (``"all"``, ``"0,12,24"``, ``[0, -1]``) makes per-layer features ``(T, L, D)``."""
+        per_layer = {}
+        if layers is not None:
+            if layer_token not in LAYER_TOKENS:
+                raise ValueError(f"layer_token {layer_token!r}: use one of {LAYER_TOKENS}")
+            per_layer = dict(layers=encoder.resolve_layers(layers), layer_token=layer_token)
         recipe = VideoRecipe(
             encoder=encoder_reference(encoder_ref or encoder), model_id=encoder.model_id,
             weights_sha256=encoder.weights_sha256, num_frames=int(num_frames),
             temporal_tokens=pooling.temporal_tokens, spatial_grid=pooling.spatial_grid, decoder=decoder,
-            feature_dtype=feature_dtype,
+            feature_dtype=feature_dtype, **per_layer,
         )
         return cls(recipe, encoder)
+
+    @property
+    def per_layer(self) -> bool:
+        return self.recipe.layers is not None
 
     @classmethod
     def from_manifest(cls, manifest: FeatureManifest, *, base_dir: str | os.PathLike | None = None,
@@ -239,8 +276,32 @@ class VideoExtractor:
     def pooling(self) -> PoolingConfig:
         return PoolingConfig(temporal_tokens=self.recipe.temporal_tokens, spatial_grid=self.recipe.spatial_grid)
 
-    def output_shape(self) -> tuple[int, int]:
+    def output_shape(self) -> tuple[int, ...]:
+        """``(tokens, D)``; per-layer features: ``(num_frames, L, D)``."""
+        if self.per_layer:
+            return self.recipe.num_frames, len(self.recipe.layers), int(self.encoder.feature_dim)
         return self.pooling().num_tokens(self.encoder.num_patches), int(self.encoder.feature_dim)
+
+    def frame_shape(self) -> tuple[int, int]:
+        """Per sampled frame, what the encoder gives before pooling: ``(P, D)``, or ``(L, D)`` per layer."""
+        rows = len(self.recipe.layers) if self.per_layer else self.encoder.num_patches
+        return rows, int(self.encoder.feature_dim)
+
+    def encode_frames(self, frames: torch.Tensor | np.ndarray, batch_size: int | None = None) -> torch.Tensor:
+        """uint8 frames ``(N, H, W, 3)`` -> ``(N, *frame_shape())`` float32."""
+        if self.per_layer:
+            return self.encoder.encode_layers(frames, self.recipe.layers, self.recipe.layer_token, batch_size=batch_size)
+        return self.encoder.encode(frames, batch_size=batch_size)
+
+    def pool(self, frame_features: torch.Tensor) -> torch.Tensor:
+        """``(T, *frame_shape())`` -> one video's features, ``output_shape()`` float32."""
+        if not self.per_layer:
+            return spatio_temporal_pool(frame_features, self.pooling())  # (T_max + S, D)
+        frame_features = frame_features.float()
+        missing = self.recipe.num_frames - frame_features.shape[0]
+        if missing > 0:  # a short video: zero rows at the end, as the temporal tokens are padded
+            frame_features = torch.cat([frame_features, frame_features.new_zeros((missing, *frame_features.shape[1:]))])
+        return frame_features  # (T, L, D)
 
     def weights_match(self) -> bool:
         return not self.recipe.weights_sha256 or self.recipe.weights_sha256 == self.encoder.weights_sha256
@@ -248,19 +309,27 @@ class VideoExtractor:
     def manifest(self, output_format: str = "safetensors") -> FeatureManifest:
         """The manifest that describes features made with these settings."""
         encoder, pooling = self.encoder, self.pooling()
-        tokens, dim = self.output_shape()
+        shape = self.output_shape()
+        extra = {}
+        if self.per_layer:
+            extra = {"layers": list(self.recipe.layers), "layer_token": self.recipe.layer_token,
+                     "hidden_states": encoder.num_hidden_states}
+            description = (f"per_layer({self.recipe.layer_token} token of hidden states {list(self.recipe.layers)} "
+                           f"of {encoder.num_hidden_states}, per frame, zero-padded to {self.recipe.num_frames} frames)")
+        else:
+            description = pooling.describe(encoder.num_patches)
         return FeatureManifest(
             modality="video",
             extractor=EXTRACTOR,
-            feature_dim=dim,
-            shape=[tokens, dim],
+            feature_dim=shape[-1],
+            shape=list(shape),
             dtype=self.recipe.feature_dtype,
             model_id=encoder.model_id,
             weights_sha256=encoder.weights_sha256,
-            layer=encoder.layer,
+            layer=None if self.per_layer else encoder.layer,
             frames=self.recipe.num_frames,
-            pooling=pooling.describe(encoder.num_patches),
-            extra={
+            pooling=description,
+            extra={**extra,
                 "encoder": encoder.name,
                 "image_size": encoder.image_size,
                 "num_patches": encoder.num_patches,
@@ -274,22 +343,34 @@ class VideoExtractor:
         )
 
     def features(self, video_path: str | os.PathLike) -> np.ndarray:
-        """float32 ``(T + S, D)`` features of one video; :class:`VideoDecodeError` names an undecodable file."""
-        features = video_features_for_file(video_path, self.encoder, num_frames=self.recipe.num_frames,
-                                           pooling=self.pooling(), decoder=self.recipe.decoder)
+        """float32 ``output_shape()`` features of one video; :class:`VideoDecodeError` names an undecodable file."""
+        if self.per_layer:
+            decoded = decode_video(video_path, self.recipe.num_frames, self.encoder.image_size, self.recipe.decoder, threads=0)
+            if not decoded.ok:
+                raise VideoDecodeError(decoded.error)
+            features = self.pool(self.encode_frames(decoded.frames)).cpu().numpy()  # (T, L, D)
+        else:
+            features = video_features_for_file(video_path, self.encoder, num_frames=self.recipe.num_frames,
+                                               pooling=self.pooling(), decoder=self.recipe.decoder)
         return round_through(features, self.recipe.feature_dtype)
 
     def extract(self, clip: Clip) -> Extracted:
         if clip.video is None:
             return Extracted(None, "no video")
         features = self.features(clip.video)
+        if self.per_layer:
+            frames, layers, dim = features.shape
+            return Extracted(features, f"{frames} frames x {layers} layers x {dim}-d from {self.encoder.model_id}")
         rows, dim = features.shape
         return Extracted(features, f"{rows} tokens x {dim}-d from {self.encoder.model_id}")
 
     def describe(self) -> str:
-        tokens, dim = self.output_shape()
-        return (f"video: {self.encoder.name} encoder `{self.encoder.model_id}` ({dim}-d), "
-                f"{self.recipe.num_frames} frames, {tokens} tokens")
+        shape = self.output_shape()
+        if self.per_layer:
+            return (f"video: {self.encoder.name} encoder `{self.encoder.model_id}` ({shape[-1]}-d), "
+                    f"{self.recipe.num_frames} frames, {self.recipe.layer_token} token of {shape[1]} hidden states")
+        return (f"video: {self.encoder.name} encoder `{self.encoder.model_id}` ({shape[-1]}-d), "
+                f"{self.recipe.num_frames} frames, {shape[0]} tokens")
 
 
 def recipe_digest(manifest: FeatureManifest) -> str:
@@ -343,11 +424,24 @@ def video_features_for_file(path: str | os.PathLike, encoder: VisionEncoder, num
     return spatio_temporal_pool(patch_features, pooling).cpu().numpy()  # (T_max + S, D)
 
 
-def _plan_jobs(video_paths: Sequence[Path], out_dir: Path, output_format: str) -> list[_Job]:
-    """One job per video; a second video with the same id (file stem) is a failure, not a silent overwrite."""
+def video_id_by_path(path: Path, root: Path | None) -> str:
+    """``root/P03/cam01/P03_cereals.avi`` -> ``P03_cam01_P03_cereals`` (the stem when not under ``root``)."""
+    path = Path(path)
+    try:
+        parts = path.resolve().relative_to(root.resolve()).with_suffix("").parts if root is not None else ()
+    except ValueError:
+        parts = ()
+    return "_".join(parts) if parts else video_id_for(path)
+
+
+def _plan_jobs(video_paths: Sequence[Path], out_dir: Path, output_format: str, video_root: Path | None = None) -> list[_Job]:
+    """One job per video; a second video with the same id is a failure, not a silent overwrite.
+
+    The id is the file stem, or with ``video_root`` the path under it joined with ``_``.
+    """
     jobs, first_with_id = [], {}
     for path in video_paths:
-        video_id = video_id_for(path)
+        video_id = video_id_by_path(path, video_root) if video_root is not None else video_id_for(path)
         job = _Job(video_id, Path(path), out_dir / f"{video_id}{OUTPUT_SUFFIX[output_format]}")
         if video_id in first_with_id:
             job.duplicate_of = first_with_id[video_id]
@@ -381,8 +475,14 @@ def extract_video_features(
     dtype: str | None = None,
     progress: bool = True,
     encoder_ref: str | os.PathLike | None = None,
+    layers: str | list[int] | None = None,
+    layer_token: str = "cls",
+    video_root: str | os.PathLike | None = None,
 ) -> ExtractionSummary:
     """Extract video features for ``video_paths`` (a list of files, or a folder searched recursively).
+
+    ``layers`` (``"all"``, ``"0,12,24"``) writes per-layer ``(T, L, D)`` features (``layer_token`` cls or
+    mean) instead of pooled patches; ``video_root`` names videos by their path under it (``--video_id path``).
 
     Under torchrun each rank takes its share of the list (every ``WORLD_SIZE``-th video), writes its own
     files and ``manifest.rank{r}.json``; rank 0 merges the manifests and ``failed.jsonl`` after a barrier.
@@ -408,14 +508,15 @@ def extract_video_features(
     rank, world_size = distributed.rank, distributed.world_size
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        extractor = VideoExtractor.create(encoder, pooling, num_frames, feature_dtype, decoder, encoder_ref)
+        extractor = VideoExtractor.create(encoder, pooling, num_frames, feature_dtype, decoder, encoder_ref,
+                                          layers=layers, layer_token=layer_token)
         manifest = extractor.manifest(output_format)
         existing = FeatureManifest.load(out_dir)
         if existing is not None and not existing.same_recipe(manifest):
             raise FeatureFileError(
                 f"{out_dir / MANIFEST_NAME}: the features in this folder were made differently "
                 f"({existing.model_id or existing.extractor}, {existing.shape} {existing.dtype}, frames={existing.frames}, "
-                f"{existing.pooling}); write to a new --clip_feat_path or delete the old features"
+                f"{existing.pooling}) than asked ({manifest.shape}, {manifest.pooling}); write to a new --clip_feat_path or delete the old features"
             )
         if rank == 0:
             if existing is None:
@@ -429,7 +530,8 @@ def extract_video_features(
         failed_path = out_dir / FAILED_NAME if world_size == 1 else dist_utils.rank_path(out_dir / FAILED_NAME, rank)
         failed_path.unlink(missing_ok=True)  # this run retries every earlier failure
 
-        jobs = dist_utils.shard(_plan_jobs(video_paths, out_dir, output_format), rank, world_size)
+        jobs = dist_utils.shard(_plan_jobs(video_paths, out_dir, output_format,
+                                           Path(video_root) if video_root is not None else None), rank, world_size)
         summary = ExtractionSummary(out_dir=str(out_dir), total=len(jobs), rank=rank, world_size=world_size)
         shape = manifest.shape
         digest = recipe_digest(manifest)
@@ -450,7 +552,7 @@ def extract_video_features(
             logger.warning("failed: %s", reason)
 
         def save(job: _Job, decoded: DecodedVideo, pooled: torch.Tensor) -> None:
-            array = pooled.cpu().numpy().astype(FEATURE_DTYPES[feature_dtype])  # (T_max + S, D)
+            array = pooled.cpu().numpy().astype(FEATURE_DTYPES[feature_dtype])  # (T_max + S, D) or (T, L, D)
             if output_format == "pickle":
                 save_pickle_features(job.out_path, array)
             else:
@@ -468,7 +570,7 @@ def extract_video_features(
             else:
                 decodable.append(job)
 
-        _decode_encode_pool(decodable, encoder, pooling, num_frames, decoder, workers, batch_size, fail, save,
+        _decode_encode_pool(decodable, extractor, num_frames, decoder, workers, batch_size, fail, save,
                       progress=progress, desc="video features" + (f" [rank {rank}]" if world_size > 1 else ""))
 
         manifest.save(out_dir, rank_manifest_name(rank))
@@ -485,13 +587,14 @@ def extract_video_features(
         distributed.close()
 
 
-def _decode_encode_pool(jobs: list[_Job], encoder: VisionEncoder, pooling: PoolingConfig, num_frames: int, decoder: str,
+def _decode_encode_pool(jobs: list[_Job], extractor: VideoExtractor, num_frames: int, decoder: str,
                   workers: int, batch_size: int, fail, save, progress: bool = True, desc: str = "video features") -> None:
     """Decode in worker processes; encode frames of several videos per forward pass; pool and save each video."""
     from tqdm.auto import tqdm
 
     if not jobs:
         return
+    encoder = extractor.encoder
     dataset = _DecodeDataset(jobs, num_frames, encoder.image_size, decoder, threads=1 if workers > 0 else 0)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_keep_as_is,
@@ -517,7 +620,7 @@ def _decode_encode_pool(jobs: list[_Job], encoder: VisionEncoder, pooling: Pooli
             pending.dispatched += count
             taken += count
         batch = torch.cat(frames) if len(frames) > 1 else frames[0]  # (B, S, S, 3) uint8
-        features = encoder.encode(batch, batch_size=batch.shape[0])  # (B, P, D)
+        features = extractor.encode_frames(batch, batch_size=batch.shape[0])  # (B, P, D) or (B, L, D)
         row = 0
         for pending, begin, end in pieces:
             pending.features[begin:end] = features[row : row + end - begin]
@@ -526,7 +629,7 @@ def _decode_encode_pool(jobs: list[_Job], encoder: VisionEncoder, pooling: Pooli
         backlog_frames -= taken
         while backlog and backlog[0].encoded == backlog[0].decoded.frames.shape[0]:
             finished = backlog.popleft()
-            pooled = spatio_temporal_pool(finished.features, pooling)  # (T_max + S, D)
+            pooled = extractor.pool(finished.features)  # (T_max + S, D) or (T, L, D)
             save(finished.job, finished.decoded, pooled)
             bar.update(1)
 
@@ -537,7 +640,7 @@ def _decode_encode_pool(jobs: list[_Job], encoder: VisionEncoder, pooling: Pooli
                 bar.update(1)
                 continue
             frames = decoded.frames.shape[0]
-            features = torch.empty((frames, encoder.num_patches, encoder.feature_dim), device=encoder.device)
+            features = torch.empty((frames, *extractor.frame_shape()), device=encoder.device)
             backlog.append(_Pending(job, decoded, features))
             backlog_frames += frames
             while backlog_frames >= batch_size:
@@ -573,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
             videos, args.output_dir, encoder, num_frames=args.num_frames, pooling=args.pooling(),
             output_format=args.format, feature_dtype=args.feature_dtype, batch_size=args.batch_size,
             workers=args.workers, decoder=args.decoder, progress=args.progress, encoder_ref=args.encoder,
+            layers=args.layers, layer_token=args.layer_token,
+            video_root=args.video_dir_path if args.video_id == "path" else None,
         )
     if summary.rank == 0:
         print(summary.line())

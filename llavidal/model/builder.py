@@ -2,6 +2,11 @@
 
     model, tokenizer = build_model("path/to/llm", ModalityRegistry.default(["video", "pose"]))
     model, tokenizer = load_pretrained("runs/stage3")  # reads llavidal_config.json
+    model, tokenizer = load_pretrained("mm_projector.bin", base_model="LLaVA-7B-Lightening-v1-1")  # upstream
+
+Upstream weights (a file, or a folder without ``llavidal_config.json``: Video-ChatGPT's ``mm_projector.bin``
+or ``video_chatgpt-7B.bin``, LLAVIDAL's per-modality or merged projectors, the Breakfast fork's ``model.bin``,
+safetensors) get their configuration from their keys and shapes (:func:`config_from_upstream_weights`).
 
 The base may be any transformers causal LM folder (or hub id when a hub is reachable) or an upstream
 LLaVA v1 folder (``LlavaLlamaForCausalLM``, see :mod:`llavidal.model.upstream`).
@@ -18,11 +23,19 @@ from typing import Any
 
 import torch
 
-from llavidal.model.config import LlavidalConfig, LoraSettings
+from llavidal.model.config import CONFIG_NAME, TRAINABLE_NAME, LlavidalConfig, LoraSettings
 from llavidal.model.llavidal_model import LlavidalModel
-from llavidal.model.modality import ModalityRegistry
+from llavidal.model.modality import ModalityRegistry, default_modalities
 from llavidal.model.upstream import is_llava_v1_folder, load_llava_v1
-from llavidal.model.weights import canonicalize
+from llavidal.model.weights import (
+    OTHER,
+    canonicalize,
+    infer_layout,
+    key_role,
+    read_weights,
+    resolve_trainable_file,
+    upstream_heads,
+)
 from llavidal.utils.device import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -141,6 +154,116 @@ def build_model(
     return model, tokenizer
 
 
+UPSTREAM_TEMPLATE = "v1"
+"""Conversation template of Video-ChatGPT / LLAVIDAL training (answers use its ``llavidal_v1`` form)."""
+
+
+def llavidal_weights_dir(path: str | os.PathLike) -> Path | None:
+    """The folder written by ``save_pretrained`` that ``path`` names (the folder, or its
+    ``trainable.safetensors``), or None for upstream weights (no ``llavidal_config.json``)."""
+    path = Path(path).expanduser()
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        return path
+    if path.is_file() and path.name == TRAINABLE_NAME and (path.parent / CONFIG_NAME).is_file():
+        return path.parent
+    return None
+
+
+def config_from_upstream_weights(
+    path: str | os.PathLike, base_model: str | os.PathLike | None, state: dict[str, torch.Tensor] | None = None,
+) -> LlavidalConfig:
+    """A :class:`LlavidalConfig` for weights that have none: a file, or a folder with only ``mm_projector.bin``
+    (or ``model.bin``, ``video_chatgpt-7B.bin``, safetensors...).
+
+    Modalities, feature dims, projector types and the hidden size come from the weight keys and shapes
+    (:func:`llavidal.model.weights.infer_layout`); token counts are upstream's (video 356 = 100 temporal +
+    256 spatial, pose 256, objects 8 each); the template is ``v1``; the base LLM is ``base_model``
+    (``--model-name`` / ``--base_model``), which upstream weights do not record. ``state`` is the file's
+    content when already read.
+    """
+    file = resolve_trainable_file(path)
+    if not base_model:
+        raise ValueError(
+            f"{file}: upstream weights (no {CONFIG_NAME}) do not say which base LLM they sit on; pass its folder "
+            "with --model-name (or --base_model), e.g. LLaVA-7B-Lightening-v1-1"
+        )
+    layout = infer_layout(read_weights(file) if state is None else state, source=str(file))
+    upstream = default_modalities()
+    specs = {}
+    for name, spec in upstream.items():  # registry order = upstream span order (video, object, pose)
+        found = layout.projectors.get(name)
+        if found is not None:
+            spec.feature_dim, spec.projector_type = found.feature_dim, found.projector_type
+            specs[name] = spec
+    registry = ModalityRegistry(specs)
+    return LlavidalConfig(
+        base_model=str(base_model), modalities=registry.to_list(), template=UPSTREAM_TEMPLATE,
+        hidden_size=layout.hidden_size, freeze_llm=True,
+        extra={"upstream_weights": str(file),
+               "inferred": {name: f"{p.projector_type} {p.feature_dim} -> {p.hidden_size}"
+                            for name, p in layout.projectors.items()},
+               "ignored_keys": layout.ignored},
+    )
+
+
+def weights_config(path: str | os.PathLike, base_model: str | os.PathLike | None = None) -> LlavidalConfig:
+    """The configuration of any weights ``path`` (ours: ``llavidal_config.json``; upstream: inferred)."""
+    folder = llavidal_weights_dir(path)
+    if folder is not None:
+        return LlavidalConfig.from_json_file(folder)
+    return config_from_upstream_weights(path, base_model)
+
+
+def recorded_manifests(path: str | os.PathLike) -> dict[str, Any]:
+    """Modality -> the feature manifest the weights ``path`` record (empty for upstream weights, which record
+    none: extractors then fall back to the upstream recipe, :func:`llavidal.features.extractor.unrecorded_manifest`)."""
+    folder = llavidal_weights_dir(path)
+    if folder is None:
+        return {}
+    return LlavidalConfig.from_json_file(folder).recorded_manifests(folder)
+
+
+def load_upstream_pretrained(
+    path: str | os.PathLike,
+    base_model: str | os.PathLike | None,
+    torch_dtype: Any = None,
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
+) -> tuple[LlavidalModel, Any]:
+    """(model, tokenizer) from upstream weights (see :func:`config_from_upstream_weights`), in eval mode.
+
+    Modality token rows the file lacks (a bare ``mm_projector.bin``) start at the mean of the base's rows,
+    as upstream initialises them; keys of no known layout (a fork's own modules) are left out with a warning.
+    """
+    file = resolve_trainable_file(path)
+    state = read_weights(file)
+    config = config_from_upstream_weights(file, base_model, state=state)
+    llm, tokenizer, _ = load_base_llm(config.base_model, torch_dtype, attn_implementation)
+    llm_hidden = int(llm.get_input_embeddings().weight.shape[1])
+    if llm_hidden != config.hidden_size:
+        raise ValueError(
+            f"{file}: the projectors output {config.hidden_size}-d embeddings, but the base LLM {config.base_model!r} "
+            f"has hidden size {llm_hidden}; pass the base LLM these weights were trained on (--model-name)"
+        )
+    ignored = config.extra.get("ignored_keys") or []
+    if ignored:
+        logger.warning(
+            "%s: %d key(s) of no known layout are not used (this model has no such modules; e.g. a fork's "
+            "positional encodings or extra layers): %s", file, len(ignored), ignored[:10],
+        )
+        heads = upstream_heads()
+        state = {k: v for k, v in state.items() if key_role(k, heads).kind != OTHER}
+    model = LlavidalModel(llm, tokenizer, config.registry, base_model=config.base_model, template=config.template)
+    model.setup_training(freeze_llm=True)
+    report = model.load_trainable_state_dict(state, source=str(file), strict=False)
+    logger.info("%s: upstream weights, inferred %s; loaded %d tensors", file, config.extra["inferred"], len(report.loaded))
+    model.config.extra = dict(config.extra)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
 def load_pretrained(
     weights_dir: str | os.PathLike,
     base_model: str | os.PathLike | None = None,
@@ -148,12 +271,17 @@ def load_pretrained(
     device: str | torch.device | None = None,
     attn_implementation: str | None = None,
 ) -> tuple[LlavidalModel, Any]:
-    """Rebuild (model, tokenizer) from a folder written by ``save_pretrained`` (or ``export``).
+    """Rebuild (model, tokenizer) from a folder written by ``save_pretrained`` (or ``export``), or from
+    upstream weights (a file, or a folder without ``llavidal_config.json``; then ``base_model`` is needed,
+    see :func:`load_upstream_pretrained`).
 
     ``base_model`` overrides the base recorded in ``llavidal_config.json`` (a checkpoint moved to
     another machine). The model is returned in eval mode.
     """
-    weights_dir = Path(weights_dir)
+    folder = llavidal_weights_dir(weights_dir)
+    if folder is None:
+        return load_upstream_pretrained(weights_dir, base_model, torch_dtype, device, attn_implementation)
+    weights_dir = folder
     config = LlavidalConfig.from_json_file(weights_dir)
     base = str(base_model) if base_model is not None else config.base_model
     if not os.path.isabs(base) and (weights_dir / base).exists() and base_model is None:

@@ -3,6 +3,8 @@
     state = read_weights("runs/stage1/trainable.safetensors")    # or a .bin/.pt, or a sharded model folder
     write_weights(state, "merged/mm_projector.bin")              # atomic; format by suffix
     canonical = canonicalize(state, registry)                    # any known layout -> our parts
+    layout = infer_layout(state, source)                         # modalities, dims, projector types (no config)
+    lazy = LazyWeights("llama-7b/")                              # keys and shapes now, tensors one at a time
 
 Layouts understood (``model.`` prefixes are optional everywhere)::
 
@@ -183,19 +185,31 @@ def write_weights(state: Mapping[str, Tensor], path: str | os.PathLike,
     return path
 
 
+PROJECTOR_FILE_NAMES = (TRAINABLE_NAME, UPSTREAM_PROJECTOR_FILE, "mm_projector.safetensors", "model.bin",
+                        "model.safetensors")
+"""Names a projector weights file has in a folder, in order of preference: ours, Video-ChatGPT / LLAVIDAL's
+``mm_projector.bin`` (and its safetensors form), the Breakfast fork's ``model.bin``."""
+
+
 def resolve_trainable_file(path: str | os.PathLike) -> Path:
-    """A weights file, or a folder holding ``trainable.safetensors`` or ``mm_projector.bin``."""
-    path = Path(path)
+    """A weights file, or a folder holding one: ``trainable.safetensors``, ``mm_projector.bin``,
+    ``model.bin`` (:data:`PROJECTOR_FILE_NAMES`), or else its only weights file (``video_chatgpt-7B.bin``)."""
+    path = Path(path).expanduser()
     if path.is_dir():
-        for name in (TRAINABLE_NAME, UPSTREAM_PROJECTOR_FILE):
+        for name in PROJECTOR_FILE_NAMES:
             if (path / name).is_file():
                 return path / name
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+        if len(found) == 1:
+            return found[0]
+        listed = f"; it holds {[p.name for p in found]}: pass one of them" if found else ""
         raise FileNotFoundError(
-            f"{path}: holds neither {TRAINABLE_NAME} nor {UPSTREAM_PROJECTOR_FILE}; pass the weights file itself "
-            f"or a folder written by save_pretrained ({CONFIG_NAME} + {TRAINABLE_NAME})"
+            f"{path}: holds neither {TRAINABLE_NAME} nor an upstream projector file "
+            f"({', '.join(PROJECTOR_FILE_NAMES[1:])}){listed}. Pass the weights file itself, or a "
+            f"folder written by save_pretrained ({CONFIG_NAME} + {TRAINABLE_NAME})"
         )
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
+        raise FileNotFoundError(f"{path}: no such weights file or folder")
     return path
 
 
@@ -444,3 +458,178 @@ def plan_load(
     plan.token_rows.update(canonical.token_rows)
     return plan
 
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a file without llavidal_config.json holds (upstream weights)
+
+
+@dataclass(frozen=True)
+class ProjectorLayout:
+    """A projector as its weights show it: type and dims."""
+
+    modality: str
+    projector_type: str
+    """``linear`` (``weight``, ``bias``) or ``mlp2x_gelu`` (``0.*``, ``2.*``)."""
+    feature_dim: int
+    hidden_size: int
+
+
+@dataclass
+class WeightsLayout:
+    """What :func:`infer_layout` read from a weights file's keys and shapes."""
+
+    projectors: dict[str, ProjectorLayout] = field(default_factory=dict)
+    """modality -> its projector, in the file's order."""
+    hidden_size: int = 0
+    has_token_rows: bool = False
+    """The file carries the modality tokens' embedding rows (ours, or an upstream full ``embed_tokens``)."""
+    ignored: list[str] = field(default_factory=list)
+    """Keys of no known layout (an upstream fork's own modules); a model built from the layout lacks them."""
+
+
+def _projector_layout(modality: str, params: Mapping[str, Tensor], source: str) -> ProjectorLayout:
+    shapes = {name: tuple(value.shape) for name, value in params.items()}
+    linear, mlp = {"weight", "bias"}, {"0.weight", "0.bias", "2.weight", "2.bias"}
+    if set(shapes) in (linear, {"weight"}) and len(shapes["weight"]) == 2:
+        hidden, dim = shapes["weight"]
+        kind = "linear"
+        consistent = shapes.get("bias", (hidden,)) == (hidden,)
+    elif set(shapes) in (mlp, {"0.weight", "2.weight"}) and len(shapes["0.weight"]) == 2:
+        hidden, dim = shapes["0.weight"]
+        kind = "mlp2x_gelu"
+        consistent = (shapes["2.weight"] == (hidden, hidden) and shapes.get("0.bias", (hidden,)) == (hidden,)
+                      and shapes.get("2.bias", (hidden,)) == (hidden,))
+    else:
+        raise ValueError(
+            f"{source}: cannot infer the {modality} projector's dims from its keys and shapes {shapes}: expected "
+            "a linear projector (weight (hidden, feature_dim), bias (hidden,)) or mlp2x_gelu (0.weight, 0.bias, "
+            "2.weight, 2.bias). Pass the folder written by training, with its llavidal_config.json"
+        )
+    if not consistent:
+        raise ValueError(f"{source}: the {modality} projector's shapes {shapes} do not fit together ({kind}); "
+                         "is the file complete?")
+    return ProjectorLayout(modality, kind, int(dim), int(hidden))
+
+
+def infer_layout(state: Mapping[str, Tensor], source: str = "<state dict>") -> WeightsLayout:
+    """Modalities, feature dims, projector types and hidden size of a weights file, from its keys and shapes.
+
+    For weights without ``llavidal_config.json``: Video-ChatGPT's ``mm_projector.bin`` (a video projector),
+    LLAVIDAL's per-modality and merged files (``mm_projector_forpose`` / ``_forobject``), ours
+    (``projectors.<m>.*``). Only the upstream modalities (video, object, pose) can be rebuilt this way:
+    their placeholders and tokens are the upstream ones. A ``ValueError`` names the file when nothing is
+    inferable (no projector, unknown projector keys, mismatched hidden sizes, LoRA adapters).
+    """
+    from llavidal.model.modality import default_modalities
+
+    canonical = canonicalize(state)
+    if canonical.lora:
+        raise ValueError(
+            f"{source}: holds LoRA adapters, whose settings (rank, alpha, targets) the weights do not say; pass "
+            f"the folder written by training, with its {CONFIG_NAME}"
+        )
+    known = default_modalities()
+    strange = sorted(set(canonical.projectors) - set(known))
+    if strange:
+        raise ValueError(
+            f"{source}: projector(s) of modality {strange}, whose tokens and placeholder only a {CONFIG_NAME} "
+            f"records; pass the folder written by training (upstream modalities: {list(known)})"
+        )
+    if not canonical.projectors:
+        heads = ", ".join(f"[model.]{spec.upstream_projector_key}.*" for spec in known.values())
+        raise ValueError(
+            f"{source}: no projector weights found (keys {sorted(state)[:8]}{'...' if len(state) > 8 else ''}); "
+            f"expected {heads} (upstream) or projectors.<modality>.* (ours). Pass a projector file such as "
+            "mm_projector.bin, or the folder written by training"
+        )
+    layout = WeightsLayout(ignored=list(canonical.unexpected))
+    for modality, params in canonical.projectors.items():
+        layout.projectors[modality] = _projector_layout(modality, params, source)
+    hidden = {p.hidden_size for p in layout.projectors.values()}
+    if len(hidden) > 1:
+        raise ValueError(f"{source}: projectors output different hidden sizes "
+                         f"{ {p.modality: p.hidden_size for p in layout.projectors.values()} }; they must share one LLM")
+    layout.hidden_size = hidden.pop()
+    layout.has_token_rows = bool(canonical.token_rows) or canonical.full_embedding is not None
+    return layout
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading tensor by tensor (large checkpoints)
+
+
+class LazyWeights:
+    """The tensors of a weights file or (sharded) model folder, read one at a time.
+
+    ``keys()`` comes from the safetensors headers (torch files are memory-mapped when they are zip
+    checkpoints, so only the tensors asked for are read); ``shape(key)``, ``dtype(key)`` need no data;
+    ``get(key)`` reads one tensor. For checkpoints too large to hold twice in memory (``apply_delta``).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        path = Path(path).expanduser()
+        if path.is_dir():
+            self.files = weight_files(path)
+        elif path.name.endswith(".index.json") and path.is_file():
+            self.files = _index_shards(path)
+        elif path.is_file():
+            self.files = [path]
+        else:
+            raise FileNotFoundError(f"{path}: no such weights file or folder")
+        self.path = path
+        self._where: dict[str, Path] = {}
+        self._open: dict[Path, Any] = {}
+        for file in self.files:
+            for key in self._handle(file).keys():
+                self._where.setdefault(key, file)
+
+    def _handle(self, file: Path) -> Any:
+        """A safetensors ``safe_open`` handle, or the (memory-mapped) torch state dict of ``file``."""
+        if file not in self._open:
+            if file.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                try:
+                    self._open[file] = safe_open(str(file), framework="pt", device="cpu")
+                except Exception as err:  # noqa: BLE001 - re-raised with the file named
+                    raise ValueError(f"{file}: could not be read as safetensors ({err}); the file is truncated or "
+                                     "not safetensors: re-download it") from None
+            else:
+                self._open[file] = _read_file(file, "cpu")
+        return self._open[file]
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def file_of(self, key: str) -> Path:
+        return self._where[key]
+
+    def get(self, key: str) -> Tensor:
+        handle = self._handle(self._where[key])
+        return handle.get_tensor(key) if hasattr(handle, "get_tensor") else handle[key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        handle = self._handle(self._where[key])
+        if hasattr(handle, "get_slice"):
+            return tuple(handle.get_slice(key).get_shape())
+        return tuple(handle[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        handle = self._handle(self._where[key])
+        if hasattr(handle, "get_slice"):
+            return _SAFETENSORS_DTYPES.get(handle.get_slice(key).get_dtype(), torch.float32)
+        return handle[key].dtype
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}

@@ -3,6 +3,7 @@
 Used by evaluation, the demo and any server::
 
     engine = InferenceEngine.from_pretrained("runs/stage3", base_model="path/to/llm")
+    engine = InferenceEngine.from_pretrained("mm_projector.bin", base_model="LLaVA-7B-Lightening-v1-1")  # upstream
     answers = engine.generate([GenerationRequest("What is the person doing?", {"video": video_features})])
     for text in engine.stream(request):  # growing text, for the demo
         ...
@@ -15,6 +16,7 @@ template the weights were trained with (``llavidal_v1`` for the upstream ``v1`` 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -76,14 +78,18 @@ class InferenceEngine:
     @classmethod
     def from_pretrained(
         cls,
-        weights_dir: str,
-        base_model: str | None = None,
+        weights_dir: str | os.PathLike,
+        base_model: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         dtype: Any = None,
         template: str | None = None,
         attn_implementation: str | None = None,
     ) -> "InferenceEngine":
-        """Load weights written by ``save_pretrained`` (or ``export``) on top of their base model."""
+        """Load weights on top of their base model: a folder written by ``save_pretrained`` (or ``export``),
+        or upstream weights, a file or a folder without ``llavidal_config.json`` (Video-ChatGPT's
+        ``mm_projector.bin``, LLAVIDAL's per-modality or merged projectors, the Breakfast fork's ``model.bin``,
+        safetensors), whose modalities and dims are inferred from the weights; ``base_model`` is then required
+        (see :func:`llavidal.model.builder.load_pretrained`)."""
         from llavidal.model.builder import load_pretrained
 
         model, tokenizer = load_pretrained(

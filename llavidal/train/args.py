@@ -110,8 +110,29 @@ class ModelArguments:
         metadata={"help": "Comma-separated names of the LLM layers that get adapters, or all-linear."},
     )
     lora_bias: str = field(default="none", metadata={"help": "peft bias option: none, all, lora_only."})
+    # Flags of Video-ChatGPT's training script that its README command does not show.
+    freeze_backbone: bool = field(
+        default=False, metadata={"help": "Video-ChatGPT's flag: freeze the LLM (here: the same as --tune_mm_mlp_adapter True)."}
+    )
+    video_token_len: int | None = field(
+        default=None, metadata={"help": "Video-ChatGPT's name for --video_tokens (356 upstream)."}
+    )
+    freeze_mm_mlp_adapter: bool = field(
+        default=False, metadata={"help": "Video-ChatGPT's flag to keep the projector frozen; not supported (refused when True)."}
+    )
+    is_multimodal: bool = field(default=False, metadata={"help": "Accepted for Video-ChatGPT compatibility (always multimodal)."})
+    sep_video_conv_front: bool = field(default=False, metadata={"help": "Accepted for Video-ChatGPT compatibility (no effect)."})
+    frame_aspect_ratio: str | None = field(default=None, metadata={"help": "Accepted for Video-ChatGPT compatibility (no effect)."})
+    force_fsdp: bool = field(default=False, metadata={"help": "Accepted for Video-ChatGPT compatibility; use --fsdp."})
 
     def __post_init__(self) -> None:
+        if self.freeze_backbone and not self.lora_enable:
+            self.tune_mm_mlp_adapter = True
+        if self.video_token_len is not None and self.video_tokens is None:
+            self.video_tokens = self.video_token_len
+        if self.freeze_mm_mlp_adapter:
+            raise ValueError("--freeze_mm_mlp_adapter True is not supported: the projectors are what training trains "
+                             "here; train the LLM with --lora_enable True and a --pretrain_mm_mlp_adapter instead")
         if self.mm_projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"--mm_projector_type {self.mm_projector_type!r}: use one of {PROJECTOR_TYPES}")
         for name in ("video_tokens", "pose_tokens", "object_tokens", "video_feature_dim", "pose_feature_dim", "object_feature_dim"):
