@@ -192,6 +192,20 @@ def resolve_recipe_path(value: str, base_dir: str | os.PathLike | None) -> str:
     return str(path)
 
 
+def recipe_and_encoder(manifest: "FeatureManifest", base_dir: str | os.PathLike | None, override: str | None,
+                       flag: str) -> tuple[Recipe, str]:
+    """The manifest's recipe and where its encoder is: ``override``, else the recorded reference (relative
+    paths against ``base_dir``); a clear error naming ``flag`` when the manifest does not record it."""
+    recipe = recipe_from_manifest(manifest)
+    location = override or resolve_recipe_path(recipe.encoder, base_dir)
+    if not location:
+        raise RecipeError(
+            f"the {manifest.modality} features were made with the encoder '{recipe.model_id}' "
+            f"({manifest.feature_dim}-d), whose location the manifest does not record; pass it with {flag}"
+        )
+    return recipe, location
+
+
 def _is_path(value: str) -> bool:
     return bool(value) and value not in (EMBEDDED_VISION_ENCODER, SEEDED_POSE_ENCODER) and not value.startswith("open_clip:")
 

@@ -70,11 +70,9 @@ from llavidal.features.encoders import EMBEDDED_NAME, LAYER_TOKENS, VisionEncode
 from llavidal.features.extractor import (
     Clip,
     Extracted,
-    RecipeError,
     VideoRecipe,
-    recipe_from_manifest,
+    recipe_and_encoder,
     recipe_to_dict,
-    resolve_recipe_path,
     round_through,
 )
 from llavidal.features.pooling import PoolingConfig, spatio_temporal_pool
@@ -262,14 +260,7 @@ class VideoExtractor:
     @classmethod
     def from_manifest(cls, manifest: FeatureManifest, *, base_dir: str | os.PathLike | None = None,
                       device: str | None = None, encoder: str | None = None, **_: object) -> "VideoExtractor":
-        recipe = recipe_from_manifest(manifest)
-        spec = encoder or resolve_recipe_path(recipe.encoder, base_dir)
-        if not spec:
-            raise RecipeError(
-                f"the video features were made with the vision encoder '{recipe.model_id}' "
-                f"({manifest.feature_dim}-d), whose location the manifest does not record; pass its folder "
-                "(--vision_tower_name PATH)"
-            )
+        recipe, spec = recipe_and_encoder(manifest, base_dir, encoder, "--vision_tower_name PATH")
         loaded = load_vision_encoder(spec, device=device)
         return cls(recipe, loaded)
 

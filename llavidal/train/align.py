@@ -30,7 +30,6 @@ samples, labels, loss and nearest-label accuracy on held-out samples before and 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import sys

@@ -17,11 +17,8 @@ Compatibility notes:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch

@@ -38,10 +38,8 @@ from llavidal.features.extractor import (
     Clip,
     Extracted,
     ObjectRecipe,
-    RecipeError,
-    recipe_from_manifest,
+    recipe_and_encoder,
     recipe_to_dict,
-    resolve_recipe_path,
     round_through,
 )
 from llavidal.features.per_sample import SAVE_DTYPES, run_per_sample
@@ -259,13 +257,7 @@ class ObjectExtractor:
         is not loaded implicitly (it may live on another machine)."""
         from llavidal.features.encoders import load_vision_encoder
 
-        recipe = recipe_from_manifest(manifest)
-        spec = encoder or resolve_recipe_path(recipe.encoder, base_dir)
-        if not spec:
-            raise RecipeError(
-                f"the object features were made with the vision encoder '{recipe.model_id}', whose location the "
-                "manifest does not record; pass its folder (--object-encoder)"
-            )
+        recipe, spec = recipe_and_encoder(manifest, base_dir, encoder, "--object-encoder PATH")
         loaded_detector = None
         if detector:
             from llavidal.features.objects.detect import load_detector

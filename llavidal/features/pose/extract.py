@@ -36,10 +36,8 @@ from llavidal.features.extractor import (
     Clip,
     Extracted,
     PoseRecipe,
-    RecipeError,
-    recipe_from_manifest,
+    recipe_and_encoder,
     recipe_to_dict,
-    resolve_recipe_path,
     round_through,
 )
 from llavidal.features.pose.ntu import COLOUR_SIZE, SkeletonFormatError, SkeletonSequence, read_skeleton
@@ -124,13 +122,7 @@ class PoseExtractor:
                       device: str | None = None, encoder: str | None = None, **_: object) -> "PoseExtractor":
         from llavidal.utils.device import resolve_device
 
-        recipe = recipe_from_manifest(manifest)
-        path = encoder or resolve_recipe_path(recipe.encoder, base_dir)
-        if not path:
-            raise RecipeError(
-                f"the pose features were made with the pose encoder '{recipe.model_id}', whose checkpoint the "
-                "manifest does not record; pass its checkpoint folder (--pose-encoder)"
-            )
+        recipe, path = recipe_and_encoder(manifest, base_dir, encoder, "--pose-encoder PATH")
         loaded = load_pose_encoder(path, device=resolve_device(device))
         return cls(recipe, loaded)
 
