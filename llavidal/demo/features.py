@@ -53,17 +53,38 @@ class DemoFeatures:
 
 
 class ExampleIndex:
-    """Finds the world files of bundled examples after gradio copied them (by name, size and bytes)."""
+    """Finds the world files of a world folder's clips in an uploaded or example video.
+
+    Every clip the index was given is a candidate (all of a world's ``videos/``, held-out ones too, not only
+    the gallery's few): an upload matches a clip with the same bytes, whatever gradio or the user named the
+    copy (candidates are narrowed by file size, then by name, before any bytes are compared)."""
 
     def __init__(self, videos: Sequence[Path] = ()):
-        self._videos = {video.name: video for video in videos}
+        self._by_size: dict[int, list[Path]] = {}
+        for video in videos:
+            self._by_size.setdefault(video.stat().st_size, []).append(video)
+
+    def __len__(self) -> int:
+        return sum(len(videos) for videos in self._by_size.values())
+
+    def match(self, path: Path) -> Path | None:
+        """The indexed clip whose bytes equal ``path``'s, or None."""
+        candidates = self._by_size.get(path.stat().st_size, [])
+        candidates = sorted(candidates, key=lambda video: video.name != path.name)  # same name first
+        content: bytes | None = None
+        for video in candidates:
+            if path.resolve() == video.resolve():
+                return video
+            content = path.read_bytes() if content is None else content
+            if content == video.read_bytes():
+                return video
+        return None
 
     def clip(self, path: Path, num_frames: int | None = None) -> Any:
         from llavidal.features.extractor import Clip
 
-        video = self._videos.get(path.name)
-        if video is None or path.stat().st_size != video.stat().st_size or (
-                path.resolve() != video.resolve() and path.read_bytes() != video.read_bytes()):
+        video = self.match(path)
+        if video is None:
             return Clip(video=path, num_frames=num_frames)
         world = video.parent.parent if video.parent.name == "videos" else None
         found = {kind: world / folder / f"{video.stem}{suffix}" if world else None

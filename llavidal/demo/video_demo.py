@@ -206,7 +206,23 @@ def modality_panel(result: DemoFeatures | None, registry: ModalityRegistry) -> s
         else:
             outcome = result.outcomes[name]
             lines.append(f"- **{name}**: {'used' if outcome.used else 'not used'}, {_one_line(outcome.detail)}")
+    if "pose" in registry and not _mediapipe_installed():
+        lines.append(POSE_ON_UPLOADS_NOTE)
     return "\n".join(lines)
+
+
+POSE_ON_UPLOADS_NOTE = (
+    "\n**Pose on uploaded videos needs MediaPipe, which is not installed here.** Its last release that ships a "
+    "pose model (`mediapipe==0.10.21`, the extra `llavidal[mediapipe]`) needs numpy<2, so it lives in a separate "
+    "environment: run the demo from there for pose on any upload. Here, a clip of an `--examples` world folder "
+    "(any clip of its `videos/`, uploaded or picked) uses the world's own skeleton and object tracks."
+)
+
+
+def _mediapipe_installed() -> bool:
+    from llavidal.utils.optional import available
+
+    return available("mediapipe")
 
 
 def _one_line(text: str) -> str:
@@ -339,8 +355,9 @@ def _question_placeholder(ready: bool) -> str:
 # Launcher
 
 
-def find_examples(folders: Sequence[str | os.PathLike], limit: int = MAX_EXAMPLES) -> list[Path]:
-    """Video files in ``folders`` (a folder of videos, or a world folder with ``videos/``), sorted."""
+def find_examples(folders: Sequence[str | os.PathLike], limit: int | None = MAX_EXAMPLES) -> list[Path]:
+    """Video files in ``folders`` (a folder of videos, or a world folder with ``videos/``), sorted; the first
+    ``limit`` (the gallery), or all of them with ``limit=None`` (the index that finds an upload's world files)."""
     found: list[Path] = []
     for folder in folders:
         folder = Path(folder).expanduser()
@@ -436,7 +453,9 @@ def load_demo(
                "object": {"encoder": args.object_encoder, "detector": args.detector}}
     try:
         pipeline = DemoFeaturePipeline.for_weights(
-            weights, engine.modalities, limits=limits, options=options, device=args.device, examples=examples,
+            weights, engine.modalities, limits=limits, options=options, device=args.device,
+            # every clip of the --examples folders (held-out ones too), not only the gallery's first few
+            examples=tuple(find_examples(args.examples, limit=None)) if args.examples else examples,
         )
     except IncompatibleProjectorError as err:
         from llavidal.model.builder import llavidal_weights_dir

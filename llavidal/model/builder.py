@@ -28,6 +28,7 @@ from llavidal.model.llavidal_model import LlavidalModel
 from llavidal.model.modality import ModalityRegistry, default_modalities
 from llavidal.model.upstream import is_llava_v1_folder, load_llava_v1
 from llavidal.model.weights import (
+    ADAPTER_CONFIG_NAME,
     OTHER,
     canonicalize,
     infer_layout,
@@ -100,6 +101,8 @@ def load_base_llm(
                 "and tokenizer files (no model hub is reachable here); for the embedded default run "
                 "`python -m llavidal.model.embedded`"
             ) from err
+        if getattr(llm.config, "model_type", "") == "llavidal":  # an exported folder: the LLM inside it
+            llm = llm.llm
     tokenizer = load_tokenizer(tokenizer_path if tokenizer_path is not None else path)
     return llm, tokenizer, projector_state
 
@@ -303,14 +306,41 @@ def load_pretrained(
             f"{weights_dir}: the tokenizer of {base!r} gives the modality tokens ids {model.config.new_token_ids}, "
             f"but the weights were trained with {config.new_token_ids}; use the same base model as in training"
         )
-    model.setup_training(freeze_llm=config.freeze_llm, lora=config.lora_settings)
-    model.load_trainable(weights_dir, strict=True)
+    model.setup_training(freeze_llm=config.freeze_llm, lora=lora_settings_of(weights_dir, config))
+    model.load_trainable(weights_dir, strict=True)  # LoRA from adapter_model.safetensors, or old lora.* keys
     model.config.base_model = config.base_model if base_model is None else str(base_model)
     model.config.extra = dict(config.extra)
     if device is not None:
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def lora_settings_of(weights_dir: str | os.PathLike, config: LlavidalConfig) -> LoraSettings | None:
+    """The LoRA settings of a weights folder: its peft ``adapter_config.json`` when it has one (the standard
+    file, which may be an adapter trained or edited elsewhere), else what ``llavidal_config.json`` records
+    (folders written before adapters were saved the peft way)."""
+    recorded = config.lora_settings
+    file = Path(weights_dir) / ADAPTER_CONFIG_NAME
+    if not file.is_file():
+        return recorded
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: not a readable peft adapter config ({err}); restore it from the training output") from err
+    if not isinstance(data, dict) or str(data.get("peft_type", "LORA")).upper() != "LORA" or "r" not in data:
+        raise ValueError(f"{file}: not a LoRA adapter config (peft_type {data.get('peft_type') if isinstance(data, dict) else data!r}); only LoRA "
+                         "adapters can sit beside LLAVIDAL weights")
+    targets = data.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else sorted(targets)
+    settings = LoraSettings(r=int(data["r"]), alpha=data.get("lora_alpha", 8), dropout=float(data.get("lora_dropout") or 0.0),
+                            target_modules=targets, bias=str(data.get("bias") or "none"))
+    if recorded is not None and (recorded.r, recorded.alpha, sorted(recorded.target_modules)) != (
+            settings.r, settings.alpha, sorted(settings.target_modules)):
+        logger.warning("%s: LoRA r=%s alpha=%s targets %s differ from %s (r=%s alpha=%s targets %s); the adapter's "
+                       "own config is used", file, settings.r, settings.alpha, settings.target_modules,
+                       Path(weights_dir) / CONFIG_NAME, recorded.r, recorded.alpha, recorded.target_modules)
+    return settings
 
 
 def _legacy_sentencepiece_kwargs(path: str) -> dict:

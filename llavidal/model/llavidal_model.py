@@ -23,24 +23,39 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from llavidal.constants import IGNORE_INDEX
+from llavidal.constants import IGNORE_INDEX  # noqa: F401  (re-exported; the loss lives in the shared splice)
 from llavidal.model.config import (
     FULL_LLM_SUBDIR,
     TRAINABLE_NAME,
     LlavidalConfig,
     LoraSettings,
 )
+
+# The splice and the loss are shared with the transformers-native model (self-contained, copied beside exports).
+from llavidal.model.hf.modeling_llavidal import (  # noqa: F401  (shifted_labels etc. stay importable from here)
+    causal_lm_loss,
+    compose_token_embeddings,
+    flatten_features,
+    new_token_tables,
+    row_name,
+    shifted_labels,
+    splice_features,
+    supervised_positions,
+)
 from llavidal.model.modality import ModalityRegistry, ModalitySpec, SpliceError
 from llavidal.model.projectors import build_projectors
 from llavidal.model.weights import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_FILES,
+    ADAPTER_WEIGHTS_NAME,
     LORA_PREFIX,
     TOKEN_ROLES,
     canonicalize,
     plan_load,
+    read_peft_adapter,
     read_weights,
     resolve_trainable_file,
     write_weights,
@@ -72,44 +87,6 @@ class LoadReport:
     """Modalities present in the file but not in this model (ignored; normal in staged training)."""
     missing: list[str] = field(default_factory=list)
     """Our parameter names the file had no value for."""
-
-
-def shifted_labels(labels: Tensor) -> Tensor:
-    """labels (B, T) -> the label each position predicts (B, T): ``labels[:, t + 1]``, ``IGNORE_INDEX`` last."""
-    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-
-
-def supervised_positions(labels: Tensor) -> Tensor:
-    """(B, T) bool: positions whose next label is supervised, the only ones whose logits the loss uses."""
-    return shifted_labels(labels) != IGNORE_INDEX
-
-
-def causal_lm_loss(logits: Tensor, labels: Tensor, num_items_in_batch: int | Tensor | None = None) -> Tensor:
-    """Next-token cross-entropy, shifted as transformers does.
-
-    logits: (B, T, V) at every position, or (N, V) at the :func:`supervised_positions` of ``labels``
-    only (row-major order; what :meth:`LlavidalModel.forward` returns in training mode); labels: (B, T)
-    with ``IGNORE_INDEX`` on unsupervised positions. Returns the sum over supervised tokens divided by
-    ``num_items_in_batch`` when given (the HF Trainer passes the count over all gradient-accumulation
-    micro-batches), else the mean over this batch's supervised tokens. Padded and packed batches thus
-    optimise the same objective.
-    """
-    labels = labels.to(logits.device)
-    shift_labels = shifted_labels(labels).reshape(-1)  # (B*T,)
-    if logits.dim() == 2:  # kept logits: one row per supervised position
-        shift_labels = shift_labels[shift_labels != IGNORE_INDEX]  # (N,)
-        if logits.shape[0] != shift_labels.shape[0]:
-            raise ValueError(
-                f"logits of shape {tuple(logits.shape)} hold {logits.shape[0]} positions but the labels supervise "
-                f"{shift_labels.shape[0]}; pass (B, T, V) logits or those of supervised_positions(labels)"
-            )
-    flat_logits = logits.float().reshape(-1, logits.shape[-1])  # (B*T, V) or (N, V)
-    if num_items_in_batch is None:
-        return F.cross_entropy(flat_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="mean")
-    loss = F.cross_entropy(flat_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    if isinstance(num_items_in_batch, Tensor):
-        num_items_in_batch = num_items_in_batch.to(loss.device)
-    return loss / num_items_in_batch
 
 
 def _transformers_keeps_masked_logits() -> bool:
@@ -221,11 +198,7 @@ class LlavidalModel(nn.Module):
                 }
             )
         # Lookup tables for composing embeddings: ids sorted, and where each sits in the (3M, H) table.
-        order = [self.token_ids[name][role] for name in self.token_ids for role in TOKEN_ROLES]
-        ids = torch.tensor(order, dtype=torch.long)
-        sorted_ids, permutation = torch.sort(ids)
-        if len(set(order)) != len(order):
-            raise ValueError(f"modality tokens must be distinct; got ids {self.token_ids}")
+        sorted_ids, permutation = new_token_tables(self.token_ids)
         self.register_buffer("_new_ids_sorted", sorted_ids, persistent=False)
         self.register_buffer("_new_ids_permutation", permutation, persistent=False)
 
@@ -343,21 +316,11 @@ class LlavidalModel(nn.Module):
     # ------------------------------------------------------------------ embedding + splice
     def embed_tokens(self, input_ids: Tensor) -> Tensor:
         """Token embeddings (B, T) -> (B, T, H), modality-token rows taken from ``token_embeddings``."""
-        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, H)
-        table = torch.cat([self.token_embeddings[name] for name in self.token_ids], dim=0)  # (3M, H)
-        table = table[self._new_ids_permutation]  # rows in sorted-id order
-        sorted_ids = self._new_ids_sorted
-        position = torch.searchsorted(sorted_ids, input_ids).clamp_(max=sorted_ids.numel() - 1)  # (B, T)
-        is_new = sorted_ids[position] == input_ids  # (B, T)
-        return torch.where(is_new.unsqueeze(-1), table[position].to(embeds.dtype), embeds)
+        return compose_token_embeddings(self.llm.get_input_embeddings(), input_ids, self.token_embeddings,
+                                        self.token_ids, self._new_ids_sorted, self._new_ids_permutation)
 
     def _row_name(self, row: int, sample_ids: Sequence[Any] | None) -> str:
-        if sample_ids is not None and row < len(sample_ids) and sample_ids[row] not in (None, ""):
-            value = sample_ids[row]
-            if isinstance(value, (list, tuple)):
-                return "packed row " + ", ".join(str(v) for v in value)
-            return f"sample {value}"
-        return f"batch row {row}"
+        return row_name(row, sample_ids)
 
     def embed_inputs(
         self,
@@ -370,71 +333,19 @@ class LlavidalModel(nn.Module):
         input_ids: (B, T). ``modality_features[name][row]``: None or (k, D) / (n, group, D) features of
         every span of that modality in the row, in order of appearance. Returns (inputs_embeds (B, T, H),
         names of the modalities whose projector ran). Raises :class:`SpliceError` naming the sample when
-        a row's patch-token count differs from its feature rows.
+        a row's patch-token count differs from its feature rows. The splice itself is
+        :func:`llavidal.model.hf.modeling_llavidal.splice_features` (shared with the exported model).
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq); got shape {tuple(input_ids.shape)}")
-        batch = input_ids.shape[0]
-        modality_features = dict(modality_features or {})
-        for name in list(modality_features):
-            if name not in self.modalities:
-                entries = modality_features.pop(name)
-                if entries is not None and any(e is not None for e in entries):
-                    raise SpliceError(
-                        f"features given for modality {name!r}, which this model does not have "
-                        f"(modalities: {self.modalities.names()}); drop them or build the model with it"
-                    )
         embeds = self.embed_tokens(input_ids)  # (B, T, H)
-        used: set[str] = set()
-        for spec in self.modalities:
-            patch_mask = input_ids == self.token_ids[spec.name]["patch"]  # (B, T)
-            counts = patch_mask.sum(dim=1).tolist()
-            entries = modality_features.get(spec.name)
-            if entries is None:
-                entries = [None] * batch
-            if len(entries) != batch:
-                raise SpliceError(
-                    f"modality_features[{spec.name!r}] has {len(entries)} entries for a batch of {batch} rows; "
-                    "give one entry (None or a tensor) per row"
-                )
-            rows: list[Tensor] = []
-            for row, features in enumerate(entries):
-                features = self._flatten_features(spec, features, row, sample_ids)
-                k = 0 if features is None else features.shape[0]
-                if counts[row] != k:
-                    raise SpliceError(
-                        f"{self._row_name(row, sample_ids)}: the text holds {counts[row]} {spec.patch_token} tokens "
-                        f"but {k} {spec.name} feature rows were given; expand each {spec.placeholder} with the "
-                        f"feature rows of that sample (llavidal.model.modality.expand_placeholders)"
-                    )
-                if k:
-                    rows.append(features)
-            if not rows:
-                continue
-            projector = self.projectors[spec.name]
-            projector_weight = next(projector.parameters())
-            stacked = torch.cat(rows, dim=0).to(device=projector_weight.device, dtype=projector_weight.dtype)  # (K, D)
-            projected = projector(stacked).to(embeds.dtype)  # (K, H)
-            embeds = embeds.masked_scatter(patch_mask.unsqueeze(-1).to(embeds.device), projected)
-            used.add(spec.name)
-        return embeds, used
+        return splice_features(embeds, input_ids, self.modalities, self.token_ids, self.projectors,
+                               modality_features, sample_ids, error=SpliceError)
 
     def _flatten_features(
         self, spec: ModalitySpec, features: Tensor | None, row: int, sample_ids: Sequence[Any] | None
     ) -> Tensor | None:
-        if features is None:
-            return None
-        if not isinstance(features, Tensor):
-            features = torch.as_tensor(features)
-        if features.dim() == 3:  # objects (n, group, D) -> (n * group, D)
-            features = features.reshape(-1, features.shape[-1])
-        if features.dim() != 2 or features.shape[-1] != spec.feature_dim:
-            raise SpliceError(
-                f"{self._row_name(row, sample_ids)}: {spec.name} features have shape {tuple(features.shape)}; "
-                f"expected (k, {spec.feature_dim}) (or (n, group, {spec.feature_dim}) for grouped modalities). "
-                "Check that the feature folder matches the model's modality config"
-            )
-        return features if features.shape[0] else None
+        return flatten_features(spec, features, row, sample_ids, error=SpliceError)
 
     def _zero_touch(self, used: Iterable[str]) -> Tensor | None:
         """0 * (sum of the unused projectors' parameters): their grads exist (zero), so DDP never waits."""
@@ -551,31 +462,102 @@ class LlavidalModel(nn.Module):
         return sorted({int(i) for ids in self.token_ids.values() for i in ids.values()})
 
     # ------------------------------------------------------------------ weights
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Projectors, modality token rows and LoRA adapters (``lora.`` prefix), detached on CPU."""
+    def trainable_state_dict(
+        self, include_lora: bool = True, state_dict: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """Projectors, modality token rows and (``include_lora``) LoRA adapters (``lora.`` prefix), detached
+        on CPU. :meth:`save_pretrained` writes the adapters as a peft folder instead (``include_lora=False``).
+
+        ``state_dict``: this model's full state dict as a sharded run gathers it (FSDP ``FULL_STATE_DICT``,
+        DeepSpeed ZeRO-3's consolidated weights), read instead of the (sharded) parameters."""
         state: dict[str, Tensor] = {}
-        for key, value in self.projectors.state_dict().items():
-            state[f"projectors.{key}"] = value
-        for name, value in self.token_embeddings.items():
-            state[f"token_embeddings.{name}"] = value
-        if self.has_lora:
+        if state_dict:
+            state.update({k: v for k, v in state_dict.items() if k.startswith(("projectors.", "token_embeddings."))})
+        else:
+            for key, value in self.projectors.state_dict().items():
+                state[f"projectors.{key}"] = value
+            for name, value in self.token_embeddings.items():
+                state[f"token_embeddings.{name}"] = value
+        if self.has_lora and include_lora:
             from peft import get_peft_model_state_dict
 
             # Only the adapters: the resized embedding matrix is the base's plus mean rows, rebuilt on load.
-            for key, value in get_peft_model_state_dict(self.llm, save_embedding_layers=False).items():
+            adapters = get_peft_model_state_dict(self.llm, state_dict=self._llm_state(state_dict),
+                                                 save_embedding_layers=False)
+            for key, value in adapters.items():
                 state[LORA_PREFIX + key] = value
         return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write ``llavidal_config.json`` + ``trainable.safetensors`` (and ``llm/`` when fully fine-tuned)."""
+    @staticmethod
+    def _llm_state(state_dict: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
+        """The ``llm.`` part of a full state dict of this model, keyed as ``self.llm.state_dict()``."""
+        if not state_dict:
+            return None
+        return {k[len("llm."):]: v for k, v in state_dict.items() if k.startswith("llm.")}
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, state_dict: Mapping[str, Tensor] | None = None
+    ) -> Path:
+        """Write ``llavidal_config.json`` + ``trainable.safetensors`` (projectors + modality token rows),
+        the LoRA adapters when used as a standard peft adapter (``adapter_config.json`` +
+        ``adapter_model.safetensors``: ``PeftModel.from_pretrained(base_llm, folder)`` loads them), and
+        ``llm/`` when fully fine-tuned. ``state_dict``: see :meth:`trainable_state_dict` (the Trainer passes
+        the gathered weights of an FSDP / ZeRO-3 run)."""
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
         full_llm = not self.config.freeze_llm and not self.has_lora
         if full_llm:
-            self.base_llm.save_pretrained(folder / FULL_LLM_SUBDIR, safe_serialization=True)
+            llm_state = self._llm_state(state_dict)
+            self.base_llm.save_pretrained(folder / FULL_LLM_SUBDIR, safe_serialization=True,
+                                          **({"state_dict": llm_state} if llm_state else {}))
             self.config.full_llm_subdir = FULL_LLM_SUBDIR
-        write_weights(self.trainable_state_dict(), folder / TRAINABLE_NAME, metadata={"producer": "llavidal"})
+        write_weights(self.trainable_state_dict(include_lora=False, state_dict=state_dict), folder / TRAINABLE_NAME,
+                      metadata={"producer": "llavidal"})
+        if self.has_lora:
+            self.save_lora_adapter(folder, state_dict=state_dict)
+        else:  # a folder reused by a run without LoRA must not keep an earlier run's adapter
+            for name in (ADAPTER_CONFIG_NAME, *ADAPTER_WEIGHTS_FILES):
+                (folder / name).unlink(missing_ok=True)
         self.config.to_json_file(folder)
+        return folder
+
+    def save_lora_adapter(
+        self, save_directory: str | os.PathLike, state_dict: Mapping[str, Tensor] | None = None
+    ) -> Path:
+        """Write the LoRA adapters with peft's own ``save_pretrained`` (``adapter_config.json`` +
+        ``adapter_model.safetensors``), ``base_model_name_or_path`` = the base LLM this model records.
+
+        The adapters only: the embedding rows of the modality tokens live in ``trainable.safetensors``, so
+        the adapter applies to the unchanged base LLM (its original vocabulary). peft's model card and any
+        other file it writes stay out of the folder (it saves into a temporary folder, the two files are
+        moved in, config last). ``state_dict``: see :meth:`trainable_state_dict`.
+        """
+        import tempfile
+
+        if not self.has_lora:
+            raise RuntimeError("this model has no LoRA adapters to save")
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        adapter_name = getattr(self.llm, "active_adapter", "default")
+        peft_config = self.llm.peft_config[adapter_name]
+        base = str(self.config.base_model)
+        if base and not os.path.isabs(base) and Path(base).expanduser().exists():
+            base = str(Path(base).expanduser().resolve())  # a local folder, usable from any directory
+        recorded = peft_config.base_model_name_or_path
+        peft_config.base_model_name_or_path = base or recorded
+        try:
+            with tempfile.TemporaryDirectory(dir=folder, prefix=".peft-adapter-") as staging:
+                self.llm.save_pretrained(
+                    staging, safe_serialization=True, selected_adapters=[adapter_name],
+                    save_embedding_layers=False,  # the resized matrix is the base's + our rows; never saved
+                    **({"state_dict": self._llm_state(state_dict)} if state_dict else {}),
+                )
+                written = Path(staging) if adapter_name == "default" else Path(staging) / adapter_name
+                os.replace(written / ADAPTER_WEIGHTS_NAME, folder / ADAPTER_WEIGHTS_NAME)
+                os.replace(written / ADAPTER_CONFIG_NAME, folder / ADAPTER_CONFIG_NAME)
+        finally:
+            peft_config.base_model_name_or_path = recorded
+        (folder / "adapter_model.bin").unlink(missing_ok=True)  # never two adapters in one folder
         return folder
 
     def load_trainable(self, path: str | os.PathLike, strict: bool = False) -> LoadReport:
@@ -587,10 +569,26 @@ class LlavidalModel(nn.Module):
         modalities this model lacks are skipped (staged training merges all projectors). Keys that map
         to nothing, or shapes that differ, raise a ``ValueError`` listing them; parameters the file lacks
         are reported in the returned :class:`LoadReport` and raise only with ``strict=True``.
+        LoRA adapters come from the peft adapter beside ``trainable.safetensors`` (``adapter_config.json`` +
+        ``adapter_model.safetensors``) or, in folders written before that, from its ``lora.*`` keys.
         """
         file = resolve_trainable_file(path)
         state = read_weights(file)
-        report = self.load_trainable_state_dict(state, source=str(file), strict=strict)
+        # LoRA adapters: a peft adapter beside the file (save_pretrained), or lora.* keys inside it (older
+        # folders). A folder, or its trainable.safetensors, names both.
+        given = Path(path).expanduser()
+        folder = given if given.is_dir() else (file.parent if file.name == TRAINABLE_NAME else None)
+        adapter = read_peft_adapter(folder) if folder is not None else {}
+        source = str(file)
+        if adapter:
+            inside = [k for k in state if k.startswith(LORA_PREFIX)]
+            if inside:
+                logger.warning("%s: holds LoRA keys too; the peft adapter beside it (%s) is used", file,
+                               folder / ADAPTER_WEIGHTS_NAME)
+                state = {k: v for k, v in state.items() if not k.startswith(LORA_PREFIX)}
+            state = {**state, **adapter}
+            source = f"{file} + {folder / ADAPTER_CONFIG_NAME}"
+        report = self.load_trainable_state_dict(state, source=source, strict=strict)
         full_llm = Path(path) / FULL_LLM_SUBDIR
         if Path(path).is_dir() and full_llm.is_dir() and not self.config.freeze_llm and not self.has_lora:
             self.load_full_llm(full_llm)  # resuming a full fine-tune: the LLM's weights are trainable too

@@ -9,6 +9,9 @@
 Layouts understood (``model.`` prefixes are optional everywhere)::
 
     ours (save_pretrained, merge)  projectors.<modality>.<param>   token_embeddings.<modality> (3, H)   lora.<peft key>
+                                   (save_pretrained writes LoRA as a peft folder: adapter_config.json +
+                                   adapter_model.safetensors, read back as lora.<peft key> by read_peft_adapter;
+                                   older trainable.safetensors files hold the lora.* keys themselves)
     Video-ChatGPT / LLaVA v1       mm_projector.<param>             embed_tokens.weight (V, H): the full matrix,
     LLAVIDAL per modality          mm_projector_forpose.<param>     from which the modality tokens' rows are
                                    mm_projector_forobject.<param>   taken by id
@@ -44,6 +47,13 @@ logger = logging.getLogger(__name__)
 
 UPSTREAM_PROJECTOR_FILE = "mm_projector.bin"
 LORA_PREFIX = "lora."
+"""Prefix of LoRA adapter keys in a state dict of ours (``lora.<peft key>``). ``save_pretrained`` writes the
+adapters as a standard peft folder instead (:data:`ADAPTER_CONFIG_NAME` + :data:`ADAPTER_WEIGHTS_NAME`);
+``trainable.safetensors`` files written before that hold them under this prefix and still load."""
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_WEIGHTS_FILES = (ADAPTER_WEIGHTS_NAME, "adapter_model.bin")
+"""peft's adapter weight files (older peft wrote ``adapter_model.bin``), in order of preference."""
 UPSTREAM_PREFIX = "model."
 TOKEN_ROLES = ("patch", "start", "end")
 """Order of the rows of ``token_embeddings.<modality>`` (upstream adds patch, start, end)."""
@@ -199,7 +209,9 @@ def resolve_trainable_file(path: str | os.PathLike) -> Path:
         for name in PROJECTOR_FILE_NAMES:
             if (path / name).is_file():
                 return path / name
-        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+        # A peft adapter beside the projectors is read by read_peft_adapter, never as the projector file.
+        found = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix in WEIGHT_SUFFIXES and p.name not in ADAPTER_WEIGHTS_FILES)
         if len(found) == 1:
             return found[0]
         listed = f"; it holds {[p.name for p in found]}: pass one of them" if found else ""
@@ -211,6 +223,32 @@ def resolve_trainable_file(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file or folder")
     return path
+
+
+def peft_adapter_file(folder: str | os.PathLike) -> Path | None:
+    """The peft adapter weights file of ``folder`` (``adapter_model.safetensors`` / ``.bin`` beside an
+    ``adapter_config.json``), or None when the folder holds no peft adapter."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir() or not (folder / ADAPTER_CONFIG_NAME).is_file():
+        return None
+    for name in ADAPTER_WEIGHTS_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(
+        f"{folder / ADAPTER_CONFIG_NAME}: a peft adapter config without its weights ({' or '.join(ADAPTER_WEIGHTS_FILES)}); "
+        "copy the whole weights folder, or delete the adapter config if the model has no LoRA"
+    )
+
+
+def read_peft_adapter(folder: str | os.PathLike) -> dict[str, Tensor]:
+    """The LoRA adapters a weights folder holds as a peft adapter, keys ``lora.<peft key>`` (the layout of
+    :func:`canonicalize`); empty when it holds none. peft writes keys without the adapter name
+    (``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``), as ``get_peft_model_state_dict``
+    gives them, so these load exactly like the ``lora.*`` keys of older ``trainable.safetensors`` files."""
+    file = peft_adapter_file(folder)
+    if file is None:
+        return {}
+    return {LORA_PREFIX + key: value for key, value in read_weights(file).items()}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -158,9 +159,12 @@ def display_path(path: str | Path) -> str:
 
 
 def demo_command(paths: Paths, base_model: str) -> str:
-    return " ".join(shlex.quote(p) if not p.startswith("~/") else p for p in [
-        "python", "llavidal/demo/video_demo.py", "--model-name", display_path(base_model),
-        "--projection_path", display_path(paths.train), "--examples", display_path(paths.world),
+    """The demo on the quickstart's result, runnable from any directory: the interpreter the quickstart ran
+    in (its environment) and absolute paths (a base model that is no local path, a hub id, stays as given)."""
+    base = os.path.abspath(base_model) if Path(base_model).expanduser().exists() else str(base_model)
+    return shlex.join([
+        sys.executable, "-m", "llavidal", "demo", "--model-name", base,
+        "--projection_path", os.path.abspath(paths.train), "--examples", os.path.abspath(paths.world),
     ])
 
 

@@ -76,21 +76,45 @@ def segment_windows(meta: dict, frames: int | None = None) -> list[tuple[tuple[i
     return windows
 
 
+DEFAULT_PROTOCOL = "cross_subject"
+"""The world's protocol whose splits ``split=`` selects by default (the quickstart's)."""
+
+
+def world_split_ids(world_dir: str | os.PathLike, split: str, protocol: str = DEFAULT_PROTOCOL) -> set[str]:
+    """Clip ids of one split (``train``, ``val``, ``test``) of a protocol in ``annotations/splits.json``."""
+    file = Path(world_dir) / "annotations" / "splits.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: not found, so the world's {split} split is unknown; rerun 'llavidal synth' "
+                                "for a world with annotations, or pass --split all to use every clip")
+    splits = json.loads(file.read_text(encoding="utf-8"))
+    if protocol not in splits:
+        raise ValueError(f"{file}: no protocol {protocol!r}; it has {sorted(splits)}")
+    names = sorted(k for k, v in splits[protocol].items() if isinstance(v, list))
+    if split not in names:
+        raise ValueError(f"{file}: protocol {protocol!r} has no split {split!r}; use one of {names} or all")
+    return {str(clip_id) for clip_id in splits[protocol][split]}
+
+
 def world_pose_text_pairs(world_dir: str | os.PathLike, include_routines: bool = False,
-                          routine_segments: bool = False) -> list[dict]:
+                          routine_segments: bool = False, split: str | None = None,
+                          protocol: str = DEFAULT_PROTOCOL) -> list[dict]:
     """Pose-text pairs of the world, in the pair-file format of ``llavidal pose-pretrain --data``:
     ``{"id", "skeleton", "text"}`` (plus ``start_frame``/``end_frame`` for a routine's segment).
 
     ``skeletons/{id}.skeleton`` with the text of ``meta/{id}.json``; single-activity clips only, unless
     ``include_routines`` (then a routine's text lists its activities in order) or ``routine_segments``
     (then each segment of a routine is a pair of its own: the segment's frames, encoded within the whole
-    clip, with the segment's activity text)."""
+    clip, with the segment's activity text). ``split`` (``train``, ``val``, ``test`` of ``protocol`` in
+    ``annotations/splits.json``) keeps that split's clips only; None or ``all`` keeps every clip."""
     world_dir = Path(world_dir)
+    keep = world_split_ids(world_dir, split, protocol) if split and split != "all" else None
     skeleton_dir, meta_dir = world_dir / "skeletons", world_dir / "meta"
     if not skeleton_dir.is_dir() or not meta_dir.is_dir():
         raise FileNotFoundError(f"{world_dir}: expected skeletons/ and meta/ (the output of 'llavidal synth')")
     pairs: list[dict] = []
     for skeleton in sorted(skeleton_dir.glob("*.skeleton")):
+        if keep is not None and skeleton.stem not in keep:
+            continue
         meta_path = meta_dir / f"{skeleton.stem}.json"
         if not meta_path.is_file():
             logger.warning("%s: no %s; skipped", skeleton, meta_path.name)
@@ -110,17 +134,19 @@ def world_pose_text_pairs(world_dir: str | os.PathLike, include_routines: bool =
             raise ValueError(f"{meta_path}: cannot get an activity description ({err})") from None
         pairs.append({"id": skeleton.stem, "skeleton": skeleton, "text": text})
     if not pairs:
-        raise FileNotFoundError(f"{skeleton_dir}: no .skeleton files with meta/ records")
+        where = f" of the {split} split ({protocol})" if keep is not None else ""
+        raise FileNotFoundError(f"{skeleton_dir}: no .skeleton files{where} with meta/ records")
     return pairs
 
 
 def load_world_samples(world_dir: str | os.PathLike, include_routines: bool = False,
-                       routine_segments: bool = False) -> list:
+                       routine_segments: bool = False, split: str | None = None,
+                       protocol: str = DEFAULT_PROTOCOL) -> list:
     """:func:`world_pose_text_pairs` as :class:`llavidal.features.pose.pretrain.PoseTextSample` objects."""
     from llavidal.features.pose.pretrain import PoseTextSample  # torch: only for callers that train
 
     return [
         PoseTextSample(pair["id"], pair["skeleton"], pair["text"],
                        (pair["start_frame"], pair["end_frame"]) if "start_frame" in pair else None)
-        for pair in world_pose_text_pairs(world_dir, include_routines, routine_segments)
+        for pair in world_pose_text_pairs(world_dir, include_routines, routine_segments, split, protocol)
     ]

@@ -11,7 +11,11 @@ Compatibility notes:
 * ``--mm_use_vid_start_end`` and ``--lazy_preprocess`` are accepted: spans always carry start/end tokens
   and data are always read lazily, as the upstream command asks;
 * without CUDA, ``--bf16``/``--fp16``/``--tf32`` degrade to fp32 with one warning, and torchrun runs
-  DDP on the CPU over gloo.
+  DDP on the CPU over gloo;
+* ``--fsdp`` without CUDA is refused (accelerate applies FSDP only on accelerators: on CPU the run would be
+  plain DDP while the flag says otherwise), as is ``--fsdp_config`` without ``--fsdp``; ``--deepspeed FILE``
+  without the deepspeed package, or with a file that is not JSON, is refused naming the fix. Shipped
+  configs: ``configs/fsdp/``, ``configs/deepspeed/``, ``configs/accelerate/``.
 """
 
 from __future__ import annotations
@@ -227,6 +231,7 @@ class TrainingArguments(transformers.TrainingArguments):
         self.gradient_checkpointing = False
         if "activation_checkpointing" in _TRANSFORMERS_FIELDS:
             self.activation_checkpointing = False
+        self._check_distributed_flags()
         if not torch.cuda.is_available():
             self._degrade_precision_without_cuda()
             self.dataloader_pin_memory = False  # nothing to pin for
@@ -237,6 +242,30 @@ class TrainingArguments(transformers.TrainingArguments):
                 if self.ddp_backend is None:
                     self.ddp_backend = "gloo"
         super().__post_init__()
+
+    def _check_distributed_flags(self) -> None:
+        """Refuse sharding flags that would not do what they say (one line naming the fix)."""
+        if self.fsdp_config and not self.fsdp:
+            raise ValueError(f"--fsdp_config {self.fsdp_config} has no effect without --fsdp; add --fsdp (FSDP needs "
+                             "CUDA devices) or drop --fsdp_config")
+        if self.fsdp and not torch.cuda.is_available():
+            raise ValueError(
+                f"--fsdp {self.fsdp!r}: no CUDA device, and accelerate shards with FSDP only on accelerators (on CPU the "
+                "run would silently be plain DDP); run on CUDA devices (e.g. --fsdp --fsdp_config "
+                "configs/fsdp/fsdp_full_shard.json), or drop --fsdp to train with DDP over gloo under torchrun"
+            )
+        if isinstance(self.fsdp_config, str):
+            _read_json_config(self.fsdp_config, "--fsdp_config")
+        if self.deepspeed:
+            if isinstance(self.deepspeed, str):
+                _read_json_config(self.deepspeed, "--deepspeed")
+            import importlib.util
+
+            if importlib.util.find_spec("deepspeed") is None:
+                raise ValueError(
+                    f"--deepspeed {self.deepspeed}: the deepspeed package is not installed; pip install "
+                    "'llavidal[deepspeed]' on a CUDA machine, or drop --deepspeed (torchrun alone trains with DDP)"
+                )
 
     def _degrade_precision_without_cuda(self) -> None:
         global _CPU_PRECISION_WARNED
@@ -254,6 +283,23 @@ class TrainingArguments(transformers.TrainingArguments):
                 "no CUDA device: %s ignored, training in float32 on CPU", ", ".join(f"--{n} True" for n in asked)
             )
         _CPU_PRECISION_WARNED = True
+
+
+def _read_json_config(path: str, flag: str) -> dict:
+    """A JSON config file given to ``flag``, or a ValueError naming the file and what is wrong."""
+    import json
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"{flag} {path}: no such file; the shipped ones are in configs/fsdp/ and configs/deepspeed/")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{flag} {path}: not valid JSON ({err}); fix the file or use one from configs/") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{flag} {path}: holds a {type(data).__name__}, not a JSON object of settings")
+    return data
 
 
 # ---------------------------------------------------------------------------- parsing

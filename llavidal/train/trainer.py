@@ -1,7 +1,9 @@
 """The HF Trainer, changed only where a LLAVIDAL model differs from a ``PreTrainedModel``.
 
 * saving (final and every checkpoint) writes the trainable weights as ``trainable.safetensors`` and
-  ``llavidal_config.json`` through ``LlavidalModel.save_pretrained``, never the frozen LLM;
+  ``llavidal_config.json`` through ``LlavidalModel.save_pretrained``, never the frozen LLM; LoRA adapters
+  as a standard peft adapter beside them (``adapter_config.json`` + ``adapter_model.safetensors``); under
+  FSDP (``FULL_STATE_DICT``) or DeepSpeed ZeRO-3 from the weights the Trainer gathered;
 * resuming loads them back from ``checkpoint-*`` (``load_trainable`` also restores a fully fine-tuned
   LLM from its ``llm/`` folder; optimizer, scheduler, RNG and trainer state are the Trainer's own);
 * ``group_by_length`` takes lengths from the dataset (known without reading any feature file);
@@ -136,7 +138,8 @@ class LlavidalTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         model = self._unwrapped()
         model.config.extra = {**model.config.extra, **self.extra_config}
-        model.save_pretrained(output_dir)
+        # FSDP / ZeRO-3: the Trainer passes the gathered full state dict (the live parameters are shards).
+        model.save_pretrained(output_dir, state_dict=state_dict or None)
         with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w", encoding="utf-8") as handle:
             handle.write(self.args.to_json_string())
         logger.info("saved trainable weights and %s to %s", CONFIG_NAME, output_dir)

@@ -17,7 +17,8 @@ pooled embedding is projected into the text space and trained with a symmetric c
 (CLIP's InfoNCE; samples sharing a text are all positives for that text, as in ActionCLIP).
 
 Data: ``--world_dir`` reads the embedded world (``skeletons/{id}.skeleton`` + ``meta/{id}.json``,
-through :mod:`llavidal.sim.readers`); ``--data`` reads a CSV (columns ``skeleton,text``), JSON list or
+through :mod:`llavidal.sim.readers`), the clips of its train split by default (``--split``, cross-subject
+protocol: the held-out clips stay unseen); ``--data`` reads a CSV (columns ``skeleton,text``), JSON list or
 JSONL of ``{"skeleton", "text"}`` records with skeleton paths relative to that file. The library
 (:func:`pretrain_pose_encoder`) takes the samples, wherever they come from.
 
@@ -243,6 +244,11 @@ class PosePretrainArguments:
     """Folder for the trained encoder and the resumable checkpoint (required)."""
     world_dir: str = ""
     """The embedded world's folder (skeletons/ + meta/), from 'llavidal synth'."""
+    split: str = "train"
+    """With --world_dir: the clips of this split of annotations/splits.json (train, val, test), or all; the
+    default keeps the held-out clips unseen by the pose encoder."""
+    split_protocol: str = "cross_subject"
+    """With --world_dir: the protocol whose split --split names (cross_subject, cross_view)."""
     include_routines: bool = False
     """With --world_dir: also train on multi-activity routine clips (their text lists the activities)."""
     routine_segments: bool = False
@@ -598,7 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.world_dir:
         from llavidal.sim.readers import load_world_samples  # the command reads the world; the library takes samples
 
-        samples = load_world_samples(args.world_dir, args.include_routines, args.routine_segments)
+        samples = load_world_samples(args.world_dir, args.include_routines, args.routine_segments,
+                                     split=args.split, protocol=args.split_protocol)
     else:
         samples = load_pair_file(args.data)
     print(f"pose-pretrain: {len(samples)} samples, {len({s.text for s in samples})} distinct texts, "

@@ -1,0 +1,1 @@
+"""Adapters that make LLAVIDAL usable from other projects' tools (each imports its tool lazily)."""

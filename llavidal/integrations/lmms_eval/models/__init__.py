@@ -1,0 +1,3 @@
+"""The legacy ``LMMS_EVAL_PLUGINS`` layout: ``{plugin}.models.{name}.{class}``."""
+
+AVAILABLE_MODELS = {"llavidal": "Llavidal"}
