@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 
-def make_video(path: Path, frames: int = 24, size: int = 64, fps: int = 8) -> Path:
-    """An H.264 MP4 of a bright square moving over a changing background."""
+def make_video(path: Path, frames: int = 24, size: int = 64, fps: int = 8, shade: int = 30) -> Path:
+    """An H.264 MP4 of a bright square moving over a changing background (``shade``: its base grey)."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -17,7 +17,7 @@ def make_video(path: Path, frames: int = 24, size: int = 64, fps: int = 8) -> Pa
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
         for index in range(frames):
-            image = np.full((size, size, 3), 30, dtype=np.uint8)
+            image = np.full((size, size, 3), shade, dtype=np.uint8)
             image[:, :, 2] = (index * 9) % 255
             x = (index * 3) % (size - 12)
             image[20:34, x : x + 12] = 250
@@ -66,7 +66,7 @@ def make_world_examples(root: Path, frames: int = 24) -> Path:
     make_video(root / "videos" / "clip_a.mp4", frames=frames)
     make_skeleton_file(root / "skeletons" / "clip_a.skeleton", frames)
     make_tracks_file(root / "tracks" / "clip_a.json", frames)
-    make_video(root / "videos" / "clip_b.mp4", frames=frames)
+    make_video(root / "videos" / "clip_b.mp4", frames=frames, shade=60)  # other bytes: uploads match by content
     return root
 
 

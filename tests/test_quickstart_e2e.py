@@ -56,7 +56,7 @@ def test_quickstart_small_tiny_runs_every_step_then_skips_them(tmp_path):
     assert descriptions is not None and descriptions["n"] > 0
     assert report["training"]["global_steps"] == 4
     assert all(math.isfinite(v) for v in report["step_seconds"].values())
-    assert "video_demo.py" in first.stdout and "--projection_path" in first.stdout
+    assert "-m llavidal demo" in first.stdout and "--projection_path" in first.stdout  # the demo command, absolute paths
 
     # Pose pretraining and the projector alignment saw train-split clips only (held-out subjects stay unseen).
     splits = json.loads((out / "world" / "annotations" / "splits.json").read_text())["cross_subject"]
