@@ -9,16 +9,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from llavidal.model.modality import PROJECTOR_TYPES, ModalityRegistry
-
-
-def build_projector(projector_type: str, feature_dim: int, hidden_size: int) -> nn.Module:
-    """A projector ``(..., feature_dim) -> (..., hidden_size)``."""
-    if projector_type == "linear":
-        return nn.Linear(feature_dim, hidden_size)
-    if projector_type == "mlp2x_gelu":
-        return nn.Sequential(nn.Linear(feature_dim, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
-    raise ValueError(f"unknown projector_type {projector_type!r}; one of {PROJECTOR_TYPES}")
+# One definition, in the self-contained model file that exported folders carry.
+from llavidal.model.hf.modeling_llavidal import build_projector  # noqa: F401  (re-exported)
+from llavidal.model.modality import ModalityRegistry
 
 
 def build_projectors(modalities: ModalityRegistry, hidden_size: int) -> nn.ModuleDict:
