@@ -280,6 +280,11 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
     trainer.save_model(training_args.output_dir)
     if dist.is_main_process():
         logger.info("saved %s (trainable.safetensors, llavidal_config.json, trainer_state.json)", training_args.output_dir)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every rank leaves together and tears gloo down itself: a rank exiting with the group alive can
+        # abort in the C++ destructor ("terminate called without an active exception", exit -6).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 
