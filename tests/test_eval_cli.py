@@ -98,10 +98,10 @@ def test_mcq_script_at_upstream_path(tmp_path):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "adlmcq_forecasting: accuracy 33.33% (1/3), missing 1 {'refusal': 1}" in result.stdout
-    assert "lemma_tc: 50.00% (n=2, missing 0)" in result.stdout
+    assert "adlmcq_forecasting: accuracy 33.33% (1/3; 95% interval 6.1-79.2%), missing 1 {'refusal': 1}" in result.stdout
+    assert "lemma_tc: 50.00% (n=2; 95% interval 9.5-90.5%, missing 0)" in result.stdout
     report = (out / "report.md").read_text()
-    assert "| accuracy (%) | 33.33 | 3 | 1 | 1 |" in report and "refusal 1" in report
+    assert "| accuracy (%) | 33.33 | 6.15-79.23 | 3 | 1 | 1 |" in report and "refusal 1" in report
     gallery = (out / "gallery.html").read_text()
     assert "src='../videos/lemma_1.mp4'" in gallery and "The best answer is F." in gallery
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

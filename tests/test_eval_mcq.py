@@ -106,13 +106,9 @@ def test_score_mcq_counts_missing_as_wrong_with_breakdowns():
     assert result["missing_reasons"] == {"ambiguous": 1, "missing_features": 1, "no_prediction": 1}
     assert result["per_task"]["lemma_tc"]["accuracy"] == pytest.approx(50.0)
     assert result["per_task"]["tsu_tc"]["accuracy"] == pytest.approx(100.0 / 3)
-    assert result["per_class"]["eat food"] == {
-        "accuracy": 0.0,
-        "n": 2,
-        "correct": 0,
-        "missing": 2,
-        "accuracy_answered": None,
-    }
+    eat = dict(result["per_class"]["eat food"])
+    assert eat.pop("ci95") == pytest.approx([0.0, 65.7628], abs=1e-3)  # 95% Wilson interval of 0/2
+    assert eat == {"accuracy": 0.0, "n": 2, "correct": 0, "missing": 2, "accuracy_answered": None}
     # A plain {id: text} dict works too, and stray ids are refused.
     assert score_mcq({"r1": "F"}, records[:1])["metrics"]["accuracy"] == 100.0
     with pytest.raises(ValueError, match="not in the benchmark records"):

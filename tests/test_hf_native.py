@@ -107,7 +107,7 @@ BLOCKED = textwrap.dedent("""
         pass
     import torch
     from transformers import AutoModelForCausalLM
-    out, data = sys.argv[1], torch.load(sys.argv[2])
+    out, data = sys.argv[1], torch.load(sys.argv[2], weights_only=True)
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     model.eval()
     with torch.no_grad():
@@ -129,7 +129,7 @@ def test_loads_with_remote_code_where_llavidal_cannot_be_imported(exported, refe
     result = subprocess.run([sys.executable, "-c", BLOCKED, str(out), str(tmp_path / "inputs.pt"), str(tmp_path / "o.pt")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    got = torch.load(tmp_path / "o.pt")
+    got = torch.load(tmp_path / "o.pt", weights_only=True)
     assert got["llavidal"] == [] and got["class"].startswith("transformers_modules")
     torch.testing.assert_close(got["logits"], logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(got["tokens"], tokens)

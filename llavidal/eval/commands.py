@@ -223,6 +223,11 @@ def _write_results(
     return paths
 
 
+def _interval(block: dict) -> str:
+    ci = block.get("ci95")
+    return f"; 95% interval {ci[0]:.1f}-{ci[1]:.1f}%" if ci else ""
+
+
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}%"
 
@@ -363,11 +368,11 @@ def cmd_mcq(argv: list[str] | None = None) -> int:
     paths = _write_results(result, args.output_dir, args.video_root)
     m = result["metrics"]
     print(
-        f"{spec.name}: accuracy {_percent(m['accuracy'])} ({m['correct']}/{m['n']}), missing {m['missing']} "
+        f"{spec.name}: accuracy {_percent(m['accuracy'])} ({m['correct']}/{m['n']}{_interval(m)}), missing {m['missing']} "
         f"{result['missing_reasons'] or ''}".rstrip()
     )
     for task, block in result["per_task"].items():
-        print(f"  {task}: {_percent(block['accuracy'])} (n={block['n']}, missing {block['missing']})")
+        print(f"  {task}: {_percent(block['accuracy'])} (n={block['n']}{_interval(block)}, missing {block['missing']})")
     for note in notes:
         print(f"  note: {note}")
     print(f"report: {paths['markdown']}")

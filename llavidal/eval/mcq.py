@@ -32,6 +32,7 @@ reasons.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -207,17 +208,29 @@ def parse_mcq_answer(
     return ParsedAnswer(None, "no_answer", "none")
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """95% Wilson score interval of an accuracy ``correct / n`` (fractions in [0, 1]); None when n is 0."""
+    if n <= 0:
+        return None
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def _accuracy_block(items: list[dict]) -> dict:
     n = len(items)
     correct = sum(1 for item in items if item["correct"])
     missing = sum(1 for item in items if item["missing"])
     answered = n - missing
+    interval = wilson_interval(correct, n)
     return {
         "accuracy": 100.0 * correct / n if n else None,
         "n": n,
         "correct": correct,
         "missing": missing,
         "accuracy_answered": 100.0 * correct / answered if answered else None,
+        "ci95": [100.0 * interval[0], 100.0 * interval[1]] if interval else None,
     }
 
 
@@ -340,7 +353,9 @@ def add_unpredicted(result: dict, benchmark_total: int) -> int:
     if unseen <= 0:
         return 0
     n = metrics["n"] + unseen
-    metrics.update(n=n, missing=metrics["missing"] + unseen, accuracy=100.0 * metrics["correct"] / n)
+    interval = wilson_interval(metrics["correct"], n)
+    metrics.update(n=n, missing=metrics["missing"] + unseen, accuracy=100.0 * metrics["correct"] / n,
+                   ci95=[100.0 * interval[0], 100.0 * interval[1]])
     reasons = result.setdefault("missing_reasons", {})
     reasons["no_prediction"] = reasons.get("no_prediction", 0) + unseen
     result["unpredicted_records"] = unseen

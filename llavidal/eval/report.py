@@ -64,11 +64,13 @@ def _judge_line(judge: dict | None) -> str:
 
 def _markdown_mcq(result: dict) -> list[str]:
     m = result["metrics"]
+    ci = m.get("ci95")
+    interval = f"{_fmt(ci[0])}-{_fmt(ci[1])}" if ci else "-"
     lines = [
-        "| metric | value | n | correct | missing |",
-        "|---|---|---|---|---|",
-        f"| accuracy (%) | {_fmt(m['accuracy'])} | {m['n']} | {m['correct']} | {m['missing']} |",
-        f"| accuracy of answered (%) | {_fmt(m['accuracy_answered'])} | {m['n'] - m['missing']} | {m['correct']} | - |",
+        "| metric | value | 95% interval | n | correct | missing |",
+        "|---|---|---|---|---|---|",
+        f"| accuracy (%) | {_fmt(m['accuracy'])} | {interval} | {m['n']} | {m['correct']} | {m['missing']} |",
+        f"| accuracy of answered (%) | {_fmt(m['accuracy_answered'])} | - | {m['n'] - m['missing']} | {m['correct']} | - |",
         "",
     ]
     if len(result.get("per_task", {})) > 1 or result.get("per_task"):

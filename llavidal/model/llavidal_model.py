@@ -39,6 +39,7 @@ from llavidal.model.hf.modeling_llavidal import (  # noqa: F401  (shifted_labels
     causal_lm_loss,
     compose_token_embeddings,
     flatten_features,
+    generate_spliced,
     new_token_tables,
     row_name,
     shifted_labels,
@@ -444,18 +445,7 @@ class LlavidalModel(nn.Module):
         ``generate`` with ``inputs_embeds`` and its KV cache; kwargs (max_new_tokens, do_sample,
         temperature, top_p, eos_token_id, pad_token_id, streamer...) pass through.
         """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if input_ids.shape[0] > 1 and not bool(attention_mask[:, -1].all()):
-            raise ValueError(
-                "generate() needs LEFT padding (tokenizer.padding_side = 'left'): some rows end in padding"
-            )
-        inputs_embeds, _ = self.embed_inputs(input_ids, modality_features, sample_ids)
-        # Modality tokens are inputs only: never let the LLM emit one (an untrained or weakly trained
-        # projector can otherwise make a model answer with patch tokens that decode to nothing).
-        if "suppress_tokens" not in generate_kwargs and "generation_config" not in generate_kwargs:
-            generate_kwargs["suppress_tokens"] = self.modality_token_ids()
-        return self.llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
+        return generate_spliced(self, input_ids, attention_mask, modality_features, sample_ids, generate_kwargs)
 
     def modality_token_ids(self) -> list[int]:
         """Ids of every modality token (patch, start, end of each modality)."""

@@ -38,6 +38,7 @@ def _mcq_entry(paths: Paths, task: str, set_name: str) -> dict | None:
     return {
         "accuracy": scored["metrics"]["accuracy"] / 100.0,
         "n": scored["metrics"]["n"],
+        "correct": scored["metrics"]["correct"],
         "missing": scored["metrics"]["missing"],
         "chance": sum(1.0 / len(item["choices"]) for item in items) / max(1, len(items)),
         "per_class": {k: {"accuracy": v["accuracy"] / 100.0 if v.get("accuracy") is not None else None,
@@ -222,12 +223,24 @@ def _mcq_section(results: dict) -> list[str]:
     mcq = results.get("mcq", {})
     rows = []
     for set_name in MODALITY_SETS:
-        cells = [f"{_fmt(e['accuracy'])} ({e['n']})" if (e := by_set.get(set_name)) else "n/a" for by_set in mcq.values()]
+        cells = [_accuracy_cell(e) if (e := by_set.get(set_name)) else "n/a" for by_set in mcq.values()]
         rows.append([set_name, *cells])
     chance = [f"{task} {_fmt(by_set.get('all', {}).get('chance'))}" for task, by_set in mcq.items()]
     return ["## ADLMCQ accuracy on held-out subjects", "", "Same trained model; modalities withheld at inference.", "",
-            *markdown_table(["modality set", *(f"{task} (n)" for task in mcq)], rows, DIGITS),
+            *markdown_table(["modality set", *(f"{task} (correct/n; 95% interval)" for task in mcq)], rows, DIGITS),
             "", f"Chance: {', '.join(chance)}.", ""]
+
+
+def _accuracy_cell(entry: dict) -> str:
+    """``0.952 (198/208; 0.91-0.97)``: accuracy, counts and its 95% Wilson interval."""
+    from llavidal.eval.mcq import wilson_interval
+
+    n = entry["n"]
+    correct = entry.get("correct", round((entry["accuracy"] or 0.0) * n))
+    interval = wilson_interval(correct, n)
+    if interval is None:
+        return f"{_fmt(entry['accuracy'])} (0/0)"
+    return f"{_fmt(entry['accuracy'])} ({correct}/{n}; {interval[0]:.2f}-{interval[1]:.2f})"
 
 
 def _descriptions_section(desc: dict | None) -> list[str]:

@@ -268,7 +268,7 @@ def test_mcq_without_records_counts_the_whole_benchmark(tmp_path, capsys):
     result = json.loads((tmp_path / "mcq" / "adlmcq_forecasting_results.json").read_text())
     assert result["metrics"]["n"] == 5 and result["metrics"]["correct"] == 1 and result["metrics"]["accuracy"] == 20.0
     assert result["missing_reasons"] == {"missing_features": 1, "no_prediction": 2}
-    assert "(1/5)" in capsys.readouterr().out
+    assert "(1/5; 95% interval 3.6-62.4%)" in capsys.readouterr().out  # n and interval of the whole benchmark
 
     upstream = tmp_path / "upstream.json"
     upstream.write_text(json.dumps([{"video_filename": "v0.mp4", "question": "What happens?",

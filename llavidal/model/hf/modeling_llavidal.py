@@ -408,22 +408,32 @@ class LlavidalForCausalLM(PreTrainedModel, GenerationMixin):
         features = self._gather_features(modality_features, generate_kwargs)
         if input_ids is None:
             raise ValueError("generate() needs input_ids (the prompt with its modality spans expanded)")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if input_ids.shape[0] > 1 and not bool(attention_mask[:, -1].all()):
-            raise ValueError(
-                "generate() needs LEFT padding (tokenizer.padding_side = 'left'): some rows end in padding"
-            )
-        inputs_embeds, _ = self.embed_inputs(input_ids, features, sample_ids)
-        if "generation_config" not in generate_kwargs:
+        if "generation_config" not in generate_kwargs and getattr(self, "generation_config", None) is not None:
             generate_kwargs.setdefault("suppress_tokens", self.modality_token_ids())
-            if getattr(self, "generation_config", None) is not None:
-                generate_kwargs["generation_config"] = self.generation_config
-        return self.llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
+            generate_kwargs["generation_config"] = self.generation_config
+        return generate_spliced(self, input_ids, attention_mask, features, sample_ids, generate_kwargs)
+
+
+def generate_spliced(model: Any, input_ids: Tensor, attention_mask: Tensor | None, features: Any,
+                     sample_ids: Sequence[Any] | None, generate_kwargs: dict[str, Any]) -> Tensor:
+    """``model.llm.generate`` on the spliced prompt embeddings (shared by both model classes).
+
+    Batches must be LEFT-padded (the last column of ``attention_mask`` all ones). Modality tokens are
+    inputs only: unless the caller says otherwise they are suppressed (a weakly trained projector can
+    otherwise make a model answer with patch tokens that decode to nothing)."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if input_ids.shape[0] > 1 and not bool(attention_mask[:, -1].all()):
+        raise ValueError("generate() needs LEFT padding (tokenizer.padding_side = 'left'): some rows end in padding")
+    inputs_embeds, _ = model.embed_inputs(input_ids, features, sample_ids)
+    if "suppress_tokens" not in generate_kwargs and "generation_config" not in generate_kwargs:
+        generate_kwargs["suppress_tokens"] = model.modality_token_ids()
+    return model.llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
 
 
 __all__ = [
     "LlavidalForCausalLM",
+    "generate_spliced",
     "SpliceError",
     "causal_lm_loss",
     "compose_token_embeddings",
