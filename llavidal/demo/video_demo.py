@@ -3,7 +3,7 @@
 Run as (the upstream command; ``llavidal demo`` takes the same flags):
 
     python llavidal/demo/video_demo.py --model-name BASE_LLM --projection_path WEIGHTS_DIR
-    llavidal demo --projection_path quickstart_out/train/final --examples quickstart_out/world
+    llavidal demo --projection_path quickstart_out/train --examples quickstart_out/world
 
 Features are computed on the fly by the extractors training used (the vision encoder and pooling that
 the weights' feature manifests record; pose from the world's skeleton file or mediapipe; objects from
