@@ -174,8 +174,9 @@ def test_mcq_truth_matches_metadata_and_distractors_are_wrong(small_world, metas
         for split in SPLITS:
             for name in ("mcq_action_recognition.json", "mcq_forecasting.json"):
                 for question in _load(root, protocol, split, name):
+                    extra = {"object_dependent"} if name == "mcq_forecasting.json" else set()
                     assert set(question) == {"video_filename", "question", "answer_choices", "ground_truth_letter",
-                                             "id", "task", "label"}
+                                             "id", "task", "label"} | extra
                     meta = metas[question["id"]]
                     assert question["video_filename"] == f"{meta['clip_id']}.mp4"
                     choices = {letter: by_label[text] for letter, text in question["answer_choices"].items()}
@@ -199,8 +200,38 @@ def test_mcq_truth_matches_metadata_and_distractors_are_wrong(small_world, metas
                         likely = TRANSITIONS.get(meta["segments"][-1]["activity"], {})
                         for distractor in distractors:
                             assert distractor in MOCAP or not feasible(distractor, state) or distractor not in likely
+                        # object-dependent: only the object in hand tells the truth from the other two
+                        dependent = truth in ("drink", "read", "phone_call")
+                        assert question["object_dependent"] is dependent
+                        if dependent:
+                            assert {"drink", "read", "phone_call"} <= set(choices.values())
                     seen[question["task"]] += 1
     assert seen["action_recognition"] >= 20 and seen["action_forecasting"] >= 2
+
+
+def test_attribute_mcqs_match_metadata(small_world, metas):
+    """Which hand / which object / what colour: the truth is the clip's metadata, the options distinct."""
+    root, _ = small_world
+    seen = {"hand": 0, "object": 0, "colour": 0}
+    for split in SPLITS:
+        for question in _load(root, "cross_subject", split, "mcq_attributes.json"):
+            clip, task = question["id"].split(":")
+            meta = metas[clip]
+            assert meta["kind"] == "single" and task == question["task"]
+            segment = meta["segments"][0]
+            texts = list(question["answer_choices"].values())
+            assert len(set(texts)) == len(texts)
+            truth = question["answer_choices"][question["ground_truth_letter"]]
+            if task == "hand":
+                assert truth == f"the {segment['hand']} hand" and len(texts) == 2
+            elif task == "object":
+                kind = question["label"]
+                assert kind in segment["objects"] and truth.endswith(f" {kind}") and len(texts) == 4
+            else:
+                colours = {o["colour"] for o in meta["objects"] if o["class"] in segment["objects"]}
+                assert truth == question["label"] and truth in colours and len(texts) == 4
+            seen[task] += 1
+    assert all(count >= 1 for count in seen.values()), seen
 
 
 def test_training_records_are_valid(small_world, metas):

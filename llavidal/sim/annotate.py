@@ -9,7 +9,12 @@ Per protocol (``cross_subject``, ``cross_view``) and split (``train``, ``val``, 
   each human turn's ``type`` says what it asks (``recognition``, ``detail``, ``object``, ``hand``, ``count``,
   ``first``, ``next``, ``last``, ``forecast``).
 - ``mcq_action_recognition.json`` / ``mcq_forecasting.json``: ADLMCQ ``{video_filename, question,
-  answer_choices, ground_truth_letter}`` plus ``id``, ``task``, ``label``.
+  answer_choices, ground_truth_letter}`` plus ``id``, ``task``, ``label``; forecasting records also say
+  ``object_dependent`` (the next activity is one only the object in hand allows: drink, read, phone call;
+  the other two are then always among the options).
+- ``mcq_attributes.json``: which hand, which object, what colour, for single-activity clips, in the same
+  format (``task`` = ``hand`` / ``object`` / ``colour``, ``id`` = ``{clip}:{task}``), scored against the
+  clip's metadata.
 - ``descriptions.json``: ADL description records ``{video_name, Q, A, cons_Q1, cons_Q2, cons_A}``.
 - ``qa_generic.json``, ``qa_temporal.json``: Video-ChatGPT QA ``{video_id, q, a}``;
   ``qa_consistency.json``: ``{video_id, q, q2, a}`` (two paraphrases, one answer).
@@ -28,7 +33,7 @@ import numpy as np
 
 from llavidal.sim.activities import ACTIVITIES, BY_NAME, MOCAP, PROCEDURAL, TRANSITIONS, confusable_with
 from llavidal.sim.plan import _State, _apply, feasible, parse_clip_id
-from llavidal.sim.props import COLOURS
+from llavidal.sim.props import COLOURS, HAND_OBJECTS
 from llavidal.utils.io import atomic_write_json
 
 LETTERS = "ABCDEF"
@@ -279,12 +284,20 @@ def training_record(meta: dict, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- MCQ
-def _mcq(meta: dict, seed: int, task: str, question: str, truth: str, distractors: list[str], choices: int) -> dict:
+def _mcq(meta: dict, seed: int, task: str, question: str, truth: str, distractors: list[str], choices: int,
+         forced: tuple[str, ...] = (), text=None) -> dict:
+    """An ADLMCQ record: ``truth`` and ``choices - 1`` distractors (``forced`` ones first), shuffled.
+
+    ``text`` turns an option name into its wording (default: the activity's label).
+    """
+    text = text or (lambda name: BY_NAME[name].label)
     rng = _rng(seed, task, meta["clip_id"])
-    picked = [distractors[i] for i in rng.permutation(len(distractors))[: choices - 1]]
+    forced = [d for d in forced if d in distractors][: choices - 1]
+    rest = [d for d in distractors if d not in forced]
+    picked = forced + [rest[i] for i in rng.permutation(len(rest))[: choices - 1 - len(forced)]]
     options = picked + [truth]
     options = [options[i] for i in rng.permutation(len(options))]
-    letters = {LETTERS[k]: BY_NAME[name].label for k, name in enumerate(options)}
+    letters = {LETTERS[k]: text(name) for k, name in enumerate(options)}
     truth_letter = LETTERS[options.index(truth)]
     return {"video_filename": f"{meta['clip_id']}.mp4", "question": question, "answer_choices": letters,
             "ground_truth_letter": truth_letter, "id": meta["clip_id"], "task": task, "label": truth}
@@ -322,6 +335,16 @@ def forecasting_distractors(meta: dict) -> list[str]:
     return implausible + [a for a in MOCAP if a not in excluded]
 
 
+OBJECT_SPECIFIC = ("drink", "read", "phone_call")
+"""Activities only the object in hand allows (a cup is drunk from, a book read, a phone called on)."""
+
+
+def object_dependent(meta: dict) -> bool:
+    """Whether a forecasting clip's answer depends on the object held: the next activity is one that only
+    that object allows, and the question's options hold the other object-specific activities."""
+    return meta.get("next_activity") in OBJECT_SPECIFIC
+
+
 def forecasting_mcq(meta: dict, seed: int) -> dict:
     rng = _rng(seed, "afq", meta["clip_id"])
     choices = int(rng.integers(4, 7))
@@ -329,10 +352,46 @@ def forecasting_mcq(meta: dict, seed: int) -> dict:
     procedural = [d for d in distractors if d in PROCEDURAL]
     # mostly procedural distractors (the plausible-looking kind), a mocap one only when needed
     pool = procedural if len(procedural) >= choices - 1 else distractors
-    return _mcq(meta, seed, "action_forecasting", _pick(rng, FORECAST_QUESTIONS), meta["next_activity"], pool, choices)
+    dependent = object_dependent(meta)
+    # when the object held decides, the other object-specific activities are always among the options,
+    # so that the question cannot be answered without seeing which object it is
+    forced = tuple(a for a in OBJECT_SPECIFIC if a != meta["next_activity"]) if dependent else ()
+    record = _mcq(meta, seed, "action_forecasting", _pick(rng, FORECAST_QUESTIONS), meta["next_activity"], pool,
+                  choices, forced=forced)
+    record["object_dependent"] = dependent
+    return record
 
 
-# ---------------------------------------------------------------------------------------------- splits
+COLOUR_QUESTIONS = ("What colour is the {kind}?", "Which colour does the {kind} have?")
+ATTRIBUTE_TASKS = ("hand", "object", "colour")
+
+
+def attribute_mcqs(meta: dict, seed: int) -> list[dict]:
+    """Which hand, which object, what colour: multiple-choice questions a single-activity clip's metadata
+    answers (record ids ``{clip}:{task}``; task ``hand`` / ``object`` / ``colour``)."""
+    if meta["kind"] != "single":
+        return []
+    segment = meta["segments"][0]
+    rng = _rng(seed, "attr", meta["clip_id"])
+    out = []
+    if segment.get("hand") in ("left", "right"):
+        out.append(_mcq(meta, seed, "hand", _pick(rng, HAND_QUESTIONS), segment["hand"],
+                        [h for h in ("left", "right") if h != segment["hand"]], 2,
+                        text=lambda name: f"the {name} hand"))
+    used = [c for c in segment["objects"] if c in HAND_OBJECTS]
+    if used:
+        kind = used[0]
+        out.append(_mcq(meta, seed, "object", _pick(rng, OBJECT_QUESTIONS), kind,
+                        [k for k in HAND_OBJECTS if k != kind], 4, text=lambda name: f"{_article(name)} {name}"))
+        colours = [o["colour"] for o in meta["objects"] if o["class"] == kind and o.get("colour") in COLOURS]
+        if colours:
+            out.append(_mcq(meta, seed, "colour", _pick(rng, COLOUR_QUESTIONS).format(kind=kind), colours[0],
+                            [c for c in COLOURS if c != colours[0]], 4, text=str))
+    for record in out:
+        record["id"] = f"{meta['clip_id']}:{record['task']}"
+    return out
+
+
 def split_of(meta: dict, protocol: str) -> str:
     ids = parse_clip_id(meta["clip_id"])
     if protocol == "cross_subject":
@@ -373,6 +432,8 @@ def write_annotations(root: Path, metas: list[dict], seed: int) -> dict:
             atomic_write_json(out / "records.json", [records[m["clip_id"]] for m in group])
             atomic_write_json(out / "mcq_action_recognition.json", [recognition_mcq(m, seed) for m in singles])
             atomic_write_json(out / "mcq_forecasting.json", [forecasting_mcq(m, seed) for m in forecasts])
+            attributes = [r for m in singles for r in attribute_mcqs(m, seed)]
+            atomic_write_json(out / "mcq_attributes.json", attributes)
             descriptions, generic, temporal, consistency = [], [], [], []
             for meta in group:
                 rng = _rng(seed, "desc", meta["clip_id"])
@@ -393,6 +454,7 @@ def write_annotations(root: Path, metas: list[dict], seed: int) -> dict:
             atomic_write_json(out / "qa_temporal.json", temporal)
             atomic_write_json(out / "qa_consistency.json", consistency)
             counts[protocol][split] = {"clips": len(group), "records": len(group),
-                                       "mcq_action_recognition": len(singles), "mcq_forecasting": len(forecasts)}
+                                       "mcq_action_recognition": len(singles), "mcq_forecasting": len(forecasts),
+                                       "mcq_attributes": len(attributes)}
     atomic_write_json(folder / "splits.json", splits)
     return {"splits": counts}

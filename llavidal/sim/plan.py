@@ -38,6 +38,9 @@ class Preset:
     loop_seconds: tuple[float, float] = (2.5, 3.5)  # clip length for looping mocap
     routine_length: tuple[int, int] = (2, 3)  # activities per routine (inclusive)
     noise: float = 0.15  # chance a routine step ignores the transition table
+    forecast_cuts: str = "one"
+    """Forecasting clips per routine: ``one`` (a random prefix) or ``all`` (every prefix: a routine of n
+    activities gives n - 1 questions, for a test split large enough to read)."""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -50,8 +53,10 @@ PRESETS: dict[str, Preset] = {
     "small": Preset("small", subjects=6, setups=2, performances_per_activity=1, routines=4,
                     cameras_per_performance=1, fps=10, loop_seconds=(2.0, 2.5), routine_length=(2, 3)),
     # the quickstart: enough for a small model to learn recognition on held-out subjects
-    "medium": Preset("medium", subjects=15, setups=3, performances_per_activity=24, routines=80,
-                     cameras_per_performance=1, fps=10, loop_seconds=(2.5, 3.0), routine_length=(2, 4)),
+    # every prefix of 300 routines: ~200 held-out forecasting questions, so a 95% interval is about +/-0.07
+    "medium": Preset("medium", subjects=15, setups=3, performances_per_activity=24, routines=300,
+                     cameras_per_performance=1, fps=10, loop_seconds=(2.5, 3.0), routine_length=(2, 4),
+                     forecast_cuts="all"),
 }
 
 
@@ -244,8 +249,11 @@ def make_plan(preset: Preset, seed: int) -> dict:
             "tray": "eat" in activities, "chair": "use" if any(a in ("sit_down", "stand_up") for a in activities) else None,
             "held_object": None, "posture": "standing",
             "forecast_cut": int(rng.integers(1, len(segments))),
+            "forecast_cuts": None,
             "performance_id": f"S{setup:03d}P{subject:03d}R{replication:03d}Q{number:03d}",
         })
+        entry["forecast_cuts"] = ([entry["forecast_cut"]] if preset.forecast_cuts == "one"
+                                  else list(range(1, len(segments))))
         performances.append(entry)
     return {"preset": preset.to_json(), "seed": seed, "subjects": subjects,
             "setups": {k: [r.to_json() for r in v] for k, v in setups.items()}, "performances": performances}

@@ -34,12 +34,17 @@ def _plan_digest(performance: dict) -> str:
     return hashlib.sha256(json.dumps(performance, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def forecast_cuts(performance: dict) -> list[int]:
+    """The prefixes of a routine that are forecasting clips (plans written before the list had one)."""
+    return list(performance.get("forecast_cuts") or [performance["forecast_cut"]])
+
+
 def clip_ids_of(performance: dict) -> list[str]:
     ids = []
     for camera in performance["cameras"]:
         ids.append(clip_id(performance, camera["camera"]))
         if performance["kind"] == "routine":
-            ids.append(clip_id(performance, camera["camera"], performance["forecast_cut"]))
+            ids.extend(clip_id(performance, camera["camera"], cut) for cut in forecast_cuts(performance))
     return ids
 
 
@@ -155,15 +160,15 @@ def render_task(task: tuple[str, dict]) -> list[dict]:
         metas.append(_write_clip(root, clip, performance, footage, result.num_frames, result.segments, result.objects,
                                  rig_json, {"digest": digest}))
         if performance["kind"] == "routine":
-            cut = performance["forecast_cut"]
-            kept = [dict(s) for s in result.segments[:cut]]
-            # cut where the k-th activity's own motion ends: no frame of the blend into the next one
-            count = min(int(result.activity_ends[cut - 1] * result.fps) + 1, result.num_frames)
-            kept[-1]["end"] = round(count / result.fps, 4)
-            metas.append(_write_clip(
-                root, clip_id(performance, rig.number, cut), performance, footage, count, kept, result.objects, rig_json,
-                {"digest": digest, "kind": "forecast", "next_activity": result.segments[cut]["activity"],
-                 "forecast_cut": cut, "routine_segments": [s["activity"] for s in result.segments]}))
+            for cut in forecast_cuts(performance):
+                kept = [dict(s) for s in result.segments[:cut]]
+                # cut where the k-th activity's own motion ends: no frame of the blend into the next one
+                count = min(int(result.activity_ends[cut - 1] * result.fps) + 1, result.num_frames)
+                kept[-1]["end"] = round(count / result.fps, 4)
+                metas.append(_write_clip(
+                    root, clip_id(performance, rig.number, cut), performance, footage, count, kept, result.objects,
+                    rig_json, {"digest": digest, "kind": "forecast", "next_activity": result.segments[cut]["activity"],
+                               "forecast_cut": cut, "routine_segments": [s["activity"] for s in result.segments]}))
     return metas
 
 
