@@ -79,6 +79,8 @@ def upstream_mcq_predictions(path: Path) -> Path:
 def test_mcq_script_at_upstream_path(tmp_path):
     preds = upstream_mcq_predictions(tmp_path / "pred.json")
     out = tmp_path / "res"
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "lemma_1.mp4").write_bytes(b"mp4")  # the gallery links only videos that exist
     result = subprocess.run(
         [
             sys.executable,

@@ -6,15 +6,15 @@
     out_dir/report.md     one table per benchmark, with missing counts and the judge that scored it
     out_dir/report.json   everything, including per-item results
     out_dir/report.png    headline metrics as bars
-    out_dir/gallery.html  per item: <video> (path relative to the report), question, answer,
-                          prediction and scores; a filter shows only wrong or missing items
+    out_dir/gallery.html  per item: <video> (path relative to the report, the file found in ``video_root``
+                          whatever its extension), question, answer, prediction and scores; a filter
+                          shows only wrong or missing items (Jinja2 template ``templates/report_gallery.html.j2``)
 
 The report has no timestamps, so identical results give byte-identical files.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -212,12 +212,51 @@ def _missing_total(result: dict) -> int:
     )
 
 
-def _video_src(video: str, video_root: str | Path | None, out_dir: Path) -> str:
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".wmv", ".flv")
+"""Extensions tried, in order, for a record whose video is named without one (or with a feature file's)."""
+_NOT_VIDEO_SUFFIXES = (".safetensors", ".pickle", ".pkl", ".npy")
+
+
+def resolve_video(video: str, video_root: str | Path | None) -> Path | None:
+    """The video file a record names, or ``None`` when there is none.
+
+    ``video`` is looked up as given (relative to ``video_root``, else to the current folder), then in
+    ``video_root/videos/`` (a world folder), and, when that file does not exist, as its stem with each of
+    :data:`VIDEO_EXTENSIONS`: records often give ``abc`` or ``abc.pkl`` for ``abc.mp4``.
+    """
     if not video:
-        return ""
-    if video_root is None:
-        return video
-    return Path(os.path.relpath(Path(video_root).resolve() / video, out_dir.resolve())).as_posix()
+        return None
+    root = Path(video_root).expanduser() if video_root is not None else Path(".")
+    given = Path(video)
+    folders = [root / given.parent]
+    if (root / "videos").is_dir():
+        folders.append(root / "videos" / given.parent)
+    for folder in folders:
+        exact = folder / given.name
+        if exact.is_file():
+            return exact
+    name = given.name
+    for suffix in (*VIDEO_EXTENSIONS, *_NOT_VIDEO_SUFFIXES):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    for folder in folders:
+        for suffix in VIDEO_EXTENSIONS:
+            for candidate in (folder / f"{name}{suffix}", folder / f"{name}{suffix.upper()}"):
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
+def video_link(video: str, video_root: str | Path | None, out_dir: Path) -> tuple[str, str]:
+    """(``src`` relative to ``out_dir``, "") for a video that exists, else ("", the path that was looked for)."""
+    if not video:
+        return "", ""
+    found = resolve_video(video, video_root)
+    if found is None:
+        root = Path(video_root) if video_root is not None else Path(".")
+        return "", (root / video).as_posix()
+    return Path(os.path.relpath(found.resolve(), out_dir.resolve())).as_posix(), ""
 
 
 def _item_bad(result: dict, item: dict) -> bool:
@@ -227,75 +266,57 @@ def _item_bad(result: dict, item: dict) -> bool:
     return any(v is None for v in scores.values()) or any(v is not None and v < 3 for v in scores.values())
 
 
+def template_environment():
+    """The Jinja2 environment of ``llavidal/eval/templates`` (autoescaped HTML)."""
+    from llavidal.utils.optional import require
+
+    jinja2 = require("jinja2", "the HTML gallery", extra="eval")
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).with_name("templates"))),
+        autoescape=True, keep_trailing_newline=True, trim_blocks=False,
+    )
+
+
+def _card(result: dict, item: dict, out_dir: Path, video_root: str | Path | None) -> dict:
+    src, not_found = video_link(item.get("video", ""), video_root, out_dir)
+    card = {
+        "bad": _item_bad(result, item), "src": src, "not_found": not_found, "id": str(item.get("id")),
+        "task": str(item.get("task", "")), "video": item.get("video", ""), "question": item.get("question") or "",
+        "prediction": item.get("prediction") or "(none)", "mcq": result.get("kind") == "mcq",
+    }
+    if card["mcq"]:
+        card.update(
+            choices=[{"letter": letter, "text": text, "correct": letter == item.get("answer_letter")}
+                     for letter, text in (item.get("choices") or {}).items()],
+            parsed=str(item.get("parsed_letter")), parse_method=str(item.get("parse_method") or ""),
+            correct=bool(item.get("correct")),
+            verdict="correct" if item.get("correct")
+            else ("missing: " + str(item.get("parse_status")) if item.get("missing") else "wrong"),
+        )
+    else:
+        status = item.get("status") or {}
+        card.update(
+            answer=item.get("answer") or "", consistency=item.get("consistency_predictions"), match=item.get("pred"),
+            scores=[{"criterion": c, "score": "—" if v is None else _fmt(v), "status": str(status.get(c)),
+                     "ok": status.get(c) == "ok"} for c, v in (item.get("scores") or {}).items()],
+        )
+    return card
+
+
 def render_gallery(
     results: list[dict], out_dir: Path, video_root: str | Path | None, title: str, max_items: int
 ) -> str:
-    esc = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{esc(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:1.5em;max-width:1200px}"
-        ".card{display:flex;gap:1em;border:1px solid #ccc;border-radius:6px;padding:.8em;margin:.6em 0}"
-        ".card video{width:320px;max-height:240px;background:#000}.bad{border-color:#d55}"
-        ".meta{color:#666;font-size:.85em}.ok{color:#2a7}.miss{color:#d55}td,th{padding:2px 8px}"
-        "table{border-collapse:collapse}</style>",
-        "<script>function f(b){for(const c of document.querySelectorAll('.card'))"
-        "{c.style.display=(!b||c.classList.contains('bad'))?'flex':'none'}}</script>",
-        f"</head><body><h1>{esc(title)}</h1>",
-        "<label><input type='checkbox' onchange='f(this.checked)'> only wrong, low-scored or missing</label>",
-    ]
+    """The static ``gallery.html``: one card per item with its video (linked relative to ``out_dir``, the
+    file found in ``video_root`` whatever extension it has; "video not found: PATH" when there is none)."""
+    sections = []
     for result in results:
-        parts.append(f"<h2>{esc(_title(result))}</h2>")
         items = result.get("items", [])
-        if len(items) > max_items:
-            parts.append(f"<p class='meta'>showing the first {max_items} of {len(items)} items</p>")
-        for item in items[:max_items]:
-            bad = _item_bad(result, item)
-            src = _video_src(item.get("video", ""), video_root, out_dir)
-            video = f"<video controls preload='none' src='{esc(src, quote=True)}'></video>" if src else ""
-            body = [
-                f"<div class='meta'>{esc(str(item.get('id')))} · {esc(str(item.get('task', '')))} · "
-                f"{esc(item.get('video', ''))}</div>",
-                f"<p><b>Q:</b> {esc(item.get('question') or '')}</p>",
-            ]
-            if result.get("kind") == "mcq":
-                rows = "".join(
-                    f"<li>{'<b>' if letter == item.get('answer_letter') else ''}({esc(letter)}) {esc(text)}"
-                    f"{'</b>' if letter == item.get('answer_letter') else ''}</li>"
-                    for letter, text in (item.get("choices") or {}).items()
-                )
-                verdict = (
-                    "correct"
-                    if item.get("correct")
-                    else ("missing: " + str(item.get("parse_status")) if item.get("missing") else "wrong")
-                )
-                body += [
-                    f"<ul>{rows}</ul>",
-                    f"<p><b>Prediction:</b> {esc(item.get('prediction') or '(none)')}</p>",
-                    f"<p><b>Parsed:</b> {esc(str(item.get('parsed_letter')))} "
-                    f"({esc(str(item.get('parse_method') or ''))}) — "
-                    f"<span class='{'ok' if item.get('correct') else 'miss'}'>{esc(verdict)}</span></p>",
-                ]
-            else:
-                body += [
-                    f"<p><b>Answer:</b> {esc(item.get('answer') or '')}</p>",
-                    f"<p><b>Prediction:</b> {esc(item.get('prediction') or '(none)')}</p>",
-                ]
-                if item.get("consistency_predictions"):
-                    p1, p2 = item["consistency_predictions"]
-                    body.append(f"<p class='meta'>Consistency predictions: {esc(p1)} | {esc(p2)}</p>")
-                cells = "".join(
-                    f"<tr><td>{esc(c)}</td><td>{'—' if v is None else esc(_fmt(v))}</td>"
-                    f"<td class='{'ok' if item['status'].get(c) == 'ok' else 'miss'}'>"
-                    f"{esc(str(item['status'].get(c)))}</td></tr>"
-                    for c, v in item.get("scores", {}).items()
-                )
-                if item.get("pred"):
-                    cells += f"<tr><td>match</td><td>{esc(item['pred'])}</td><td></td></tr>"
-                body.append(f"<table><tr><th>criterion</th><th>score</th><th>status</th></tr>{cells}</table>")
-            parts.append(f"<div class='card{' bad' if bad else ''}'>{video}<div>{''.join(body)}</div></div>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+        sections.append({
+            "title": _title(result), "total": len(items), "shown": min(len(items), max_items),
+            "truncated": len(items) > max_items,
+            "cards": [_card(result, item, out_dir, video_root) for item in items[:max_items]],
+        })
+    return template_environment().get_template("report_gallery.html.j2").render(title=title, sections=sections)
 
 
 def write_report(
