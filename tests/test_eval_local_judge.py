@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llavidal.eval.judges.base import JudgeItem
-from llavidal.eval.judges.local import DEFAULT_ANCHORS, LocalJudge, calibrate, polarity
+from llavidal.eval.judges.local import DEFAULT_ANCHORS, JUDGE_VERSION, LocalJudge, calibrate, polarity
 from llavidal.eval.predictions import Prediction
 from llavidal.eval.records import EvalRecord
 from llavidal.eval.scoring import score_judged
@@ -60,7 +60,7 @@ def test_paraphrase_scores_high_and_unrelated_low(judge):
     paraphrase, unrelated, consistent, empty = judge.judge(items)
     assert paraphrase.score >= 3.5 and unrelated.score <= 0.5 and consistent.score >= 4.0
     assert empty.status == "skipped" and empty.score is None
-    assert paraphrase.judge_id == "local-minilm:all-MiniLM-L6-v2" and paraphrase.prompt_version == "minilm-calib-v1"
+    assert paraphrase.judge_id == LocalJudge.judge_id and paraphrase.prompt_version == JUDGE_VERSION != "minilm-calib-v1"
 
 
 def test_zeroshot_and_mcq_fallback(judge):

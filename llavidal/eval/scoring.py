@@ -136,6 +136,8 @@ def score_judged(
         row["status"][criterion] = verdict.status
         if verdict.error:
             row["errors"][criterion] = verdict.error
+        if verdict.reply:  # the judge's own words: the GPT reply, or the local judge's signals (JSON)
+            row.setdefault("reasons", {})[criterion] = verdict.reply
         if verdict.ok and verdict.score is not None:
             block["scores"].append(verdict.score)
             if criterion == "zeroshot":

@@ -1,4 +1,5 @@
-"""Judges: one interface (:class:`Judge`), an OpenAI-compatible backend and an offline MiniLM judge.
+"""Judges: one interface (:class:`Judge`), an OpenAI-compatible backend and an offline judge (MiniLM
+similarity relative to the other references, plus fact checks).
 
 ``make_judge("openai", model=..., base_url=...)`` / ``make_judge("local")``. Heavy imports (``openai``,
 sentence-transformers) happen only when a judge is used.
