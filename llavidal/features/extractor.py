@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 RECIPE_FORMAT = "llavidal-recipe/1"
 SEEDED_POSE_ENCODER = "seeded"
 EMBEDDED_VISION_ENCODER = "embedded"
+VIDEO_POOLINGS = ("spatio_temporal", "grid")
+"""How video features keep their tokens: pooled over time and space (upstream), or per frame (a grid per frame)."""
 
 
 class RecipeError(ValueError):
@@ -55,7 +57,8 @@ class VideoRecipe:
     modality: ClassVar[str] = "video"
     path_fields: ClassVar[tuple[str, ...]] = ("encoder",)
     encoder: str = EMBEDDED_VISION_ENCODER
-    """``embedded``, a CLIP checkpoint folder, or ``open_clip:ARCH:WEIGHTS``."""
+    """``embedded``, a CLIP checkpoint folder, ``open_clip:ARCH:WEIGHTS``, ``efficientnet-lite0`` (packaged
+    weights) or ``efficientnet-liteN:WEIGHTS.pth``."""
     model_id: str = ""
     weights_sha256: str = ""
     num_frames: int = 100
@@ -69,7 +72,10 @@ class VideoRecipe:
     (the Breakfast fork: all 25 of ViT-L/14). None: the pooled penultimate-layer patches above."""
     layer_token: str = "patches"
     """``patches`` (pooled patch tokens; ``layers`` is None), or with ``layers``: ``cls`` or ``mean``."""
-    optional_fields: ClassVar[tuple[str, ...]] = ("layers", "layer_token")
+    pooling: str = "spatio_temporal"
+    """``spatio_temporal`` (upstream: ``(T + S, D)``) or ``grid``: every frame's patch tokens, ``(num_frames, S, D)``
+    (zero frames at the end of a short video), area-pooled to ``spatial_grid`` when set, for pooling at train time."""
+    optional_fields: ClassVar[tuple[str, ...]] = ("layers", "layer_token", "pooling")
     """Fields added after recipe format 1: left out of a recipe's dict at their defaults, so that manifests of
     features made without them stay equal to those written before (a rerun resumes the same folder)."""
 
@@ -182,14 +188,31 @@ def _upgrade_legacy(manifest: "FeatureManifest", source: str) -> Recipe:
     raise RecipeError(f"{source}: no extractor for modality {manifest.modality!r}")
 
 
+_ARCHITECTURE_PREFIX = re.compile(r"^(efficientnet-lite\d+(?:@\d+)?)(?::(.*))?$")
+"""Encoder references that name an architecture: alone (packaged weights) or with ``:PATH`` to a weights file."""
+
+
+def split_encoder_reference(value: str) -> tuple[str, str]:
+    """A recipe's encoder reference -> ``(prefix, local path)``: ``("", "")`` for a name with no path
+    (``embedded``, ``seeded``, ``open_clip:...``, ``efficientnet-lite0``), ``("efficientnet-lite2:", PATH)``
+    for an architecture with a weights file, ``("", value)`` for a checkpoint folder."""
+    if not value or value in (EMBEDDED_VISION_ENCODER, SEEDED_POSE_ENCODER) or value.startswith("open_clip:"):
+        return "", ""
+    named = _ARCHITECTURE_PREFIX.match(value)
+    if named:
+        return (f"{named.group(1)}:", named.group(2)) if named.group(2) else ("", "")
+    return "", value
+
+
 def resolve_recipe_path(value: str, base_dir: str | os.PathLike | None) -> str:
     """A recipe path field made usable here: relative paths are relative to ``base_dir``."""
-    if not value or value in (EMBEDDED_VISION_ENCODER, SEEDED_POSE_ENCODER) or value.startswith("open_clip:"):
+    prefix, value_path = split_encoder_reference(value)
+    if not value_path:
         return value
-    path = Path(value).expanduser()
+    path = Path(value_path).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
-    return str(path)
+    return prefix + str(path)
 
 
 def recipe_and_encoder(manifest: "FeatureManifest", base_dir: str | os.PathLike | None, override: str | None,
@@ -207,7 +230,12 @@ def recipe_and_encoder(manifest: "FeatureManifest", base_dir: str | os.PathLike 
 
 
 def _is_path(value: str) -> bool:
-    return bool(value) and value not in (EMBEDDED_VISION_ENCODER, SEEDED_POSE_ENCODER) and not value.startswith("open_clip:")
+    return bool(split_encoder_reference(value)[1])
+
+
+def _change_path(value: str, change) -> str:
+    prefix, path = split_encoder_reference(value)
+    return prefix + change(path)
 
 
 def _with_paths(manifest: "FeatureManifest", change) -> "FeatureManifest":
@@ -215,7 +243,8 @@ def _with_paths(manifest: "FeatureManifest", change) -> "FeatureManifest":
         recipe = recipe_from_manifest(manifest)
     except RecipeError:
         return manifest  # an old manifest this version cannot read: left as it is (refused when used)
-    changes = {name: change(getattr(recipe, name)) for name in recipe.path_fields if _is_path(getattr(recipe, name))}
+    changes = {name: _change_path(getattr(recipe, name), change) for name in recipe.path_fields
+               if _is_path(getattr(recipe, name))}
     return dataclasses.replace(manifest, recipe=recipe_to_dict(dataclasses.replace(recipe, **changes)))
 
 

