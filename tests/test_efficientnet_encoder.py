@@ -244,3 +244,23 @@ def test_extract_object_with_lite0(lite0, tmp_path):
     rebuilt = extractor_from_manifest(manifest, device="cpu")
     np.testing.assert_allclose(rebuilt.extract(Clip(video=video, tracks=tracks)).features, features, atol=2e-3)
     assert not np.allclose(features[0], features[1], atol=1e-2)  # a mug and a book crop differ
+
+
+def test_input_resolution_suffix_keeps_the_weights_and_names_the_size():
+    """``efficientnet-lite0@128``: the same weights on 128 px inputs (a 4x4 map), recorded by that name."""
+    from llavidal.features.encoders import efficientnet_variant_and_size, load_vision_encoder
+    from llavidal.features.extractor import split_encoder_reference
+
+    assert efficientnet_variant_and_size("efficientnet-lite0") == ("efficientnet-lite0", 224)
+    assert efficientnet_variant_and_size("efficientnet-lite0@128") == ("efficientnet-lite0", 128)
+    for bad in ("efficientnet-lite0@", "efficientnet-lite0@12", "efficientnet-lite9@128"):
+        with pytest.raises(ValueError):
+            efficientnet_variant_and_size(bad)
+    assert split_encoder_reference("efficientnet-lite0@128") == ("", "")
+    assert split_encoder_reference("efficientnet-lite0@128:/w.pth") == ("efficientnet-lite0@128:", "/w.pth")
+    small = load_vision_encoder("efficientnet-lite0@128", device="cpu")
+    full = load_vision_encoder("efficientnet-lite0", device="cpu")
+    assert small.image_size == 128 and small.num_patches == 16 and small.reference == "efficientnet-lite0@128"
+    assert small.weights_sha256 == full.weights_sha256
+    frames = np.random.default_rng(0).integers(0, 255, (2, 128, 128, 3), dtype=np.uint8)
+    assert tuple(small.encode(frames).shape) == (2, 16, 1280)
