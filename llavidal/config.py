@@ -22,7 +22,11 @@ given) < ``key=value`` overrides and ``--flag value`` (in the order given). That
 - Hydra-style ``key=value`` and ``group.key=value`` (the last dotted part names the field, or the whole
   key with dots as underscores), ``+key=value`` alike;
 - ``experiment=NAME``: ``configs/experiment/NAME.yaml`` (in the current folder or the project's), or a
-  path; its ``defaults:`` list names other files of the same folder to apply first.
+  path; its ``defaults:`` list names other files of the same folder to apply first;
+- PLLaVA's shape: a config file as the first argument (``.yaml``, ``.json``, or a PLLaVA ``.py`` config whose
+  simple assignments are read with ``ast.literal_eval``, never executed), then bare ``key value`` pairs
+  (dotted keys: ``model.lora_r 8 optimizer.lr 2e-5``). Upstream key names (:data:`UPSTREAM_KEYS`: PLLaVA's
+  ``model.repo_id``, ``optimizer.lr``, ``scheduler.epochs``; LSTP's ``trainer.max_epochs``) map to fields.
 
 ``--help`` is answered from the dataclasses' source without importing them (no torch, no transformers),
 so it is instant for every command; a test checks it lists exactly the flags the real parser accepts.
@@ -299,6 +303,177 @@ def field_docs(cls: type) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------------
 # Config files, experiments and key=value overrides -> flags
 
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".py")
+"""A first argument with one of these suffixes is a config file (PLLaVA: ``train.py config.py key value ...``)."""
+
+UPSTREAM_KEYS = {
+    # PLLaVA (tasks/train/config_pllava_nframe.py and its "key value" overrides)
+    "model.repo_id": "model_name_or_path",
+    "model.use_lora": "lora_enable",
+    "model.torch_dtype": "torch_dtype",
+    "model.pooling_shape": "video_pool",
+    "optimizer.lr": "learning_rate",
+    "optimizer.weight_decay": "weight_decay",
+    "scheduler.sched": "lr_scheduler_type",
+    "scheduler.epochs": "num_train_epochs",
+    "scheduler.warmup_ratio": "warmup_ratio",
+    "batch_size": "per_device_train_batch_size",
+    "num_workers": "dataloader_num_workers",
+    "max_txt_l": "model_max_length",
+    "max_train_steps": "max_steps",
+    # LSTP-Chat (Hydra: configs/experiment/*.yaml over data.*, model.*, trainer.*)
+    "model.optimizer.lr": "learning_rate",
+    "model.optimizer.weight_decay": "weight_decay",
+    "data.batch_size": "per_device_train_batch_size",
+    "data.num_workers": "dataloader_num_workers",
+    "data.nframe": "num_frames",
+    "trainer.max_epochs": "num_train_epochs",
+    "trainer.max_steps": "max_steps",
+    "trainer.accumulate_grad_batches": "gradient_accumulation_steps",
+    "trainer.gradient_clip_val": "max_grad_norm",
+    "trainer.log_every_n_steps": "logging_steps",
+    "seed": "seed",
+}
+"""Upstream configuration keys -> field names; used when the field exists and the key is not itself a field."""
+
+
+def _upstream_keymap(known: dict[str, Any]) -> dict[str, str]:
+    return {key: name for key, name in UPSTREAM_KEYS.items() if name in known and key not in known}
+
+
+def _py_value(node: ast.AST, scope: dict[str, Any]) -> Any:
+    """A value of a PLLaVA ``.py`` config, read without executing it: literals, ``dict(...)`` calls, names
+    of earlier assignments, f-strings, ``+``/``*``. Anything else raises ``ValueError``."""
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    if isinstance(node, ast.Name) and node.id in scope:
+        return scope[node.id]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
+        return {k.arg: _py_value(k.value, scope) for k in node.keywords if k.arg}
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {_py_value(k, scope): _py_value(v, scope) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_py_value(e, scope) for e in node.elts]
+    if isinstance(node, ast.JoinedStr):
+        return "".join(str(_py_value(v.value, scope)) if isinstance(v, ast.FormattedValue) else str(v.value)
+                       for v in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+        left, right = _py_value(node.left, scope), _py_value(node.right, scope)
+        return left + right if isinstance(node.op, ast.Add) else left * right
+    raise ValueError(ast.unparse(node))
+
+
+def _resolve_refs(value: Any, scope: dict[str, Any]) -> Any:
+    """PLLaVA's lazy ``"${name}"`` / ``"${a.b}"`` strings -> the value they name (else left as written)."""
+    if isinstance(value, dict):
+        return {k: _resolve_refs(v, scope) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_refs(v, scope) for v in value]
+    if isinstance(value, str) and value.startswith("${") and value.endswith("}") and value.count("${") == 1:
+        found: Any = scope
+        for part in value[2:-1].split("."):
+            if not isinstance(found, dict) or part not in found:
+                return value
+            found = found[part]
+        return found
+    return value
+
+
+def load_py_config(path: Path) -> tuple[dict, list[str]]:
+    """The module-level assignments of a PLLaVA-style ``.py`` config (never executed) and the names of the
+    assignments that are not plain data (skipped)."""
+    if not path.is_file():
+        raise ConfigError(f"config {path}: no such file")
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except SyntaxError as err:
+        raise ConfigError(f"{path}: not valid Python ({err.msg}, line {err.lineno}); fix the file") from None
+    scope: dict[str, Any] = {}
+    skipped: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name, value = node.targets[0].id, node.value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name, value = node.target.id, node.value
+        else:
+            continue
+        try:
+            scope[name] = _py_value(value, scope)
+        except (ValueError, TypeError, KeyError):
+            skipped.append(name)
+    return _resolve_refs(scope, scope), skipped
+
+
+def _flat_keys(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            items += _flat_keys(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def _positional_config(path: Path, known: dict[str, Any], keymap: dict[str, str]) -> tuple[list[str], set[str]]:
+    """Flags from a config file given as the first argument, and the keys it defines (which bare
+    ``key value`` pairs may override even when they have no equivalent here)."""
+    if path.suffix == ".py":
+        values, skipped = load_py_config(path)
+        tokens: list[str] = []
+        ignored = list(skipped)
+        for key, value in _flat_keys(values):
+            name = _field_name(key, known, keymap)
+            if name is None:
+                ignored.append(key)
+            elif value not in (None, False, "") or known[name] in (bool, bool | None):
+                # PLLaVA writes False / None / "" for "off" (deepspeed=False, debug=False): the default here
+                tokens += _as_tokens(name, _plain(value, known[name]), known[name])
+        if ignored:
+            import logging
+
+            logging.getLogger("llavidal.config").warning(
+                "%s: %d settings have no equivalent here and are ignored: %s", path, len(ignored),
+                ", ".join(ignored[:12]) + (" ..." if len(ignored) > 12 else ""))
+        return tokens, {key for key, _ in _flat_keys(values)} | set(skipped)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise ConfigError(f"config {path}: no such file")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: not valid JSON ({err}); fix the file") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of option names to values")
+    else:
+        values = _load_yaml(path, "config")
+    tokens = []
+    for name, value in _flatten(values, known, keymap, str(path)):
+        tokens += _as_tokens(name, value, known[name])
+    return tokens, set()
+
+
+def _plain(value: Any, kind: Any) -> Any:
+    """A PLLaVA value for a field: lists for ``str`` fields become comma lists (``lora_target_modules``)."""
+    if isinstance(value, (list, tuple)) and not _is_list(kind) and value:
+        if all(isinstance(v, str) for v in value):
+            return ",".join(value)  # lora_target_modules ["q_proj", "v_proj"] -> "q_proj,v_proj"
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return ",".join(str(v) for v in value)  # pooling_shape (16, 12, 12) -> "16,12,12"
+    return value
+
+
+def _bare_value(text: str, kind: Any) -> Any:
+    """A bare ``key value`` pair's value, read as PLLaVA does (``literal_eval``, else the text)."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return text
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        return text  # keep the user's spelling; the flag's type converts it
+    return _plain(value, kind)
+
 
 def _load_yaml(path: Path, what: str) -> dict:
     import yaml
@@ -344,10 +519,19 @@ def _experiment_values(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     for entry in values.pop("defaults", None) or []:
         if entry == "_self_" or not isinstance(entry, str):
             continue  # Hydra group overrides (dicts) name config groups this project does not have
-        merged.update(_experiment_values(find_experiment(entry.lstrip("/"), [str(path.parent)]),
-                                         seen + (path.resolve(),)))
-    merged.update(values)
-    return merged
+        _deep_merge(merged, _experiment_values(find_experiment(entry.lstrip("/"), [str(path.parent)]),
+                                               seen + (path.resolve(),)))
+    return _deep_merge(merged, values)
+
+
+def _deep_merge(into: dict, values: dict) -> dict:
+    """``values`` over ``into``, group by group (as Hydra merges a file over its defaults)."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+    return into
 
 
 def _flatten(values: dict, known: dict[str, Any], keymap: dict[str, str], source: str,
@@ -417,21 +601,50 @@ def _takes_value(token: str, known: dict[str, Any], keymap: dict[str, str]) -> b
 
 
 def expand_argv(argv: Sequence[str], known: dict[str, Any], keymap: dict[str, str] | None = None,
-                experiment_dirs: Iterable[str] = EXPERIMENT_DIRS) -> list[str]:
+                experiment_dirs: Iterable[str] = EXPERIMENT_DIRS, positional_config: bool = True) -> list[str]:
     """Turn ``--config FILE``, ``experiment=NAME`` and ``key=value`` into plain ``--flag value`` tokens.
 
+    With ``positional_config`` (commands that take no positional arguments), a first argument named
+    ``*.yaml|.yml|.json|.py`` is a config file followed by bare ``key value`` pairs (PLLaVA's shape).
     ``known`` maps field names to their types. Files come first (in the order given), then the command
     line's overrides and flags in their order, so that the command line wins.
     """
     import yaml
 
-    keymap = dict(keymap or {})
+    keymap = {**_upstream_keymap(known), **(keymap or {})}
     files: list[str] = []
     rest: list[str] = []
     tokens = list(argv)
     index = 0
+    bare_pairs = False
+    config_keys: set[str] = set()
+    if positional_config and tokens and not tokens[0].startswith("-") and not _is_override(tokens[0]) \
+            and Path(tokens[0]).suffix in CONFIG_SUFFIXES:
+        # PLLaVA: `train.py CONFIG key value key value ...`
+        files, config_keys = _positional_config(Path(tokens[0]), known, keymap)
+        bare_pairs, index = True, 1
     while index < len(tokens):
         token = tokens[index]
+        if bare_pairs and not token.startswith("-") and not _is_override(token) and tokens[index - 1].startswith("--") \
+                and index > 1 and _field_name(token, known, keymap) is None:
+            rest.append(token)  # the value of the flag before it (--bf16 True, a list flag)
+            index += 1
+            continue
+        if bare_pairs and not token.startswith("-") and not _is_override(token):
+            if index + 1 >= len(tokens):
+                raise ConfigError(f"{token!r} has no value; after a config file, settings come as `key value` pairs")
+            name = _field_name(token, known, keymap)
+            if name is None and token not in config_keys:
+                raise ConfigError(_unknown(token, known, f"setting {token!r} (a `key value` pair)"))
+            if name is not None:
+                rest += _as_tokens(name, _bare_value(tokens[index + 1], known[name]), known[name]) \
+                    or [f"--{name}", tokens[index + 1]]
+            index += 2
+            continue
+        if bare_pairs and _takes_value(token, known, keymap) and index + 1 < len(tokens):
+            rest += [token, tokens[index + 1]]  # a flag's value is not a key
+            index += 2
+            continue
         if token == CONFIG_FLAG:
             if index + 1 >= len(tokens):
                 raise ConfigError("--config needs a YAML file")
@@ -464,6 +677,8 @@ def expand_argv(argv: Sequence[str], known: dict[str, Any], keymap: dict[str, st
                     value = text
                 if isinstance(value, (int, float, str)) and not isinstance(value, bool):
                     value = text  # keep the user's spelling ("1e-4", "007"); the flag's type converts it
+                elif isinstance(value, bool) and known[name] not in (bool, bool | None):
+                    value = text  # YAML reads "no" / "off" as false: save_strategy=no means "no"
                 rest += _as_tokens(name, value, known[name]) or [f"--{name}", text]
         else:
             rest.append(token)
@@ -537,7 +752,8 @@ def parse(types: Sequence[Any], argv: Sequence[str] | None = None, *, prog: str,
         raise SystemExit(0)
     classes = [resolve_type(t) for t in types]
     known = _known_fields(classes)
-    expanded = expand_argv(argv, known, {**_alias_keymap(classes), **(keymap or {})}, experiment_dirs)
+    expanded = expand_argv(argv, known, {**_alias_keymap(classes), **(keymap or {})}, experiment_dirs,
+                           positional_config=not return_remaining)
     parser = make_parser(classes, prog, description)
     namespace, remaining = parser.parse_known_args(expanded)
     if remaining and not return_remaining:

@@ -31,11 +31,16 @@ class PaddedCollator:
         ``sample_ids``: [str] * B.
     ``T`` is the longest item, rounded up to ``pad_to_multiple_of``; items longer than ``max_length``
     are an error (the dataset truncates them).
+
+    ``seq2seq=True`` (encoder-decoder items: ``input_ids`` the encoder's source, ``labels`` the decoder's
+    target, of their own length): ``labels`` is (B, L), L the longest target, padded with ``IGNORE_INDEX``;
+    the rest as above.
     """
 
     pad_token_id: int
     max_length: int | None = None
     pad_to_multiple_of: int | None = None
+    seq2seq: bool = False
 
     def __post_init__(self) -> None:
         if self.pad_token_id is None:
@@ -53,11 +58,13 @@ class PaddedCollator:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         batch = len(items)
         input_ids = torch.full((batch, width), int(self.pad_token_id), dtype=torch.long)  # (B, T)
-        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+        label_lengths = [int(item["labels"].shape[0]) for item in items] if self.seq2seq else lengths
+        label_width = max(label_lengths) if self.seq2seq else width
+        labels = torch.full((batch, label_width), IGNORE_INDEX, dtype=torch.long)  # (B, T), or (B, L) for seq2seq
         attention_mask = torch.zeros((batch, width), dtype=torch.long)  # (B, T)
         for row, (item, length) in enumerate(zip(items, lengths)):
             input_ids[row, :length] = item["input_ids"]
-            labels[row, :length] = item["labels"]
+            labels[row, :label_lengths[row]] = item["labels"]
             attention_mask[row, :length] = 1
         names: list[str] = []
         for item in items:

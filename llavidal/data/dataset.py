@@ -32,8 +32,35 @@ Rules (upstream behaviour unless noted):
 * modality dropout: ``mask_probs[name]`` is the probability of zeroing that modality's features for a
   sample (seeded by seed, epoch and index).
 
+Images and text (LLaVA-format records, as PLLaVA and LSTP-Chat train beside videos)::
+
+    {"id": "000123", "image": "000123.jpg",
+     "conversations": [{"from": "human", "value": "<image>\\nWhat is on the table?"}, {"from": "gpt", "value": "..."}]}
+
+LLaVA's ``<image>`` placeholder is an alias of the video placeholder (:data:`PLACEHOLDER_ALIASES`): an image is
+a 1-frame video whose features (``llavidal extract video`` on a folder of images, :mod:`llavidal.features.images`)
+go through the video span and the video projector. A record with an ``image`` field (and no ``video`` field)
+reads its video-span features from ``image_folder`` (the image's stem: ``000123.jpg`` -> ``000123.safetensors``);
+without an ``image_folder`` such a record is dropped (``no_image_folder``). A record with no placeholder is a
+text-only sample: no modality span, all modalities absent (the model's zero-weight projector term keeps DDP
+whole). The summary counts usable records per source (``video``, ``image``, ``text``).
+
 A sample found unusable only when its features are read (a wrong-shaped file, a truncation that leaves
 nothing to learn) is replaced by the next usable one and counted, so a long run never crashes on it.
+
+Encoder-decoder backbones (``seq2seq=True``, passed when the model is one, e.g. Flan-T5): a record gives one
+sample per assistant answer. The SOURCE (encoder input) is the generation prompt of that answer, exactly as
+the inference engine renders it (:func:`seq2seq_source`: system prompt, the earlier turns with their answers,
+the question, with the modality spans of the turns it includes), tokenised with the tokenizer's special
+tokens (none with the ``chat`` template, as the engine does); the TARGET (decoder labels) is the answer,
+stripped, followed by the eos token. Items are then::
+
+    {"input_ids": LongTensor (T,) source, "labels": LongTensor (L,) target,
+     "modality_features": {name: Tensor (k, D)} of the spans in the source, "id": str}
+
+A modality whose placeholder first appears in a later question is not part of the earlier answers'
+samples. A source longer than ``max_length`` is truncated as above (never inside a span); a target longer
+than ``max_length`` is cut to it.
 """
 
 from __future__ import annotations
@@ -58,7 +85,14 @@ from llavidal.data.feature_store import (
     check_feature_array,
     check_manifest_compatible,
 )
-from llavidal.data.templates import ConversationMismatchError, normalize_conversation, tokenize_conversation
+from llavidal.data.templates import (
+    ConversationMismatchError,
+    get_template,
+    normalize_conversation,
+    render_generation_prompt,
+    render_v1,
+    tokenize_conversation,
+)
 from llavidal.model.modality import ModalityRegistry, ModalitySpec, SpliceError, default_modalities, expand_placeholders
 from llavidal.utils.io import read_utf8_text
 
@@ -66,6 +100,47 @@ logger = logging.getLogger(__name__)
 
 # How many individual warnings of one kind are logged before only the count is kept.
 _WARN_LIMIT = 5
+
+IMAGE_PLACEHOLDER = "<image>"
+PLACEHOLDER_ALIASES = {IMAGE_PLACEHOLDER: "video"}
+"""Placeholder -> the modality whose span it stands for (LLaVA's ``<image>``: the video span)."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+SOURCES = ("video", "image", "text")
+"""What a record is made from: video features, an image (a 1-frame video), or text only."""
+
+
+def record_source(record: Mapping[str, Any]) -> str:
+    """``image`` for a record that names an ``image`` (and no ``video``), ``text`` for one without any modality
+    placeholder in its human turns, else ``video``."""
+    conversations = record.get("conversations")
+    human = "".join(
+        str(m.get("value", m.get("content", ""))) for m in (conversations if isinstance(conversations, list) else [])
+        if isinstance(m, dict) and m.get("from", m.get("role")) in ("human", "user")
+    )
+    placeholders = [s.placeholder for s in default_modalities().values()] + list(PLACEHOLDER_ALIASES)
+    if not any(p in human for p in placeholders):
+        return "text"
+    return "image" if isinstance(record.get("image"), str) and not record.get("video") else "video"
+
+
+def _with_aliases(record: dict, registry: ModalityRegistry) -> dict:
+    """The record with each alias placeholder (``<image>``) in its human turns written as its modality's
+    placeholder (a copy; the record itself is left as it is)."""
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list):
+        return record
+    changed = []
+    for message in conversations:
+        if isinstance(message, dict) and message.get("from", message.get("role")) in ("human", "user"):
+            key = "value" if "value" in message else "content"
+            text = message.get(key)
+            if isinstance(text, str) and any(alias in text for alias in PLACEHOLDER_ALIASES):
+                for alias, name in PLACEHOLDER_ALIASES.items():
+                    target = registry[name].placeholder if name in registry else default_modalities()[name].placeholder
+                    text = text.replace(alias, target)
+                message = {**message, key: text}
+        changed.append(message)
+    return {**record, "conversations": changed}
 
 
 class SampleDropped(Exception):
@@ -118,11 +193,17 @@ class DatasetSummary:
     """The first few of them (named in the summary)."""
     modality_samples: collections.Counter = field(default_factory=collections.Counter)
     """modality -> records that use it."""
+    examples: int = 0
+    """Samples made from the usable records when there is one per answer (encoder-decoder); 0 otherwise."""
+    sources: collections.Counter = field(default_factory=collections.Counter)
+    """source (``video``, ``image``, ``text``) -> usable records of it."""
 
     def format(self, max_length: int, data_path: str = "") -> str:
         lines = [
-            f"training data {data_path}: {self.records} records, {self.usable} usable",
+            f"training data {data_path}: {self.records} records, {self.usable} usable"
+            + (f" ({self.examples} samples: one per answer)" if self.examples else ""),
             "  modalities used: " + (", ".join(f"{k} {v}" for k, v in self.modality_samples.items()) or "none"),
+            "  sources: " + (", ".join(f"{k} {self.sources[k]}" for k in SOURCES if self.sources.get(k)) or "none"),
         ]
         if self.dropped:
             lines.append("  dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())))
@@ -149,6 +230,10 @@ class _Prepared:
     """modality -> file name to resolve in that modality's folder."""
     length: int
     """Token count (objects counted as one object until their file is read)."""
+    turn: int = 0
+    """Which assistant answer of the record the sample supervises (encoder-decoder samples; 0 otherwise)."""
+    source: str = "video"
+    """``video``, ``image`` (the video span's features come from the image folder) or ``text``."""
 
 
 def _list_folder(folder: Path) -> set[str]:
@@ -194,9 +279,12 @@ class LazySupervisedDataset(Dataset):
         mask_probs: Mapping[str, float] | None = None,
         seed: int = 42,
         log_summary: bool = True,
+        seq2seq: bool = False,
+        image_folder: str | os.PathLike | None = None,
     ) -> None:
         self.data_path = "" if isinstance(data, (list, tuple)) else str(data)
-        self.records = list(data) if isinstance(data, (list, tuple)) else load_records(data)
+        records = list(data) if isinstance(data, (list, tuple)) else load_records(data)
+        self.records = [_with_aliases(record, modalities) for record in records]
         self.tokenizer = tokenizer
         self.template = template
         self.system = system
@@ -205,6 +293,11 @@ class LazySupervisedDataset(Dataset):
         self.strict_features = bool(strict_features)
         self.seed = int(seed)
         self.epoch = 0
+        self.seq2seq = bool(seq2seq)
+        if self.seq2seq and tokenizer.eos_token_id is None:
+            raise ValueError("encoder-decoder training needs a tokenizer with an eos token (it ends every answer)")
+        # The engine tokenises prompts with the tokenizer's special tokens, except for chat templates.
+        self._source_special_tokens = get_template(template).style != "chat"
         missing_folders = [name for name in modalities.names() if name not in feature_folders]
         if missing_folders:
             raise ValueError(f"no feature folder given for modalities {missing_folders}; pass --{missing_folders[0]}_folder")
@@ -221,6 +314,14 @@ class LazySupervisedDataset(Dataset):
             self.folders[spec.name] = FeatureFolder(folder, spec.name, strict=self.strict_features)
             # Refuse features made for another model before any step runs.
             check_manifest_compatible(folder, spec.name, spec.feature_dim, spec.num_tokens or None)
+        self.image_folder: FeatureFolder | None = None
+        if image_folder:
+            if "video" not in modalities:
+                raise ValueError(f"--image_folder {image_folder}: images go through the video modality, which is not in "
+                                 "use; give video features too (--video_folder) or a model with a video projector")
+            self.image_folder = FeatureFolder(Path(image_folder), "image", strict=self.strict_features)
+            video = modalities["video"]
+            check_manifest_compatible(image_folder, "video", video.feature_dim, video.num_tokens or None)
         # Placeholders of modalities not in use are removed from the text.
         known = {spec.placeholder for spec in default_modalities().values()} | {s.placeholder for s in modalities}
         self.unused_placeholders = sorted(known - {s.placeholder for s in modalities})
@@ -264,11 +365,14 @@ class LazySupervisedDataset(Dataset):
         value = record.get("id", record.get("video_id"))
         if value is None and isinstance(record.get("video"), str):
             value = _stem(record["video"])
+        if value is None and isinstance(record.get("image"), str):
+            value = Path(record["image"]).stem
         return str(value) if value is not None else f"#{index}"
 
     def _precheck(self) -> list[_Prepared]:
         prepared: list[_Prepared] = []
         listings = {name: _list_folder(folder.folder) for name, folder in self.folders.items()}
+        image_listing = _list_folder(self.image_folder.folder) if self.image_folder is not None else set()
         where = self.data_path or "records"
         for index, record in enumerate(self.records):
             sample_id = self._sample_id(record, index)
@@ -281,44 +385,97 @@ class LazySupervisedDataset(Dataset):
                 except ValueError as err:
                     raise SampleDropped("malformed", f"{where}: record {index}: {err}") from None
                 used = self._modalities_in(conversations, sample_id)
+                source = "image" if "video" in used and record_source(record) == "image" else ("video" if used else "text")
+                if source == "image" and self.image_folder is None:
+                    raise SampleDropped(
+                        "no_image_folder",
+                        f"{where}: record {index} ({sample_id}) names image {record['image']!r} but no image feature "
+                        "folder was given; pass --image_folder (features from `llavidal extract video` on the images)",
+                    )
                 files: dict[str, str] = {}
                 for name in used:
                     spec = self.modalities[name]
+                    from_image = source == "image" and name == "video"
                     file_name = record.get(name) or f"{sample_id}{spec.file_suffix}"
+                    if from_image:
+                        image = Path(record["image"])
+                        file_name = image.stem if image.suffix.lower() in IMAGE_SUFFIXES else image.name
                     if not isinstance(file_name, str):
                         raise SampleDropped("malformed", f"{where}: record {index} ({sample_id}): field {name!r} is not a file name")
                     files[name] = file_name
-                    if not _resolvable(file_name, listings[name]):
+                    folder = self.image_folder.folder if from_image else self.folders[name].folder
+                    if not _resolvable(file_name, image_listing if from_image else listings[name]):
+                        kind = "image" if from_image else name
                         if self.strict_features:
                             raise FeatureFileError(
-                                f"{where}: record {index} ({sample_id}): no {name} feature file {file_name!r} in "
-                                f"{self.folders[name].folder} (any of {FEATURE_EXTENSIONS}); extract it or drop "
+                                f"{where}: record {index} ({sample_id}): no {kind} feature file {file_name!r} in "
+                                f"{folder} (any of {FEATURE_EXTENSIONS}); extract it or drop "
                                 "--strict_features to train on zeros"
                             )
-                        self.summary.missing_features[name] += 1
+                        self.summary.missing_features[kind] += 1
                         self._warn(
-                            f"missing_{name}",
-                            f"record {sample_id}: no {name} features {file_name!r} in {self.folders[name].folder}; "
-                            "zeros will be used",
+                            f"missing_{kind}",
+                            f"record {sample_id}: no {kind} features {file_name!r} in {folder}; zeros will be used",
                         )
-                rows = {name: self._expected_rows(self.modalities[name]) for name in used}
-                input_ids, labels = self._tokenize(conversations, rows, sample_id, compact=True)
-                length = len(input_ids) + sum(rows[name] - 1 for name in used)  # compact spans hold one patch
-                if length > self.max_length:
-                    expanded = self._expand_compact(input_ids, labels, rows)
-                    self._truncate(expanded[0], expanded[1], dict.fromkeys(used), sample_id)
-                    self.summary.truncated += 1
-                    if len(self.summary.truncated_ids) < _WARN_LIMIT:  # name the first few in the summary
-                        self.summary.truncated_ids.append(sample_id)
+                rows = {name: self.modalities[name].tokens_for(self.modalities[name].expected_shape()) for name in used}
+                if self.seq2seq:
+                    examples = self._precheck_seq2seq(conversations, used, rows, sample_id)
+                else:
+                    input_ids, labels = self._tokenize(conversations, rows, sample_id, compact=True)
+                    length = len(input_ids) + sum(rows[name] - 1 for name in used if rows[name])  # compact spans hold one patch
+                    if length > self.max_length:
+                        expanded = self._expand_compact(input_ids, labels, rows)
+                        self._truncate(expanded[0], expanded[1], dict.fromkeys(used), sample_id)
+                        self.summary.truncated += 1
+                        if len(self.summary.truncated_ids) < _WARN_LIMIT:  # name the first few in the summary
+                            self.summary.truncated_ids.append(sample_id)
             except SampleDropped as dropped:
                 self.summary.dropped[dropped.reason] += 1
                 self._warn(dropped.reason, f"dropped ({dropped.reason.replace('_', ' ')}): {dropped}")
                 continue
             for name in used:
                 self.summary.modality_samples[name] += 1
-            prepared.append(_Prepared(index, sample_id, used, files, min(length, self.max_length)))
-        self.summary.usable = len(prepared)
+            self.summary.sources[source] += 1
+            if self.seq2seq:
+                prepared.extend(
+                    _Prepared(index, sample_id, names, {n: files[n] for n in names}, length, turn,
+                              source if names else "text")
+                    for turn, names, length in examples
+                )
+                self.summary.usable += 1
+                continue
+            prepared.append(_Prepared(index, sample_id, used, files, min(length, self.max_length), source=source))
+        if self.seq2seq:
+            self.summary.examples = len(prepared)
+        else:
+            self.summary.usable = len(prepared)
         return prepared
+
+    def _precheck_seq2seq(
+        self, conversations: list, used: list[str], rows: Mapping[str, int], sample_id: str
+    ) -> list[tuple[int, list[str], int]]:
+        """(answer index, modalities in its source, source length) of each answer of a record (encoder-decoder)."""
+        turns = normalize_conversation(conversations, sample_id)  # already checked by the caller
+        examples = []
+        truncated = False
+        for turn in range(len(turns) // 2):
+            names = self._seq2seq_modalities(turns, used, turn)
+            here = {name: rows[name] for name in names}
+            source_ids, _ = self._tokenize_seq2seq(conversations, here, sample_id, turn)
+            length = len(source_ids) + sum(count - 1 for count in here.values() if count)  # compact spans hold one patch
+            if length > self.max_length:
+                truncated = True
+            examples.append((turn, names, min(length, self.max_length)))
+        if truncated:
+            self.summary.truncated += 1
+            if len(self.summary.truncated_ids) < _WARN_LIMIT:
+                self.summary.truncated_ids.append(sample_id)
+        return examples
+
+    def _seq2seq_modalities(self, turns: list[tuple[str, str]], used: list[str], turn: int) -> list[str]:
+        """Modalities (of ``used``) whose placeholder is in a question up to the ``turn``-th answer."""
+        questions = "".join(text for role, text in turns[: 2 * turn + 1] if role == "user")
+        return [name for name in used if self.modalities[name].placeholder in questions]
 
     def _modalities_in(self, conversations: list, sample_id: str) -> list[str]:
         human_text = "".join(
@@ -355,13 +512,13 @@ class LazySupervisedDataset(Dataset):
                     prefix = spec.text_prefix if self.use_prefix else ""
                     text = text.replace(
                         spec.placeholder,
-                        (prefix + spec.start_token + spec.patch_token + spec.end_token) if spec.name in rows else "",
+                        (prefix + spec.start_token + spec.patch_token + spec.end_token) if rows.get(spec.name) else "",
                     )
         else:
             text = expand_placeholders(text, self.modalities, dict(rows), self.use_prefix, sample_id)
         return text.strip() if removed else text
 
-    def _tokenize(self, conversations: list, rows: Mapping[str, int], sample_id: str, compact: bool) -> tuple[list[int], list[int]]:
+    def _render_messages(self, conversations: list, rows: Mapping[str, int], sample_id: str, compact: bool) -> list[dict]:
         rendered = []
         for message in conversations:
             message = dict(message)
@@ -369,12 +526,49 @@ class LazySupervisedDataset(Dataset):
                 key = "value" if "value" in message else "content"
                 message[key] = self._render_turn(str(message[key]), rows, sample_id, compact)
             rendered.append(message)
+        return rendered
+
+    def _tokenize(self, conversations: list, rows: Mapping[str, int], sample_id: str, compact: bool) -> tuple[list[int], list[int]]:
+        rendered = self._render_messages(conversations, rows, sample_id, compact)
         try:
             return tokenize_conversation(rendered, self.tokenizer, self.template, system=self.system, sample_id=sample_id)
         except ConversationMismatchError as err:
             raise SampleDropped("tokenization_mismatch", str(err)) from None
         except (ValueError, SpliceError) as err:
             raise SampleDropped("malformed", f"record {sample_id}: {err}") from None
+
+    def _tokenize_seq2seq(
+        self, conversations: list, rows: Mapping[str, int], sample_id: str, turn: int
+    ) -> tuple[list[int], list[int]]:
+        """(source ids with compact spans, target ids ending with eos) of the ``turn``-th answer (see the
+        module docstring)."""
+        rendered = self._render_messages(conversations, rows, sample_id, compact=True)
+        try:
+            turns = normalize_conversation(rendered, sample_id)
+            answer = 2 * turn + 1
+            source = seq2seq_source(self.template, self.tokenizer, turns[:answer], system=self.system)
+        except (ValueError, SpliceError) as err:
+            raise SampleDropped("malformed", f"record {sample_id}: {err}") from None
+        answer_text = turns[answer][1].strip()
+        if not answer_text:
+            raise SampleDropped("malformed", f"record {sample_id}: answer {turn + 1} is empty; nothing to supervise")
+        source_ids = list(self.tokenizer(source, add_special_tokens=self._source_special_tokens)["input_ids"])
+        target_ids = list(self.tokenizer(answer_text, add_special_tokens=False)["input_ids"])
+        return source_ids, target_ids + [int(self.tokenizer.eos_token_id)]
+
+    def _build_seq2seq(
+        self, prepared: _Prepared, record: dict, features: dict[str, torch.Tensor], rows: Mapping[str, int]
+    ) -> dict[str, Any]:
+        source_ids, target_ids = self._tokenize_seq2seq(record["conversations"], rows, prepared.sample_id, prepared.turn)
+        source_ids, _ = self._expand_compact(source_ids, [IGNORE_INDEX] * len(source_ids), rows)
+        if len(source_ids) > self.max_length:  # never inside a span; the target is the labels, whole
+            source_ids, _, features = self._truncate(source_ids, [0] * len(source_ids), features, prepared.sample_id)
+        return {
+            "input_ids": torch.tensor(source_ids, dtype=torch.long),
+            "labels": torch.tensor(target_ids[: self.max_length], dtype=torch.long),
+            "modality_features": features,
+            "id": prepared.sample_id,
+        }
 
     def _expand_compact(self, input_ids: list[int], labels: list[int], rows: Mapping[str, int]) -> tuple[list[int], list[int]]:
         patch_to_rows = {self.tokenizer.convert_tokens_to_ids(self.modalities[n].patch_token): r for n, r in rows.items()}
@@ -421,15 +615,16 @@ class LazySupervisedDataset(Dataset):
         features: dict[str, torch.Tensor] = {}
         for name in prepared.modalities:
             spec = self.modalities[name]
+            store = self.image_folder if prepared.source == "image" and name == "video" else self.folders[name]
             try:
-                array, path = self.folders[name].read(prepared.files[name], prepared.sample_id)
+                array, path = store.read(prepared.files[name], prepared.sample_id)
             except FeatureFileError:
                 if self.strict_features:
                     raise
                 array, path = None, None
             if array is None:
                 self.runtime_missing[name] += 1
-                tensor = torch.zeros(self._expected_rows(spec), spec.feature_dim)
+                tensor = torch.zeros(spec.expected_shape())
             else:
                 try:
                     array = check_feature_array(array, path, prepared.sample_id)
@@ -447,8 +642,9 @@ class LazySupervisedDataset(Dataset):
     def _shape_features(
         self, spec: ModalitySpec, array: np.ndarray, prepared: _Prepared, path: Path | None = None
     ) -> torch.Tensor:
-        source = str(path or self.folders[spec.name].folder / prepared.files[spec.name])  # the file read
-        while array.ndim > 2 and array.shape[0] == 1 and not spec.variable:
+        store = self.image_folder if prepared.source == "image" and spec.name == "video" else self.folders[spec.name]
+        source = str(path or store.folder / prepared.files[spec.name])  # the file read
+        while array.ndim > len(spec.expected_shape()) and array.shape[0] == 1 and not spec.variable:
             array = array[0]  # (1, T, D) -> (T, D)
         if spec.variable and array.ndim == 3:
             if array.shape[1] != spec.group_size:
@@ -458,14 +654,7 @@ class LazySupervisedDataset(Dataset):
                     f"{spec.feature_dim})",
                 )
             array = array.reshape(-1, array.shape[-1])  # (n, 8, D) -> (8n, D)
-        problem = None
-        if array.ndim != 2 or array.shape[-1] != spec.feature_dim:
-            problem = f"expected (k, {spec.feature_dim})"
-        else:
-            try:
-                spec.tokens_for(array.shape[0])
-            except ValueError as err:
-                problem = str(err)
+        problem = spec.shape_problem(array.shape)  # a design's grids (T, P, D) included
         if problem:
             message = (
                 f"record {prepared.sample_id}: {source} has shape {array.shape}; {problem}. Pass the matching "
@@ -495,6 +684,11 @@ class LazySupervisedDataset(Dataset):
         return [prepared.length for prepared in self.samples]
 
     @property
+    def sources(self) -> list[str]:
+        """Source of each sample (``video``, ``image``, ``text``), known without reading features."""
+        return [prepared.source for prepared in self.samples]
+
+    @property
     def modality_lengths(self) -> list[int]:
         """LLaVA's convention: the length, negative for text-only samples (keeps them grouped apart)."""
         return [p.length if p.modalities else -p.length for p in self.samples]
@@ -509,7 +703,9 @@ class LazySupervisedDataset(Dataset):
             name: tensor for name, tensor in features.items()
             if not (self.modalities[name].variable and tensor.shape[0] == 0)
         }
-        rows = {name: int(tensor.shape[0]) for name, tensor in features.items()}
+        rows = {name: self.modalities[name].tokens_for(tuple(tensor.shape)) for name, tensor in features.items()}
+        if self.seq2seq:
+            return self._build_seq2seq(prepared, record, features, rows)
         # Tokenise with one patch token per span, then repeat it k times: identical to tokenising the
         # text from expand_placeholders (patch tokens are atomic added tokens), without paying for
         # hundreds of patch tokens in the tokenizer (tests check the equivalence).
@@ -533,6 +729,28 @@ class LazySupervisedDataset(Dataset):
                 self.runtime_drops[dropped.reason] += 1
                 self._warn(dropped.reason, f"skipped ({dropped.reason.replace('_', ' ')}; replaced by the next sample): {dropped}")
         raise RuntimeError(f"{self.data_path}: no sample could be built; see the warnings above")
+
+
+def seq2seq_source(
+    template_name: str, tokenizer: Any, turns: Sequence[tuple[str, str]], system: str | None = None
+) -> str:
+    """The encoder text of an encoder-decoder sample: the generation prompt for the answer after ``turns``
+    ((role, text) pairs, alternating user / assistant, ending with the question), rendered as the inference
+    engine renders it (:func:`~llavidal.data.templates.render_generation_prompt`); ``system`` overrides the
+    template's system prompt."""
+    turns = list(turns)
+    if not turns or turns[-1][0] != "user":
+        raise ValueError("a source must end with a user turn (the question)")
+    if system is None:
+        history = [(turns[i][1], turns[i + 1][1]) for i in range(0, len(turns) - 1, 2)]
+        return render_generation_prompt(template_name, tokenizer, history, turns[-1][1])
+    template = get_template(template_name)
+    if template.style == "chat":
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": role, "content": text} for role, text in turns
+        ]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return render_v1(template, [*turns, ("assistant", None)], system)
 
 
 def feature_folders_from(args: Any, names: Iterable[str] = ("video", "pose", "object")) -> dict[str, str]:

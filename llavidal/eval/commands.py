@@ -115,6 +115,10 @@ class InferArguments:
     output_name: Optional[str] = arg(None, "file name (without .jsonl) for predictions in --output_dir")
     task: str = arg("", "task name for per-task results (default: the records file's stem)")
     batch_size: int = arg(8, "records per generation batch")
+    mcq_scoring: str = arg("generate", "multiple choice: generate (free text, letter parsed), or choose the choice "
+                           "of highest log-likelihood: loglik_norm (per token), loglik_char (per character), loglik "
+                           "(sum); see llavidal/eval/loglik.py",
+                           choices=["generate", "loglik_norm", "loglik_char", "loglik"])
     max_new_tokens: int = arg(256, "longest answer in tokens")
     temperature: float = arg(0.0, "0 for greedy decoding")
     top_p: float = arg(1.0, "nucleus sampling when temperature > 0")
@@ -276,10 +280,12 @@ def cmd_infer(argv: list[str] | None = None) -> int:
     """Generate predictions for a task's records (resumable; sharded under torchrun)."""
     (args,) = parse((InferArguments,), argv, prog="llavidal eval infer", description=cmd_infer.__doc__)
     _setup_logging()
+    from llavidal.eval.loglik import check_scoring
     from llavidal.eval.run_inference import merge_predictions, run_inference
     from llavidal.eval.tasks import load_task
 
     spec = load_task(args.benchmark)
+    check_scoring(args.mcq_scoring, spec)  # a task that does not allow --mcq_scoring loglik*: a usage error now
     if args.answers:
         from llavidal.eval.records import load_records
 
@@ -315,6 +321,7 @@ def cmd_infer(argv: list[str] | None = None) -> int:
         optional_modalities=[m for m in args.optional_modalities.split(",") if m],
         allow_text_only=args.allow_text_only,
         merge_timeout=args.merge_timeout,
+        mcq_scoring=args.mcq_scoring,
     )
     print(summary.line())
     if summary.merged:
@@ -373,6 +380,8 @@ def cmd_mcq(argv: list[str] | None = None) -> int:
     )
     for task, block in result["per_task"].items():
         print(f"  {task}: {_percent(block['accuracy'])} (n={block['n']}{_interval(block)}, missing {block['missing']})")
+    if m.get("task_average") is not None:  # MVBench: the mean of the task accuracies
+        print(f"  average over {m['tasks']} tasks: {_percent(m['task_average'])}")
     for note in notes:
         print(f"  note: {note}")
     print(f"report: {paths['markdown']}")
@@ -430,6 +439,8 @@ def _judge(which: str, argv: list[str] | None) -> int:
     for criterion, block in result["criteria"].items():
         value = block.get("accuracy") if criterion == "zeroshot" else block["scaled"]
         extra = f", score {block['mean']:.3f}" if criterion == "zeroshot" and block["mean"] is not None else ""
+        if criterion == "zeroshot" and block.get("n"):
+            extra += f"; accuracy n={block['n']}{_interval(block)}"
         value_text = "n/a" if value is None else f"{value:.3f}"
         print(
             f"  {criterion}: {value_text}{extra} (judged {block['judged']}/{block['total']}, missing predictions "

@@ -19,6 +19,11 @@ asked for), so that scoring without ``--records`` still knows how many there wer
 command compares each feature folder's ``manifest.json`` with the manifests the weights record
 (:func:`check_feature_manifests`). Row format: :mod:`llavidal.eval.predictions`.
 
+Records are taken longest prompt first (batches of similar length pad less; the merged file is in record
+order). ``mcq_scoring`` other than ``generate`` scores each choice of a multiple-choice record by its
+log-likelihood instead of generating (:mod:`llavidal.eval.loglik`); the rows are the same, with the chosen
+letter as the prediction and each choice's log-likelihood in ``option_scores``.
+
 Feature files: ``{stem}{suffix}`` in each modality's folder with any supported extension, where ``stem``
 is the record's video file name without extension and ``suffix`` the modality's ``file_suffix``
 (``""`` for video, ``_pose``, ``_object``): ``v1.mp4`` -> ``video/v1.pkl``, ``pose/v1_pose.pickle``,
@@ -305,15 +310,23 @@ def run_inference(
     merge_timeout: float = 6 * 3600.0,
     request_factory: Callable[..., Any] | None = None,
     show_progress: bool = True,
+    mcq_scoring: str = "generate",
+    sort_by_length: bool = True,
 ) -> InferenceSummary:
     """Generate predictions for ``benchmark_records`` (see the module docstring).
 
     ``prompt_fn(record) -> {"main": text, ...}`` gives the questions to ask; by default the
     benchmark's prompts (:meth:`TaskSpec.prompts`), or the record's question. Generation is through
-    ``engine.generate(requests, max_new_tokens=, temperature=, top_p=, batch_size=)``.
+    ``engine.generate(requests, max_new_tokens=, temperature=, top_p=, batch_size=)``; with ``mcq_scoring``
+    ``loglik_norm`` / ``loglik_char`` / ``loglik`` through ``engine.score_options(requests, options,
+    batch_size=)`` (:mod:`llavidal.eval.loglik`). ``sort_by_length`` takes the records longest prompt text
+    first, so that batches hold prompts of similar length.
     """
+    from llavidal.eval.loglik import check_scoring, score_ready
+
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    scoring = check_scoring(mcq_scoring, benchmark)
     start = time.time()
     shard_rank = dist.rank() if shard_rank is None else shard_rank
     num_shards = dist.world_size() if num_shards is None else num_shards
@@ -334,8 +347,12 @@ def run_inference(
     done = completed_ids(out_jsonl)
     shard = dist.shard(list(benchmark_records), shard_rank, num_shards)
     todo = [r for r in shard if r.id not in done]
+    if sort_by_length:  # stable: records of equal length keep their order
+        todo.sort(key=lambda r: -sum(len(text) for text in prompt_fn(r).values()))
     summary = InferenceSummary(output=str(target), total=len(shard), skipped_done=len(shard) - len(todo))
-    generation = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+    generation: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+    if scoring is not None:
+        generation = {"mcq_scoring": mcq_scoring, "loglik_continuation": benchmark.loglik_continuation}
     identity = benchmark.identity if benchmark is not None else {}
 
     def row(
@@ -345,6 +362,7 @@ def run_inference(
         missing: list[str] | None = None,
         error: str = "",
         used: list[str] | None = None,
+        extra: dict | None = None,
     ) -> dict:
         outputs = outputs or {}
         return {
@@ -360,6 +378,7 @@ def run_inference(
             "generation": generation,
             "benchmark_total": len(benchmark_records),
             "record": record.to_dict(),
+            **(extra or {}),
         }
 
     progress = None
@@ -390,13 +409,21 @@ def run_inference(
                     summary.missing_examples.append(f"{record.id} ({', '.join(missing)})")
             else:
                 ready.append((record, features, prompt_fn(record)))
-        results = _generate(engine, make_request, ready, generation, batch_size)
-        for (record, features, _), (outputs, error) in zip(ready, results):
+        if scoring is None:
+            results = [(outputs, error, {}) for outputs, error in
+                       _generate(engine, make_request, ready, generation, batch_size,
+                                 getattr(benchmark, "answer_prompt", ""))]
+        else:
+            results = score_ready(engine, make_request, ready, benchmark, mcq_scoring, batch_size)
+        for (record, features, _), (outputs, error, extra) in zip(ready, results):
             if error:
                 append_jsonl(target, row(record, "generation_error", error=error, used=sorted(features)))
                 summary.note_error(error)
             else:
-                append_jsonl(target, row(record, "ok", outputs=outputs, used=sorted(features)))
+                prefix = getattr(benchmark, "answer_prefix", "") if scoring is None else ""
+                extra = {**(extra or {}), **_sampled_frames(engine, make_request, record, features,
+                                                            prompt_fn(record)["main"], prefix)}
+                append_jsonl(target, row(record, "ok", outputs=outputs, used=sorted(features), extra=extra))
                 summary.generated += 1
         if progress is not None:
             progress.update(len(chunk))
@@ -413,8 +440,21 @@ def run_inference(
     return summary
 
 
+def _sampled_frames(engine: Any, make_request: Callable[..., Any], record: EvalRecord, features: dict,
+                    question: str, answer_prefix: str = "") -> dict:
+    """``{"sampled_frames": [i, ...]}``: the video frames a temporal sampler kept for the record's main question
+    (ascending frame indices of its features); empty for a model without a sampler."""
+    pick = getattr(engine, "sampled_frames", None)
+    if pick is None or "video" not in features:
+        return {}
+    prefix = {"answer_prefix": answer_prefix} if answer_prefix else {}
+    frames = pick(make_request(question=question, features=features, history=[], request_id=record.id, **prefix))
+    return {} if frames is None else {"sampled_frames": [int(i) for i in frames]}
+
+
 def _generate(
-    engine: Any, make_request: Callable[..., Any], ready: list, generation: dict, batch_size: int
+    engine: Any, make_request: Callable[..., Any], ready: list, generation: dict, batch_size: int,
+    answer_prefix: str = "",
 ) -> list[tuple[dict[str, str], str]]:
     """Outputs per ready record; a failing batch is retried record by record to isolate the culprit."""
     if not ready:
@@ -423,7 +463,9 @@ def _generate(
     for index, (record, features, prompts) in enumerate(ready):
         unique = list(dict.fromkeys(prompts.values()))
         for question in unique:
-            requests.append(make_request(question=question, features=features, history=[], request_id=record.id))
+            prefix = {"answer_prefix": answer_prefix} if answer_prefix else {}  # MVBench's "Best option:("
+            requests.append(make_request(question=question, features=features, history=[], request_id=record.id,
+                                         **prefix))
             owners.append((index, question))
     try:
         texts = engine.generate(requests, batch_size=batch_size, **generation)
@@ -433,7 +475,8 @@ def _generate(
         if len(ready) == 1:
             record = ready[0][0]
             return [({}, f"record {record.id!r}: generation failed: {type(err).__name__}: {err}")]
-        return [result for item in ready for result in _generate(engine, make_request, [item], generation, batch_size)]
+        return [result for item in ready
+                for result in _generate(engine, make_request, [item], generation, batch_size, answer_prefix)]
     answers: list[dict[str, str]] = [{} for _ in ready]
     for (index, question), text in zip(owners, texts):
         answers[index][question] = text

@@ -79,6 +79,10 @@ register_metric("judge_mean", ("open",), "llavidal.eval.tasks:score_with_judge",
                 "mean judge score (0-5) per criterion x scale; overall = mean of the criteria")
 register_metric("yes_accuracy_and_score", ("zeroshot",), "llavidal.eval.tasks:score_with_judge",
                 "yes / (yes + no) of the judge's verdicts, in percent, and the mean 0-5 score")
+register_parser("first_letter", ("mcq",), "llavidal.eval.tasks:parse_first_letter",
+                "MVBench: the reply's first token is the letter (after the answer prompt 'Best option:(')")
+register_metric("accuracy_task_average", ("mcq",), "llavidal.eval.tasks:score_accuracy_task_average",
+                "accuracy per task (n, 95% interval), over all records, and the mean of the task accuracies")
 
 
 def score_accuracy(spec: "TaskSpec", predictions: Any, records: Any = None, judge: Any = None,
@@ -92,6 +96,47 @@ def score_accuracy(spec: "TaskSpec", predictions: Any, records: Any = None, judg
                      parser=spec.answer_parser())
 
 
+def parse_first_letter(text: str | None, choices: dict[str, str], original_keys: dict[str, str] | None = None):
+    """Parser ``first_letter``: MVBench's rule. The model continues the answer prompt ``Best option:(``, so
+    the reply's first token is the option: ``A) ...``, ``A``, ``(A)``, ``A.``. Anything else is no answer."""
+    import re
+
+    from llavidal.eval.mcq import ParsedAnswer
+
+    reply = (text or "").strip()
+    if not reply:
+        return ParsedAnswer(None, "empty", "first_letter")
+    found = re.match(r"\(?([A-Za-z])(?:[).:,]|\s|$)", reply)
+    if found is None:
+        return ParsedAnswer(None, "no_answer", "first_letter")
+    letter = found.group(1).upper()
+    if letter not in choices:
+        return ParsedAnswer(None, "not_a_choice", "first_letter", [letter])
+    return ParsedAnswer(letter, "ok", "first_letter")
+
+
+def score_accuracy_task_average(spec: "TaskSpec", predictions: Any, records: Any = None, judge: Any = None,
+                                criteria: list[str] | None = None) -> dict:
+    """Metric ``accuracy_task_average``: :func:`score_accuracy`, plus ``metrics["task_average"]``, the mean of the
+    per-task accuracies (MVBench's average over its 20 tasks) and ``metrics["tasks"]``, how many it averages."""
+    result = score_accuracy(spec, predictions, records, judge=judge, criteria=criteria)
+    values = [block["accuracy"] for block in result["per_task"].values() if block.get("accuracy") is not None]
+    result["metrics"]["task_average"] = sum(values) / len(values) if values else None
+    result["metrics"]["tasks"] = len(values)
+    return result
+
+
+def _records_without_answer(predictions: Any, records: Any) -> list[str]:
+    """Sources of records (given, or carried by predictions) whose reference answer is empty."""
+    found: list[Any] = []
+    for group in (records.values() if isinstance(records, dict) else [records or []]):
+        found += list(group)
+    for group in (predictions.values() if isinstance(predictions, dict) else [predictions]):
+        if isinstance(group, (list, tuple)):
+            found += [getattr(p, "record", None) for p in group]
+    return [r.source or r.id for r in found if isinstance(r, EvalRecord) and not r.answer]
+
+
 def score_with_judge(spec: "TaskSpec", predictions: Any, records: Any = None, judge: Any = None,
                      criteria: list[str] | None = None) -> dict:
     """Metrics ``judge_mean`` / ``yes_accuracy_and_score``: :func:`llavidal.eval.scoring.score_judged`."""
@@ -99,7 +144,20 @@ def score_with_judge(spec: "TaskSpec", predictions: Any, records: Any = None, ju
 
     if judge is None:
         raise ValueError(f"task {spec.name} is scored by a judge; pass --judge openai (with --judge_model) or local")
-    return score_judged(predictions, spec, judge, criteria=criteria, records=records)
+    uncaptioned = _records_without_answer(predictions, records)
+    if uncaptioned:
+        raise ValueError(f"task {spec.name}: {len(uncaptioned)} records have no reference to judge against (e.g. "
+                         f"{uncaptioned[0]}); add their reference text ('caption' or 'answer') to the annotations")
+    result = score_judged(predictions, spec, judge, criteria=criteria, records=records)
+    block = result.get("criteria", {}).get("zeroshot")
+    if block is not None:  # yes / (yes + no) with its n and 95% (Wilson) interval, in percent
+        from llavidal.eval.mcq import wilson_interval
+
+        n = int(block.get("yes", 0)) + int(block.get("no", 0))
+        interval = wilson_interval(int(block.get("yes", 0)), n)
+        block["n"] = n
+        block["ci95"] = [100.0 * interval[0], 100.0 * interval[1]] if interval else None
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,6 +185,14 @@ class TaskSpec:
     """Judge means (0-5) are multiplied by this (20 for ADL descriptions: 0-100)."""
     overall: str = ""
     tasks: list[str] = field(default_factory=list)
+    answer_prompt: str = ""
+    """Text the answer starts with, continued by the model (MVBench: ``Best option:(``)."""
+    default_question: str = ""
+    """The question of records that carry none (recaption: one fixed instruction per video)."""
+    loglik: bool = False
+    """MCQ: the task may be scored by option log-likelihood (``llavidal eval infer --mcq_scoring loglik*``)."""
+    loglik_continuation: str = "{text}"
+    """MCQ log-likelihood scoring: the answer whose likelihood is scored for each choice (``{letter}``, ``{text}``)."""
     path: str = ""
 
     def __post_init__(self) -> None:
@@ -136,6 +202,9 @@ class TaskSpec:
         unknown = [c for c in self.criteria if c not in CRITERIA]
         if unknown:
             raise ValueError(f"{where}: unknown criteria {unknown}; known: {CRITERIA}")
+        if self.loglik and (self.kind != "mcq" or not ("{text}" in self.loglik_continuation
+                                                       or "{letter}" in self.loglik_continuation)):
+            raise ValueError(f"{where}: loglik needs kind mcq and a loglik_continuation with {{text}} or {{letter}}")
         if self.kind == "mcq" and "{choices}" not in self.prompt_template:
             raise ValueError(f"{where}: an MCQ prompt_template must contain {{choices}}")
         if "{question}" not in self.prompt_template:
@@ -169,8 +238,11 @@ class TaskSpec:
             prompts["cons1"], prompts["cons2"] = record.consistency_questions
         return prompts
 
-    def load_records(self, path: str | Path, task: str = "", limit: int | None = None) -> list[EvalRecord]:
-        return load_records(path, self.kind, task=task, limit=limit)
+    def load_records(self, path: str | Path, task: str = "", limit: int | None = None,
+                     answers: str | Path | None = None) -> list[EvalRecord]:
+        """Records of a file, or of every ``*.json``/``*.jsonl`` of a folder (MVBench: one file per task)."""
+        return load_records(path, self.kind, task=task, limit=limit, answers=answers,
+                            default_question=self.default_question)
 
     def answer_parser(self) -> Callable[..., Any] | None:
         """The registered parser function (None for ``judge``: the judge reads answers)."""

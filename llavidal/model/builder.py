@@ -8,7 +8,8 @@ Upstream weights (a file, or a folder without ``llavidal_config.json``: Video-Ch
 or ``video_chatgpt-7B.bin``, LLAVIDAL's per-modality or merged projectors, the Breakfast fork's ``model.bin``,
 safetensors) get their configuration from their keys and shapes (:func:`config_from_upstream_weights`).
 
-The base may be any transformers causal LM folder (or hub id when a hub is reachable) or an upstream
+The base may be any transformers causal LM folder (or hub id when a hub is reachable), an encoder-decoder
+folder (Flan-T5: its config says ``is_encoder_decoder``; see :mod:`llavidal.model.seq2seq`) or an upstream
 LLaVA v1 folder (``LlavaLlamaForCausalLM``, see :mod:`llavidal.model.upstream`).
 """
 
@@ -68,13 +69,29 @@ def _check_local(path: str, what: str) -> None:
         raise FileNotFoundError(f"{what} {path!r} does not exist; pass the folder of the base LLM")
 
 
+def base_llm_class(path: str | os.PathLike) -> Any:
+    """The transformers auto class for the base model at ``path``: ``AutoModelForSeq2SeqLM`` when its config
+    says ``is_encoder_decoder`` (Flan-T5, BART: features are spliced into the encoder's input, answers are
+    decoder labels; see :mod:`llavidal.model.seq2seq`), else ``AutoModelForCausalLM``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError):  # the model loader reports what is wrong with the folder
+        return AutoModelForCausalLM
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+
+
 def load_base_llm(
     model_name_or_path: str | os.PathLike,
     torch_dtype: Any = None,
     attn_implementation: str | None = None,
     tokenizer_path: str | os.PathLike | None = None,
 ) -> tuple[torch.nn.Module, Any, dict[str, torch.Tensor]]:
-    """(causal LM, tokenizer, upstream video-projector state or {}) for a base model path or id.
+    """(LLM, tokenizer, upstream video-projector state or {}) for a base model path or id.
+
+    The LLM is a causal LM, or an encoder-decoder (``AutoModelForSeq2SeqLM``) when the folder's config says
+    ``is_encoder_decoder`` (:func:`base_llm_class`).
 
     The tokenizer comes from ``tokenizer_path`` when given (a fully fine-tuned LLM saved without one),
     else from the model folder; see :func:`load_tokenizer`.
@@ -86,15 +103,13 @@ def load_base_llm(
     if is_llava_v1_folder(path):
         llm, _, projector_state, _ = load_llava_v1(path, dtype, attn_implementation)
     else:
-        from transformers import AutoModelForCausalLM
-
         kwargs: dict[str, Any] = {}
         if dtype is not None:
             kwargs["dtype"] = dtype
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         try:
-            llm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            llm = base_llm_class(path).from_pretrained(path, **kwargs)
         except OSError as err:
             raise FileNotFoundError(
                 f"could not load the base LLM {path!r} ({err}). Pass a local folder with config.json, weights "
@@ -135,8 +150,11 @@ def build_model(
     pretrain_mm_mlp_adapter: str | os.PathLike | None = None,
     template: str = "v1",
     device: str | torch.device | None = None,
+    video_conditioning: dict | str | None = None,
 ) -> tuple[LlavidalModel, Any]:
     """Load the base LLM, add the modality tokens and projectors, choose what trains.
+
+    ``video_conditioning``: see :class:`LlavidalModel` (attached after LoRA wrapping).
 
     ``freeze_llm=True`` is upstream's ``--tune_mm_mlp_adapter True`` (projectors + new token rows
     train); ``lora`` adds peft adapters; ``freeze_llm=False`` without LoRA trains everything.
@@ -147,6 +165,7 @@ def build_model(
     model = LlavidalModel(
         llm, tokenizer, modalities, base_model=str(model_name_or_path),
         use_modality_string_prefix=use_modality_string_prefix, template=template,
+        video_conditioning=video_conditioning,
     )
     _init_from_upstream_projector(model, projector_state)
     model.setup_training(freeze_llm=freeze_llm, lora=lora)
@@ -299,7 +318,7 @@ def load_pretrained(
     model = LlavidalModel(
         llm, tokenizer, config.registry, base_model=config.base_model,
         use_modality_string_prefix=config.use_modality_string_prefix, template=config.template,
-        initialize_new_rows=not config.full_llm_subdir,
+        initialize_new_rows=not config.full_llm_subdir, video_conditioning=config.video_conditioning,
     )
     if list(model.config.new_token_ids) != list(config.new_token_ids):
         raise ValueError(

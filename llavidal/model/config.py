@@ -1,7 +1,8 @@
 """The configuration saved next to LLAVIDAL weights (``llavidal_config.json``).
 
 It records what is needed to rebuild the model around its trainable weights: the base LLM, the modality
-registry (placeholders, tokens, feature dims, projector types), the conversation template, the tokens
+registry (placeholders, tokens, feature dims, projector types, video designs), the video conditioning, the
+conversation template, the tokens
 added to the tokenizer (and their ids, checked on reload) and how the LLM was adapted (frozen, LoRA,
 full fine-tuning).
 """
@@ -99,6 +100,10 @@ class LlavidalConfig:
     feature_manifests: dict[str, dict] = field(default_factory=dict)
     """Modality -> the manifest (with its typed recipe) of the features training read; recipe paths are
     relative to the weights folder. Evaluation, the demo and servers rebuild extractors from these."""
+    video_conditioning: dict | None = None
+    """Video conditioning inside the LLM: None, or {"mode": "inject" | "xattn", "layers": [...] | None, "splice":
+    bool, "num_heads", "modality", "per_layer"} (see :func:`llavidal.model.hf.frontends.normalize_conditioning`);
+    its weights are ``conditioning.*`` in ``trainable.safetensors``."""
     extra: dict = field(default_factory=dict)
     """Free-form metadata (training arguments, feature folders...)."""
 
@@ -115,7 +120,10 @@ class LlavidalConfig:
         return LoraSettings.from_any(self.lora)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data.get("video_conditioning") is None:
+            data.pop("video_conditioning", None)  # configs without it read (and compare) as before it existed
+        return data
 
     def recorded_manifests(self, weights_dir: str | os.PathLike | None = None) -> dict[str, Any]:
         """Modality -> :class:`~llavidal.data.feature_store.FeatureManifest` of training's features.

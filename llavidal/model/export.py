@@ -12,7 +12,8 @@ The folder is a Hugging Face model (``push_to_hub``-ready)::
                                      the token rows, keys as LlavidalModel's (llm.*, projectors.*, token_embeddings.*)
     configuration_llavidal.py        the self-contained model code (torch + transformers only), so that
     modeling_llavidal.py             AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
-                                     works without this package (and without remote code once llavidal is imported)
+    frontends.py, sampler.py,        works without this package (and without remote code once llavidal is imported);
+    qformer.py, conditioning.py      the video designs (pooling, positional encodings, sampler, Q-Former, conditioning)
     generation_config.json, tokenizer files (with the modality tokens)
     processor_config.json            LlavidalProcessor: registry, template, feature recipes
     llavidal_config.json + trainable.safetensors   base_model "." for llavidal's own loaders (eval, demo, engine)
@@ -50,6 +51,17 @@ class ExportArguments:
                                    "a result JSON of `eval mcq` / `eval judge`); default: one found in the weights folder")
 
 
+VIDEO_DESIGN_FILES = ("frontends.py", "sampler.py", "qformer.py", "conditioning.py")
+"""Self-contained video-design code that ``modeling_llavidal.py`` imports (relatively) beside it."""
+
+
+def exported_code_files(folder: Path) -> list[str]:
+    """The code files an exported folder carries: the modeling files and the video-design files present."""
+    from llavidal.model.hf import MODELING_FILES
+
+    return list(MODELING_FILES) + [name for name in VIDEO_DESIGN_FILES if (folder / name).is_file()]
+
+
 def _text_config(llm: Any) -> Any:
     import copy
 
@@ -74,6 +86,7 @@ def hf_config_for(model: Any, feature_manifests: dict[str, dict], base_model: st
         base_vocab_size=model.config.base_vocab_size,
         feature_manifests=feature_manifests,
         llavidal_version=model.config.package_version,
+        video_conditioning=model.conditioning_settings,
     )
     config.auto_map = dict(AUTO_MAP)
     config.architectures = ["LlavidalForCausalLM"]
@@ -86,16 +99,17 @@ def save_hf_model(model: Any, out: Path, config: Any, max_shard_size: str = "5GB
     memory: the HF model is built on the meta device and takes over the LLM, projectors and token rows."""
     import torch
 
-    from llavidal.model.hf import MODELING_FILES
     from llavidal.model.hf.modeling_llavidal import LlavidalForCausalLM
 
     with torch.device("meta"):
         hf = LlavidalForCausalLM(config)
     hf.llm, hf.projectors, hf.token_embeddings = model.base_llm, model.projectors, model.token_embeddings
+    if model.conditioning is not None:  # already hooked into model.base_llm's decoder layers
+        hf.conditioning = model.conditioning
     hf.generation_config = model.base_llm.generation_config
     hf.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
     here = Path(__file__).resolve().parent / "hf"
-    for name in MODELING_FILES:  # the self-contained code the auto_map names
+    for name in exported_code_files(here):  # the self-contained code the auto_map names, and what it imports
         shutil.copyfile(here / name, out / name)
 
 

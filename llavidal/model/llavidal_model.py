@@ -41,13 +41,16 @@ from llavidal.model.hf.modeling_llavidal import (  # noqa: F401  (shifted_labels
     flatten_features,
     generate_spliced,
     new_token_tables,
+    video_conditioning_context,
     row_name,
     shifted_labels,
     splice_features,
     supervised_positions,
 )
 from llavidal.model.modality import ModalityRegistry, ModalitySpec, SpliceError
+from llavidal.model.hf.frontends import VideoFrontend, build_conditioning, normalize_conditioning, text_context
 from llavidal.model.projectors import build_projectors
+from llavidal.model.seq2seq import is_encoder_decoder, new_decoder_tokens, seq2seq_forward
 from llavidal.model.weights import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_FILES,
@@ -101,6 +104,21 @@ def _transformers_keeps_masked_logits() -> bool:
     return tuple(kept.shape) == (3, 1)
 
 
+def _frontend_keys(canonical: Any, projector_state: Mapping[str, Tensor], projectors: nn.ModuleDict) -> None:
+    """Plain projector weights (``projectors.video.weight``, an upstream ``mm_projector.bin``, ``llavidal align``'s
+    output) given to a modality whose projector is a video frontend go to the frontend's own projector
+    (``projectors.video.projector.weight``): a design can start from an aligned projector."""
+    for modality, params in canonical.projectors.items():
+        if modality not in projectors or not isinstance(projectors[modality], VideoFrontend):
+            continue
+        for param in list(params):
+            if f"{modality}.{param}" not in projector_state and f"{modality}.projector.{param}" in projector_state:
+                params[f"projector.{param}"] = params.pop(param)
+                origin = canonical.origin.pop(f"projectors.{modality}.{param}", None)
+                if origin is not None:
+                    canonical.origin[f"projectors.{modality}.projector.{param}"] = origin
+
+
 def add_modality_tokens(
     llm: nn.Module, tokenizer: Any, modalities: ModalityRegistry, initialize_new_rows: bool = True
 ) -> tuple[int, dict[str, dict[str, int]], list[int]]:
@@ -149,6 +167,45 @@ def add_modality_tokens(
     return base_vocab_size, token_ids, added_ids
 
 
+CONDITIONING_PREFIX = "conditioning."
+"""Key prefix of the video conditioning's weights in ``trainable.safetensors``."""
+
+
+def _registry_for_conditioning(modalities: ModalityRegistry, settings: dict | None) -> ModalityRegistry:
+    """``modalities``, with ``splice: False`` written into the conditioned modality's design when the video
+    conditioning keeps the video out of the prompt (so placeholder expansion, which reads only the registry,
+    leaves its span out)."""
+    if settings is None:
+        return modalities
+    name = settings["modality"]
+    if name not in modalities:
+        raise ValueError(f"video_conditioning reads modality {name!r}, which the model lacks ({modalities.names()}); "
+                         "give its feature folder or drop --video_conditioning")
+    spec = modalities[name]
+    if settings["splice"] == spec.spliced:
+        return modalities
+    import dataclasses
+
+    design = dict(spec.design or {}, splice=settings["splice"])
+    specs = dict(modalities.specs)
+    specs[name] = dataclasses.replace(spec, design=design)
+    return ModalityRegistry(specs)
+
+
+def _record_qformer_configs(projectors: nn.ModuleDict, modalities: ModalityRegistry) -> None:
+    """A Q-Former's architecture is written into the design (``qformer``: its config dict; a folder it was read
+    from stays as ``qformer_path``), so that reloading the weights needs neither the folder nor today's defaults."""
+    for spec in modalities:
+        frontend = projectors[spec.name]
+        if not isinstance(frontend, VideoFrontend) or not hasattr(frontend.projector, "config_dict"):
+            continue
+        if isinstance(spec.design.get("qformer"), str):
+            spec.design["qformer_path"] = spec.design["qformer"]
+        data = frontend.projector.config_dict()
+        spec.design["qformer"] = data
+        frontend.design.update({k: spec.design[k] for k in ("qformer", "qformer_path") if k in spec.design})
+
+
 class LlavidalModel(nn.Module):
     """A causal LM with modality features spliced into its token stream (see module docstring).
 
@@ -163,6 +220,12 @@ class LlavidalModel(nn.Module):
     # Training-mode forwards with labels compute the LM head only at supervised positions (see forward).
     # Set False (or pass ``full_logits=True``) for logits at every position.
     sparse_training_logits = True
+    # LSTP's pseudo-label loss of temporal samplers whose design says ``train: pseudo`` (see
+    # :meth:`sampler_pseudo_loss`): its weight (``--sampler_loss_weight``) and a scale the trainer sets so that
+    # gradient accumulation does not multiply it. The latest value (detached) is kept for logging.
+    sampler_loss_weight: float = 1.0
+    auxiliary_loss_scale: float = 1.0
+    last_sampler_loss: Tensor | None = None
 
     def __init__(
         self,
@@ -174,11 +237,14 @@ class LlavidalModel(nn.Module):
         use_modality_string_prefix: bool = False,
         template: str = "v1",
         initialize_new_rows: bool = True,
+        video_conditioning: dict | str | None = None,
     ) -> None:
         super().__init__()
         if len(modalities) == 0:
             raise ValueError("LlavidalModel needs at least one modality in the registry")
         self.llm = llm
+        self.conditioning_settings = normalize_conditioning(video_conditioning)
+        modalities = _registry_for_conditioning(modalities, self.conditioning_settings)
         self.modalities = modalities
         base_vocab_size, self.token_ids, _ = add_modality_tokens(llm, tokenizer, modalities, initialize_new_rows)
         llm_config = llm.config
@@ -187,6 +253,13 @@ class LlavidalModel(nn.Module):
         self.projectors = build_projectors(modalities, hidden_size).to(
             device=embedding_weight.device, dtype=embedding_weight.dtype
         )
+        _record_qformer_configs(self.projectors, modalities)
+        self.conditioning: nn.Module | None = None
+        if self.conditioning_settings is not None:
+            source = modalities[self.conditioning_settings["modality"]]
+            self.conditioning = build_conditioning(self.conditioning_settings, llm_config, source.feature_dim).to(
+                device=embedding_weight.device)  # trainable weights stay float32 (as the projectors' master copy)
+        self._conditioning_attached_to: int | None = None
         with torch.no_grad():
             self.token_embeddings = nn.ParameterDict(
                 {
@@ -217,6 +290,7 @@ class LlavidalModel(nn.Module):
             freeze_llm=True,
             torch_dtype=str(embedding_weight.dtype).replace("torch.", ""),
             package_version=_package_version(),
+            video_conditioning=self.conditioning_settings,
         )
         self.setup_training(freeze_llm=True)
         # Start in the LLM's mode, as a transformers model would (``from_pretrained`` gives eval mode);
@@ -231,6 +305,11 @@ class LlavidalModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.llm.get_input_embeddings().weight.dtype
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        """An encoder-decoder backbone (Flan-T5...): features go into the encoder, answers are decoder labels."""
+        return is_encoder_decoder(self.base_llm)
 
     @property
     def has_lora(self) -> bool:
@@ -261,7 +340,7 @@ class LlavidalModel(nn.Module):
                 lora_dropout=lora_settings.dropout,
                 target_modules=target[0] if target == ["all-linear"] else list(target),
                 bias=lora_settings.bias,
-                task_type="CAUSAL_LM",
+                task_type="SEQ_2_SEQ_LM" if self.is_encoder_decoder else "CAUSAL_LM",
             )
             self.llm = get_peft_model(self.llm, peft_config)  # freezes the base, adapters trainable
             self.config.lora = lora_settings.to_dict()
@@ -271,6 +350,20 @@ class LlavidalModel(nn.Module):
             self.config.freeze_llm = bool(freeze_llm)
         self.projectors.requires_grad_(True)
         self.token_embeddings.requires_grad_(True)
+        self._attach_conditioning()
+
+    def _attach_conditioning(self) -> None:
+        """Hook the video conditioning into the LLM's decoder layers, once the LLM's final form (LoRA or not) is
+        known; re-attached when LoRA wrapping changes the LLM object."""
+        if self.conditioning is None:
+            return
+        self.conditioning.requires_grad_(True)
+        if self._conditioning_attached_to == id(self.llm):
+            return
+        if self._conditioning_attached_to is not None and hasattr(self.conditioning, "detach"):
+            self.conditioning.detach()
+        self.conditioning.attach(self.llm)
+        self._conditioning_attached_to = id(self.llm)
 
     def trainable_parameter_names(self) -> list[str]:
         return [name for name, p in self.named_parameters() if p.requires_grad]
@@ -328,8 +421,13 @@ class LlavidalModel(nn.Module):
         input_ids: Tensor,
         modality_features: ModalityFeatures | None = None,
         sample_ids: Sequence[Any] | None = None,
+        labels: Tensor | None = None,
+        attention_mask: Tensor | None = None,
     ) -> tuple[Tensor, set[str]]:
         """Compose the input embeddings with projected features in the patch positions.
+
+        ``labels`` / ``attention_mask`` (B, T) only shape the question context a video frontend reads (the
+        prompt's text tokens: answers and padding left out).
 
         input_ids: (B, T). ``modality_features[name][row]``: None or (k, D) / (n, group, D) features of
         every span of that modality in the row, in order of appearance. Returns (inputs_embeds (B, T, H),
@@ -341,7 +439,8 @@ class LlavidalModel(nn.Module):
             raise ValueError(f"input_ids must be (batch, seq); got shape {tuple(input_ids.shape)}")
         embeds = self.embed_tokens(input_ids)  # (B, T, H)
         return splice_features(embeds, input_ids, self.modalities, self.token_ids, self.projectors,
-                               modality_features, sample_ids, error=SpliceError)
+                               modality_features, sample_ids, error=SpliceError, labels=labels,
+                               attention_mask=attention_mask)
 
     def _flatten_features(
         self, spec: ModalitySpec, features: Tensor | None, row: int, sample_ids: Sequence[Any] | None
@@ -355,6 +454,8 @@ class LlavidalModel(nn.Module):
             p.sum() for name, projector in self.projectors.items() if name not in used
             for p in projector.parameters() if p.requires_grad
         ]
+        if self.conditioning is not None:  # a batch without video leaves the conditioning unused
+            terms.extend(p.sum() for p in self.conditioning.parameters() if p.requires_grad)
         if not terms:
             return None
         return torch.stack([t.float() for t in terms]).sum() * 0.0
@@ -387,7 +488,15 @@ class LlavidalModel(nn.Module):
         ``sparse_training_logits = False``, or an LLM whose forward takes no ``logits_to_keep``) the
         logits are (B, T, V), as before; ``full_logits=False`` asks for the sparse head in eval mode too.
         """
-        inputs_embeds, used = self.embed_inputs(input_ids, modality_features, sample_ids)
+        inputs_embeds, used = self.embed_inputs(input_ids, modality_features, sample_ids, labels, attention_mask)
+        sampler_loss = None
+        if labels is not None and self.training and self.sampler_loss_weight > 0 and not self.is_encoder_decoder:
+            sampler_loss = self.sampler_pseudo_loss(inputs_embeds, input_ids, labels, modality_features,
+                                                    attention_mask, sample_ids)
+        self.last_sampler_loss = None if sampler_loss is None else sampler_loss.detach()
+        if self.is_encoder_decoder:  # spliced encoder input; the decoder learns the answer (llavidal.model.seq2seq)
+            return seq2seq_forward(self, inputs_embeds, attention_mask, labels, position_ids, used,
+                                   num_items_in_batch, llm_kwargs)
         # No KV cache unless asked: training needs none, and transformers only builds the block-diagonal
         # mask of packed rows (position_ids restarting, no attention_mask) when there is no cache.
         llm_kwargs.setdefault("use_cache", False)
@@ -395,15 +504,19 @@ class LlavidalModel(nn.Module):
             full_logits = not (self.training and self.sparse_training_logits)
         if labels is not None and not full_logits and "logits_to_keep" not in llm_kwargs and self._llm_keeps_logits():
             llm_kwargs["logits_to_keep"] = supervised_positions(labels).to(inputs_embeds.device)  # (B, T) bool
-        outputs = self.llm(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **llm_kwargs
-        )
+        with video_conditioning_context(self, modality_features, inputs_embeds.shape[0]):
+            outputs = self.llm(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **llm_kwargs
+            )
         loss = None
         if labels is not None:
             loss = causal_lm_loss(outputs.logits, labels, num_items_in_batch)
             touch = self._zero_touch(used)
             if touch is not None:
                 loss = loss + touch.to(loss.device)
+            if sampler_loss is not None:
+                scale = self.sampler_loss_weight * self.auxiliary_loss_scale
+                loss = loss + scale * sampler_loss.to(device=loss.device, dtype=loss.dtype)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=outputs.logits,
@@ -445,7 +558,118 @@ class LlavidalModel(nn.Module):
         ``generate`` with ``inputs_embeds`` and its KV cache; kwargs (max_new_tokens, do_sample,
         temperature, top_p, eos_token_id, pad_token_id, streamer...) pass through.
         """
-        return generate_spliced(self, input_ids, attention_mask, modality_features, sample_ids, generate_kwargs)
+        new_tokens = generate_spliced(self, input_ids, attention_mask, modality_features, sample_ids, generate_kwargs)
+        return new_decoder_tokens(new_tokens, generate_kwargs) if self.is_encoder_decoder else new_tokens
+
+    # ------------------------------------------------------------------ temporal sampler
+    def _pseudo_label_frontends(self) -> list[tuple[ModalitySpec, VideoFrontend]]:
+        """Modalities whose frontend has a temporal sampler trained with pseudo-labels (``train: pseudo``)."""
+        found = []
+        for spec in self.modalities:
+            frontend = self.projectors[spec.name]
+            if isinstance(frontend, VideoFrontend) and frontend.sampler is not None and \
+                    (frontend.design.get("sampler") or {}).get("train") == "pseudo":
+                found.append((spec, frontend))
+        return found
+
+    def sampler_pseudo_loss(
+        self,
+        inputs_embeds: Tensor,
+        input_ids: Tensor,
+        labels: Tensor,
+        modality_features: ModalityFeatures | None,
+        attention_mask: Tensor | None = None,
+        sample_ids: Sequence[Any] | None = None,
+    ) -> Tensor | None:
+        """LSTP's auxiliary loss for samplers with ``train: pseudo``, or None when the model has none (or the batch
+        no clip for them).
+
+        Per clip: the sampler's frame scores (for the clip's question, as the forward pass scored them) against
+        :func:`~llavidal.model.hf.sampler.relevance_targets`, the cosine similarity of each frame's features after
+        the frontend's projector with the mean input embedding of the row's answer tokens (its supervised labels);
+        :func:`~llavidal.model.hf.sampler.pseudo_label_loss` between the two, averaged over the clips. Zero-padded
+        frames (grids of clips shorter than the extraction's frame count) are left out. The gradient reaches the
+        sampler's scorer only (the targets carry none).
+        """
+        from llavidal.model.hf.modeling_llavidal import frontend_inputs
+        from llavidal.model.hf.sampler import frame_summaries, pseudo_label_loss, relevance_targets
+
+        frontends = self._pseudo_label_frontends()
+        if not frontends or not modality_features:
+            return None
+        supervised = labels != IGNORE_INDEX  # (B, T): the answers
+        question = text_context(inputs_embeds, input_ids, self.modality_token_ids(), labels, attention_mask)
+        losses: list[Tensor] = []
+        weights: list[int] = []
+        for spec, frontend in frontends:
+            entries = modality_features.get(spec.name)
+            if entries is None:
+                continue
+            if isinstance(entries, Tensor):
+                entries = list(entries)
+            if frontend.design["projector"] == "qformer":
+                raise ValueError(f"{spec.name}: pseudo-label training of the temporal sampler compares projected "
+                                 "frames with the answer, which a Q-Former projector cannot give per frame; use a "
+                                 "linear/mlp2x_gelu projector or --sampler_train straight_through")
+            groups: dict[tuple[int, ...], list[tuple[int, Tensor]]] = {}
+            for row, entry in enumerate(entries):
+                if not bool(supervised[row].any()):
+                    continue
+                for value in frontend_inputs(spec, entry, row, sample_ids, SpliceError):
+                    if value.dim() == 2:  # pooled (T + S, D) rows: the sampler reads the temporal rows
+                        value = value[: frontend.design["temporal_rows"] or value.shape[0]]
+                    groups.setdefault(tuple(value.shape), []).append((row, value))
+            parameter = frontend.sampler.frame_proj.weight
+            for members in groups.values():
+                rows = [row for row, _ in members]
+                frames = torch.stack([v for _, v in members]).to(device=parameter.device, dtype=parameter.dtype)
+                context = question.select(rows)
+                scores = frontend.sampler.score(frames, context.embeds.to(device=frames.device, dtype=frames.dtype),
+                                                None, context.mask.to(frames.device))  # (G, T)
+                index = torch.as_tensor(rows, device=inputs_embeds.device)
+                answer_mask = supervised.index_select(0, index)  # (G, L)
+                answer = inputs_embeds.index_select(0, index)  # (G, L, H)
+                targets = relevance_targets(frames, answer, answer_mask, projector=frontend.projector)
+                frame_mask = frame_summaries(frames).abs().sum(dim=-1) > 0  # (G, T): zero-padded frames out
+                keep = frame_mask.any(dim=1)
+                if not bool(keep.any()):
+                    continue
+                loss = pseudo_label_loss(scores[keep], targets[keep].to(scores.device), frame_mask[keep])
+                losses.append(loss)
+                weights.append(int(keep.sum()))
+        if not losses:
+            return None
+        total = sum(weights)
+        return sum(loss * (w / total) for loss, w in zip(losses, weights))
+
+    @torch.no_grad()
+    def sampled_frames(
+        self,
+        input_ids: Tensor,
+        modality_features: ModalityFeatures | None,
+        attention_mask: Tensor | None = None,
+        sample_ids: Sequence[Any] | None = None,
+    ) -> dict[str, list[list[int]]]:
+        """The frames each temporal sampler keeps for a batch of prompts, as generation would choose them:
+        modality name -> one list of frame indices (ascending) per row (empty for a row without that modality).
+        Runs the splice only (no LLM pass), one row at a time. Empty for a model without a sampler."""
+        names = [spec.name for spec in self.modalities
+                 if isinstance(self.projectors[spec.name], VideoFrontend) and self.projectors[spec.name].sampler is not None]
+        chosen: dict[str, list[list[int]]] = {name: [] for name in names}
+        for row in range(input_ids.shape[0]):
+            for name in names:
+                entries = (modality_features or {}).get(name)
+                entry = None if entries is None else entries[row]
+                frontend = self.projectors[name]
+                frontend.last_sampler_output = None
+                if entry is not None:
+                    one = {key: ([value[row]] if value is not None else None)
+                           for key, value in (modality_features or {}).items()}
+                    self.embed_inputs(input_ids[row:row + 1], one, None if sample_ids is None else [sample_ids[row]],
+                                      attention_mask=None if attention_mask is None else attention_mask[row:row + 1])
+                output = frontend.last_sampler_output
+                chosen[name].append([] if output is None else [int(i) for i in output.indices.reshape(-1).tolist()])
+        return chosen
 
     def modality_token_ids(self) -> list[int]:
         """Ids of every modality token (patch, start, end of each modality)."""
@@ -468,6 +692,11 @@ class LlavidalModel(nn.Module):
                 state[f"projectors.{key}"] = value
             for name, value in self.token_embeddings.items():
                 state[f"token_embeddings.{name}"] = value
+        if state_dict:
+            state.update({k: v for k, v in state_dict.items() if k.startswith(CONDITIONING_PREFIX)})
+        elif self.conditioning is not None:
+            for key, value in self.conditioning.state_dict().items():
+                state[CONDITIONING_PREFIX + key] = value
         if self.has_lora and include_lora:
             from peft import get_peft_model_state_dict
 
@@ -593,6 +822,10 @@ class LlavidalModel(nn.Module):
             self.llm.get_output_embeddings().weight is self.llm.get_input_embeddings().weight
         )
         missing = [k for k in result.missing_keys if not (tied and k.endswith("lm_head.weight"))]
+        # Tied copies (T5's encoder/decoder embed_tokens = shared) are saved once: loaded through their twin.
+        every = dict(self.llm.named_parameters(remove_duplicate=False))
+        loaded = {id(p) for name, p in every.items() if name in state}
+        missing = [k for k in missing if k not in every or id(every[k]) not in loaded]
         if missing or result.unexpected_keys:
             raise ValueError(
                 f"{folder}: LLM weights do not match this model (missing {missing[:10]}, unexpected "
@@ -604,8 +837,15 @@ class LlavidalModel(nn.Module):
     ) -> LoadReport:
         """See :meth:`load_trainable`; ``state`` may mix our and upstream key layouts (see
         :mod:`llavidal.model.weights`)."""
+        conditioning = {k[len(CONDITIONING_PREFIX):]: v for k, v in state.items() if k.startswith(CONDITIONING_PREFIX)}
+        state = {k: v for k, v in state.items() if not k.startswith(CONDITIONING_PREFIX)}
+        if conditioning and self.conditioning is None:
+            raise ValueError(f"{source}: holds video conditioning weights (conditioning.*) but this model has no "
+                             "video_conditioning; build it with the same video_conditioning (load_pretrained reads it "
+                             "from llavidal_config.json)")
         canonical = canonicalize(state, self.modalities)
         projector_state = dict(self.projectors.state_dict())
+        _frontend_keys(canonical, projector_state, self.projectors)
         plan = plan_load(  # raises before anything is copied, so a bad file leaves the model unchanged
             canonical, projector_state=projector_state, token_ids=self.token_ids, hidden_size=self.config.hidden_size,
             projector_types={s.name: s.projector_type for s in self.modalities}, source=source,
@@ -633,7 +873,15 @@ class LlavidalModel(nn.Module):
             if bad:
                 raise ValueError(f"{source}: LoRA keys that match no adapter of this model: {bad[:20]}")
             report.loaded.extend(LORA_PREFIX + k for k in canonical.lora)
+        if conditioning:
+            result = self.conditioning.load_state_dict(conditioning, strict=False)
+            if result.unexpected_keys:
+                raise ValueError(f"{source}: conditioning keys that match nothing in this model's video conditioning: "
+                                 f"{list(result.unexpected_keys)[:20]}")
+            report.loaded.extend(CONDITIONING_PREFIX + k for k in conditioning)
         wanted = [f"projectors.{k}" for k in projector_state] + [f"token_embeddings.{n}" for n in self.token_ids]
+        if self.conditioning is not None:
+            wanted += [CONDITIONING_PREFIX + k for k in self.conditioning.state_dict()]
         report.missing = [k for k in wanted if k not in report.loaded]
         if self.has_lora and not canonical.lora:
             report.missing.append(LORA_PREFIX + "*")

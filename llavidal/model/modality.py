@@ -13,8 +13,9 @@ Upstream (LLAVIDAL) layout of one sample's spans::
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from llavidal.constants import DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, OBJECT_TOKENS_PER_OBJECT
 
@@ -46,6 +47,9 @@ class ModalitySpec:
     """Upstream feature file suffix before the extension (``_pose`` for ``{id}_pose.pickle``)."""
     upstream_projector_key: str = ""
     """Key prefix of this projector in upstream ``mm_projector.bin`` files."""
+    design: dict | None = None
+    """How features become tokens beyond the plain projector (PLLaVA pooling, positional encodings, temporal
+    sampler, Q-Former; see :mod:`llavidal.model.hf.frontends`), with every default written out; None: upstream."""
 
     def __post_init__(self) -> None:
         if self.projector_type not in PROJECTOR_TYPES:
@@ -56,6 +60,13 @@ class ModalitySpec:
             raise ValueError(f"modality {self.name!r}: set num_tokens (fixed) or group_size (variable)")
         if self.feature_dim <= 0:
             raise ValueError(f"modality {self.name!r}: feature_dim must be positive")
+        if self.design is not None:
+            from llavidal.model.hf.frontends import normalize_design
+
+            try:
+                self.design = normalize_design(self.design, self.num_tokens, self.projector_type)
+            except ValueError as err:
+                raise ValueError(f"modality {self.name!r}: {err}") from None
 
     @property
     def variable(self) -> bool:
@@ -66,8 +77,51 @@ class ModalitySpec:
         """Tokens this modality adds to the tokenizer, in upstream order (patch, start, end)."""
         return [self.patch_token, self.start_token, self.end_token]
 
-    def tokens_for(self, feature_rows: int) -> int:
-        """Number of patch tokens for a feature tensor with ``feature_rows`` rows (validates it)."""
+    @property
+    def spliced(self) -> bool:
+        """False when the design leaves this modality out of the prompt (video conditioning only)."""
+        return not self.design or bool(self.design.get("splice", True))
+
+    def expected_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's features before any is read: (rows, D), or (T, P, D) for the grids of a design."""
+        rows = self.num_tokens if not self.variable else self.group_size
+        patches = int((self.design or {}).get("patches") or 0)
+        return (rows, patches, self.feature_dim) if patches else (rows, self.feature_dim)
+
+    def shape_problem(self, shape: Sequence[int]) -> str | None:
+        """Why features of ``shape`` (one sample, objects flattened) do not fit this modality, or None."""
+        shape = tuple(int(s) for s in shape)
+        allowed = (2, 3, 4) if self.design else (2,)
+        if len(shape) not in allowed or shape[-1] != self.feature_dim:
+            grids = f" or (T, P, {self.feature_dim}) grids" if self.design else ""
+            return f"expected (k, {self.feature_dim}){grids}"
+        try:
+            self.tokens_for(shape)
+        except ValueError as err:
+            return str(err)
+        return None
+
+    def tokens_for(self, feature_rows: int | Sequence[int]) -> int:
+        """Number of patch tokens for a sample's features (validates them): ``feature_rows`` is their number of
+        rows, or their shape. With a ``design``, the frontend's :func:`num_output_tokens` of that shape (an int
+        stands for (rows, P, D) when the design names ``patches``, else (rows, D))."""
+        if not isinstance(feature_rows, int):
+            shape = tuple(int(s) for s in feature_rows)
+        elif self.design:
+            patches = int(self.design.get("patches") or 0)
+            shape = (feature_rows, patches, self.feature_dim) if patches else (feature_rows, self.feature_dim)
+        else:
+            shape = (feature_rows, self.feature_dim)
+        if self.design:
+            from llavidal.model.hf.frontends import num_output_tokens
+
+            if not self.variable and shape[0] != self.num_tokens:
+                raise ValueError(f"modality {self.name!r} expects {self.num_tokens} feature rows, got {shape[0]}")
+            try:
+                return num_output_tokens(self.design, shape)
+            except ValueError as err:
+                raise ValueError(f"modality {self.name!r}: {err}") from None
+        feature_rows = int(math.prod(shape[:-1])) if len(shape) > 1 else int(shape[0])
         if not self.variable:
             if feature_rows != self.num_tokens:
                 raise ValueError(
@@ -80,14 +134,20 @@ class ModalitySpec:
             )
         return feature_rows
 
-    def span_text(self, feature_rows: int, use_prefix: bool = False) -> str:
-        """Text that replaces the placeholder: [prefix] start + k patch tokens + end."""
+    def span_text(self, feature_rows: int | Sequence[int], use_prefix: bool = False) -> str:
+        """Text that replaces the placeholder: [prefix] start + k patch tokens + end ("" when the design keeps
+        the modality out of the prompt). ``feature_rows``: rows, or the features' shape (see :meth:`tokens_for`)."""
         k = self.tokens_for(feature_rows)
+        if not self.spliced:
+            return ""
         prefix = self.text_prefix if use_prefix else ""
         return prefix + self.start_token + self.patch_token * k + self.end_token
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data.get("design") is None:
+            data.pop("design", None)  # registries without a design save (and compare) as before designs existed
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModalitySpec":
@@ -195,7 +255,9 @@ def expand_placeholders(
 ) -> str:
     """Replace each modality placeholder in ``text`` by its span (start + k patch tokens + end).
 
-    ``feature_rows`` maps modality name -> number of feature rows the sample carries for it. A
+    ``feature_rows`` maps modality name -> number of feature rows the sample carries for it, or the shape of its
+    features (what a modality with a ``design`` needs: its span holds ``num_output_tokens(design, shape)``
+    tokens, none when the design keeps it out of the prompt). A
     placeholder of a modality the sample lacks (or one that is not in the registry's selection) is
     removed, so that a record written for video+pose+object trains a video-only model unchanged.
     Each placeholder may appear once; a repeat is an error naming the sample.
@@ -211,7 +273,7 @@ def expand_placeholders(
             continue
         rows = feature_rows.get(spec.name)
         # A variable-length modality with no items (a clip without objects) is absent, not an empty span.
-        absent = rows is None or (spec.variable and rows == 0)
+        absent = rows is None or (spec.variable and (rows == 0 if isinstance(rows, int) else not math.prod(rows[:-1])))
         replacement = "" if absent else spec.span_text(rows, use_prefix)
         text = text.replace(spec.placeholder, replacement)
     return text

@@ -30,6 +30,7 @@ import transformers
 
 from llavidal.constants import DEFAULT_POSE_TOKENS, DEFAULT_VIDEO_TOKENS, OBJECT_TOKENS_PER_OBJECT
 from llavidal.data.feature_store import FeatureManifest, check_manifest_compatible
+from llavidal.model.hf.frontends import SAMPLER_TRAINING, uses_frontend
 from llavidal.model.modality import PROJECTOR_TYPES, ModalityRegistry
 from llavidal.utils import dist
 
@@ -125,6 +126,54 @@ class ModelArguments:
     sep_video_conv_front: bool = field(default=False, metadata={"help": "Accepted for Video-ChatGPT compatibility (no effect)."})
     frame_aspect_ratio: str | None = field(default=None, metadata={"help": "Accepted for Video-ChatGPT compatibility (no effect)."})
     force_fsdp: bool = field(default=False, metadata={"help": "Accepted for Video-ChatGPT compatibility; use --fsdp."})
+    # Video-token designs (llavidal.model.designs: one table of presets; recorded with the weights).
+    video_design: str | None = field(
+        default=None,
+        metadata={"help": "How video becomes LLM input: upstream (default: pooled rows + projector), pllava (adaptive "
+                          "3D pooling of per-frame grids), pe (positional encodings), sampler (question-guided "
+                          "temporal sampler), qformer (Q-Former projector), xattn (gated cross-attention in the LLM), "
+                          "inject (per-layer injection). The flags below override a preset's values."},
+    )
+    video_pool: str | None = field(
+        default=None, metadata={"help": "Adaptive pooling of per-frame grids to T,h,w tokens (PLLaVA: 16,12,12)."}
+    )
+    video_pool_position: str | None = field(
+        default=None, metadata={"help": "Pool 'after' the projector (PLLaVA) or 'before' it."}
+    )
+    video_pe: str | None = field(
+        default=None, metadata={"help": "Positional encodings added to video features: none, learned or sinusoidal."}
+    )
+    video_projector: str | None = field(
+        default=None, metadata={"help": "Projector of the video design: linear, mlp2x_gelu or qformer (default: --mm_projector_type)."}
+    )
+    qformer_path: str | None = field(
+        default=None,
+        metadata={"help": "Q-Former weights to start from (a saved Blip2QFormerModel or a BLIP-2/InstructBLIP folder); "
+                          "implies the qformer projector."},
+    )
+    qformer_queries: int | None = field(default=None, metadata={"help": "Learned queries of the Q-Former projector (32)."})
+    sampler_k: int | None = field(
+        default=None, metadata={"help": "Frames the temporal sampler keeps (adds the sampler to the design; 8 in the preset)."}
+    )
+    sampler_motion: str | None = field(
+        default=None, metadata={"help": "Motion signal of the temporal sampler: none, diff (feature differences) or flow."}
+    )
+    sampler_train: str | None = field(
+        default=None,
+        metadata={"help": "How the temporal sampler learns: straight_through (end to end, no extra loss; the preset) or "
+                          "pseudo (LSTP: an auxiliary loss towards per-frame relevance targets, --sampler_loss_weight)."},
+    )
+    video_conditioning: str | None = field(
+        default=None, metadata={"help": "Video conditioning inside the LLM: xattn, inject or none."}
+    )
+    conditioning_layers: str | None = field(
+        default=None, metadata={"help": "Comma-separated decoder layers that get video conditioning (default: the mode's)."}
+    )
+    video_conditioning_splice: bool | None = field(
+        default=None,
+        metadata={"help": "With video conditioning, keep the video span in the prompt too (default True); False: the "
+                          "video reaches the LLM only through the conditioning."},
+    )
 
     def __post_init__(self) -> None:
         if self.freeze_backbone and not self.lora_enable:
@@ -136,10 +185,31 @@ class ModelArguments:
                              "here; train the LLM with --lora_enable True and a --pretrain_mm_mlp_adapter instead")
         if self.mm_projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"--mm_projector_type {self.mm_projector_type!r}: use one of {PROJECTOR_TYPES}")
-        for name in ("video_tokens", "pose_tokens", "object_tokens", "video_feature_dim", "pose_feature_dim", "object_feature_dim"):
+        for name in ("video_tokens", "pose_tokens", "object_tokens", "video_feature_dim", "pose_feature_dim", "object_feature_dim",
+                     "qformer_queries", "sampler_k"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name} must be positive, got {value}")
+        self.video_design_settings()  # refuse an unknown preset or a malformed --video_pool before anything loads
+
+    def video_design_settings(self) -> tuple[dict | None, dict | None]:
+        """(the video modality's design dict or None, the model's video_conditioning or None), from
+        ``--video_design`` and the flags that override it (:func:`llavidal.model.designs.resolve_design`)."""
+        from llavidal.model.designs import resolve_design
+
+        design, conditioning = resolve_design(
+            self.video_design, pool=self.video_pool, pool_position=self.video_pool_position, positional=self.video_pe,
+            projector=self.video_projector, qformer_path=self.qformer_path, num_queries=self.qformer_queries,
+            sampler_k=self.sampler_k, sampler_motion=self.sampler_motion, conditioning=self.video_conditioning,
+            conditioning_layers=self.conditioning_layers, conditioning_splice=self.video_conditioning_splice,
+        )
+        if self.sampler_train:
+            if self.sampler_train not in SAMPLER_TRAINING:
+                raise ValueError(f"--sampler_train {self.sampler_train!r}: one of {', '.join(SAMPLER_TRAINING)}")
+            if not design or not design.get("sampler"):
+                raise ValueError("--sampler_train needs a temporal sampler: add --video_design sampler (or --sampler_k K)")
+            design["sampler"] = dict(design["sampler"], train=self.sampler_train)
+        return design, conditioning
 
     def lora_settings(self) -> dict | None:
         if not self.lora_enable:
@@ -154,7 +224,18 @@ class ModelArguments:
 class DataArguments:
     """Instruction records and the feature folders (only modalities with a folder are used)."""
 
-    data_path: str = field(metadata={"help": "Training records: a JSON list or JSONL of {id, video, pose?, object?, conversations}."})
+    data_path: str | None = field(default=None, metadata={"help": (
+        "Training records: a JSON list or JSONL of {id, video, pose?, object?, conversations}; LLaVA-format image "
+        "records {id, image, conversations} with <image> (read from --image_folder) and text-only records may be mixed in.")})
+    data_mixture: str | None = field(default=None, metadata={"help": (
+        "Several record files in one run, with sampling weights: PATH:WEIGHT[:KEY=DIR...],... e.g. "
+        "video.json:1,images.json:0.5:image=feats/coco,text.json:0.2. WEIGHT is the share of the file's samples drawn "
+        "per epoch (1 each once, 0.5 a seeded half, 2 each twice); KEY=DIR (video, image, pose, object) points that "
+        "file at its own feature folder, else the global --video_folder / --image_folder / ... are used. Replaces "
+        "--data_path.")})
+    image_folder: str | None = field(default=None, metadata={"help": (
+        "Folder of image features for records with an 'image' field (`llavidal extract video` on the images: each "
+        "a 1-frame video through the video projector; 000123.jpg -> 000123.safetensors).")})
     video_folder: str | None = field(default=None, metadata={"help": "Folder of video features ({id}.pkl / .safetensors / .npy)."})
     pose_folder: str | None = field(default=None, metadata={"help": "Folder of pose features ({id}_pose.pkl ...); enables the pose modality."})
     object_folder: str | None = field(default=None, metadata={"help": "Folder of object features ({id}_object.pkl ...); enables the object modality."})
@@ -179,11 +260,22 @@ class DataArguments:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"--{name} must be in [0, 1], got {value}")
-        if not any(getattr(self, f"{name}_folder") for name in MODALITY_NAMES):
-            raise ValueError("give at least one feature folder: --video_folder, --pose_folder or --object_folder")
+        if not any(getattr(self, f"{name}_folder") for name in MODALITY_NAMES) and not self.image_folder:
+            raise ValueError("give at least one feature folder: --video_folder, --image_folder, --pose_folder or --object_folder")
+        if bool(self.data_path) == bool(self.data_mixture):
+            raise ValueError("give the training records with --data_path FILE or --data_mixture FILE:WEIGHT,... (one of them)")
+        if self.data_mixture:
+            from llavidal.data.mixture import parse_data_mixture
+
+            parse_data_mixture(self.data_mixture)  # refuse a malformed mixture before anything loads
 
     def feature_folders(self) -> dict[str, str]:
-        return {name: str(getattr(self, f"{name}_folder")) for name in MODALITY_NAMES if getattr(self, f"{name}_folder")}
+        """Modality -> feature folder; with only --image_folder (image-only training) the video modality's folder
+        is the image features'."""
+        folders = {name: str(getattr(self, f"{name}_folder")) for name in MODALITY_NAMES if getattr(self, f"{name}_folder")}
+        if self.image_folder and "video" not in folders:
+            folders = {"video": str(self.image_folder), **folders}
+        return folders
 
     def mask_probs(self) -> dict[str, float]:
         return {name: getattr(self, f"{name}_mask_prob") for name in MODALITY_NAMES}
@@ -212,11 +304,18 @@ class TrainingArguments(transformers.TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep False: items carry modality features the model reads by name."}
     )
+    sampler_loss_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the temporal sampler's pseudo-label loss (designs whose sampler has train: pseudo, "
+                          "--sampler_train pseudo); logged as sampler_loss. 0 turns it off."},
+    )
     train_gradient_checkpointing: bool = field(
         default=False, init=False, metadata={"help": "Set from --gradient_checkpointing; applied by train.py to the LLM."}
     )
 
     def __post_init__(self) -> None:
+        if not self.sampler_loss_weight >= 0:
+            raise ValueError(f"--sampler_loss_weight must be >= 0, got {self.sampler_loss_weight}")
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
         if self.warmup_ratio is not None and "warmup_ratio" not in _TRANSFORMERS_FIELDS:
@@ -272,7 +371,12 @@ class TrainingArguments(transformers.TrainingArguments):
         asked = [name for name in ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval") if getattr(self, name, False)]
         if self.tf32:
             asked.append("tf32")
-        if not asked:
+        import os
+
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if launched in ("bf16", "fp16"):  # accelerate launch's mixed_precision: CPU autocast, which fp16 lacks
+            os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
+        if not asked and launched not in ("bf16", "fp16"):
             return
         for name in ("bf16", "fp16", "bf16_full_eval", "fp16_full_eval"):
             if hasattr(self, name):
@@ -280,7 +384,9 @@ class TrainingArguments(transformers.TrainingArguments):
         self.tf32 = None
         if not _CPU_PRECISION_WARNED and dist.is_main_process():
             logger.warning(
-                "no CUDA device: %s ignored, training in float32 on CPU", ", ".join(f"--{n} True" for n in asked)
+                "no CUDA device: %s ignored, training in float32 on CPU",
+                ", ".join([f"--{n} True" for n in asked]
+                          + ([f"accelerate's mixed_precision: {launched}"] if launched in ("bf16", "fp16") else [])),
             )
         _CPU_PRECISION_WARNED = True
 
@@ -343,14 +449,46 @@ def build_registry(model_args: ModelArguments, data_args: DataArguments) -> Moda
             check_manifest_compatible(folders[name], name, feature_dim, tokens if name != "object" else None)
         dims[f"{name}_dim"] = feature_dim
         dims["object_group" if name == "object" else f"{name}_tokens"] = tokens
-    return ModalityRegistry.default(list(folders), **dims)
+    registry = ModalityRegistry.default(list(folders), **dims)
+    design, conditioning = model_args.video_design_settings()
+    if (design or conditioning) and "video" not in registry:
+        raise ValueError(f"--video_design {model_args.video_design or ''} / the video design flags need video features: "
+                         "pass --video_folder")
+    if design:
+        registry = with_video_design(registry, design, FeatureManifest.load(folders["video"]))
+        if data_args.packing and uses_frontend(registry["video"].design):
+            # a packed row concatenates its samples' features: their frames would become one clip
+            raise ValueError("--packing cannot be used with a video design that reads whole clips (pooling, "
+                             "positional encodings, sampler, Q-Former); train without --packing")
+    return registry
+
+
+def with_video_design(registry: ModalityRegistry, design: dict, manifest: FeatureManifest | None = None) -> ModalityRegistry:
+    """``registry`` with ``design`` on its video modality; what the folder's manifest says of the features' layout
+    (per-frame grids ``(T, P, D)``: ``patches``; pooled rows: the recipe's ``temporal_tokens``) fills the design's
+    ``patches`` / ``temporal_rows`` unless given."""
+    design = dict(design)
+    if manifest is not None and manifest.shape:
+        if len(manifest.shape) == 3 and manifest.shape[1] > 0:
+            design.setdefault("patches", int(manifest.shape[1]))
+        recipe = manifest.recipe if isinstance(manifest.recipe, dict) else {}
+        if len(manifest.shape) == 2 and recipe.get("temporal_tokens"):
+            design.setdefault("temporal_rows", int(recipe["temporal_tokens"]))
+    specs = dict(registry.specs)
+    specs["video"] = dataclasses.replace(specs["video"], design=design)
+    return ModalityRegistry(specs)
 
 
 def describe_registry(registry: ModalityRegistry) -> str:
     parts = []
     for spec in registry:
         count = f"{spec.num_tokens} tokens" if not spec.variable else f"{spec.group_size} tokens per item"
-        parts.append(f"{spec.name} ({count} x {spec.feature_dim}-d, {spec.projector_type})")
+        design = ""
+        if spec.design:
+            shown = {k: v for k, v in spec.design.items() if k in ("pool", "positional", "projector", "sampler", "splice")
+                     and v not in (None, "none")}
+            design = f", design {shown}"
+        parts.append(f"{spec.name} ({count} x {spec.feature_dim}-d, {spec.projector_type}{design})")
     return ", ".join(parts)
 
 

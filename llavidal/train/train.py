@@ -30,7 +30,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 
 from llavidal.config import command
 from llavidal.data.collator import PaddedCollator
-from llavidal.data.dataset import LazySupervisedDataset
+from llavidal.data.mixture import build_training_dataset
 from llavidal.train.args import (
     DataArguments,
     TrainingArguments,
@@ -53,13 +53,17 @@ def configure_logging(training_args: TrainingArguments) -> None:
 
 
 def make_collator(
-    data_args: DataArguments, training_args: TrainingArguments, tokenizer: Any, attn_implementation: str | None = None
+    data_args: DataArguments, training_args: TrainingArguments, tokenizer: Any, attn_implementation: str | None = None,
+    seq2seq: bool = False,
 ) -> Callable:
     """The single place where the batch collator is chosen (padded rows, or packed rows with --packing).
 
     With --packing, ``attn_implementation`` is what ``prepare_model_for_packing`` returned: varlen kernels
     get one padding-free row per micro-batch, mask-based ones rows of at most --packing_max_length tokens.
+    ``seq2seq``: an encoder-decoder model (sources and targets padded apart; no packing).
     """
+    if seq2seq and data_args.packing:
+        raise ValueError("--packing is for causal LMs; the base model is an encoder-decoder (train without --packing)")
     if data_args.packing:
         from llavidal.data.packing import make_packing_collator
 
@@ -67,7 +71,8 @@ def make_collator(
             tokenizer, max_length=data_args.packing_max_length or training_args.model_max_length,
             attn_implementation=attn_implementation,
         )
-    return PaddedCollator(pad_token_id=tokenizer.pad_token_id, max_length=training_args.model_max_length)
+    return PaddedCollator(pad_token_id=tokenizer.pad_token_id, max_length=training_args.model_max_length,
+                          seq2seq=seq2seq)
 
 
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -225,6 +230,7 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
         use_modality_string_prefix=model_args.use_modality_string_prefix,
         freeze_llm=model_args.tune_mm_mlp_adapter, lora=model_args.lora_settings(),
         pretrain_mm_mlp_adapter=model_args.pretrain_mm_mlp_adapter, template=model_args.version,
+        video_conditioning=model_args.video_design_settings()[1],
     )
     for parameter in model.parameters():  # trainable weights stay float32 (master weights under autocast)
         if parameter.requires_grad and parameter.dtype != torch.float32:
@@ -234,26 +240,29 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
     # How the features were made, so that a weights folder describes its own extractors wherever the
     # feature folders went (evaluation, the demo and servers rebuild them from these recipes).
     model.config.feature_manifests = feature_manifests(data_args.feature_folders())
+    seq2seq = model.is_encoder_decoder  # Flan-T5 and the like: one sample per answer, answers as decoder labels
+    if seq2seq and data_args.packing:
+        raise ValueError("--packing is for causal LMs; the base model is an encoder-decoder (train without --packing)")
 
-    dataset = LazySupervisedDataset(
-        data_args.data_path, tokenizer, registry, data_args.feature_folders(), template=model_args.version,
+    dataset = build_training_dataset(  # --data_path, or a weighted --data_mixture; per-source counts logged
+        data_args, tokenizer, registry, log=dist.is_main_process(), template=model_args.version,
         system=data_args.system_prompt, max_length=training_args.model_max_length,
         use_modality_string_prefix=model_args.use_modality_string_prefix,
         strict_features=data_args.strict_features, mask_probs=data_args.mask_probs(), seed=training_args.seed,
-        log_summary=dist.is_main_process(),
+        seq2seq=seq2seq,
     )
     if data_args.packing:  # cache off (else samples of a row see each other), exact per-sample attention
         from llavidal.data.packing import prepare_model_for_packing
 
         attn = prepare_model_for_packing(model)
-    collator = make_collator(data_args, training_args, tokenizer, attn_implementation=attn)
+    collator = make_collator(data_args, training_args, tokenizer, attn_implementation=attn, seq2seq=seq2seq)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     state = training_args.distributed_state
     logger.info(
-        "model %s (%s, attention %s); modalities: %s; template %s; trainable %d of %d parameters (%s); "
+        "model %s (%s%s, attention %s); modalities: %s; template %s; trainable %d of %d parameters (%s); "
         "%d samples; world size %d (%s, backend %s)",
-        model_args.model_name_or_path, torch_dtype, attn or "default", describe_registry(registry),
+        model_args.model_name_or_path, torch_dtype, ", encoder-decoder" if seq2seq else "", attn or "default", describe_registry(registry),
         model_args.version, trainable, total,
         "LoRA" if model_args.lora_enable else ("LLM frozen" if model_args.tune_mm_mlp_adapter else "full LLM"),
         len(dataset), training_args.world_size, getattr(state, "distributed_type", "single process"),
@@ -263,7 +272,7 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
         model=model, args=training_args, train_dataset=dataset, data_collator=collator,
         extra_config={
             "feature_folders": data_args.feature_folders(),
-            "data_path": data_args.data_path,
+            "data_path": data_args.data_path or data_args.data_mixture,
             "model_max_length": training_args.model_max_length,
         },
     )

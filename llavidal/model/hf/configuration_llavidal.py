@@ -35,8 +35,10 @@ class LlavidalHFConfig(PretrainedConfig):
     """A causal LM (``text_config``) with modality features spliced into its token stream.
 
     modalities: the registry as a list of dicts (name, placeholder, patch/start/end tokens, feature_dim,
-    num_tokens or group_size, projector_type, text_prefix, ...), in span order.
+    num_tokens or group_size, projector_type, text_prefix, design (the video design, or None), ...), in span order.
     token_ids: modality name -> {"patch": id, "start": id, "end": id} in the tokenizer saved with the model.
+    video_conditioning: None, or {"mode": "inject" | "xattn", "layers": [...], "splice": bool, ...}: a module
+    hooked into the LLM's decoder layers that reads the video features (see ``frontends.normalize_conditioning``).
     """
 
     model_type = "llavidal"
@@ -53,6 +55,7 @@ class LlavidalHFConfig(PretrainedConfig):
         base_vocab_size: int = 0,
         feature_manifests: dict[str, dict] | None = None,
         llavidal_version: str = "",
+        video_conditioning: dict | None = None,
         **kwargs: Any,
     ) -> None:
         self.text_config = _text_config(text_config)
@@ -64,6 +67,7 @@ class LlavidalHFConfig(PretrainedConfig):
         self.base_vocab_size = int(base_vocab_size)
         self.feature_manifests = dict(feature_manifests or {})
         self.llavidal_version = llavidal_version
+        self.video_conditioning = dict(video_conditioning) if video_conditioning else None
         if self.text_config is not None:
             # The outer model ties nothing itself; the LLM inside ties its own head (or not).
             kwargs.setdefault("tie_word_embeddings", bool(getattr(self.text_config, "tie_word_embeddings", False)))

@@ -19,11 +19,19 @@ projected features ``masked_scatter``-ed into the patch positions, in order of a
 
 ``modality_features`` maps a modality name to one entry per batch row: None, or the features of every span
 of that modality in that row, (k, feature_dim) (or (n, group, feature_dim) for objects).
+
+Video designs (``frontends.py``): a modality whose registry entry carries a ``design`` may have a
+:class:`VideoFrontend` as its projector; its entries are then one sample's features ((T, P, D) grids or (N, D)
+rows; a list of them for a packed row), and it is given the :class:`TextContext` of the row's question (prompt
+text tokens only: never answers, never modality tokens). The model config's ``video_conditioning`` adds a
+``VideoConditioning`` module (``conditioning.py``) that hooks the LLM's decoder layers; the video features are set
+as its context around every LLM call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -34,6 +42,17 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 
 from .configuration_llavidal import TOKEN_ROLES, LlavidalHFConfig
+from .frontends import (
+    TextContext,
+    VideoFrontend,
+    build_conditioning,
+    build_modality_projector,
+    conditioning_inputs,
+    normalize_conditioning,
+    normalize_design,
+    num_output_tokens,
+    text_context,
+)
 
 IGNORE_INDEX = -100
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
@@ -166,13 +185,18 @@ def splice_features(
     modality_features: ModalityFeatures | None = None,
     sample_ids: Sequence[Any] | None = None,
     error: type = SpliceError,
+    labels: Tensor | None = None,
+    attention_mask: Tensor | None = None,
 ) -> tuple[Tensor, set[str]]:
     """Put the projected features of every modality into its patch positions.
 
     embeds: (B, T, H) token embeddings of input_ids (B, T). ``specs``: the modalities (objects with ``name``,
-    ``feature_dim``, ``patch_token``, ``placeholder``), in span order. Returns (embeds, names of the modalities
-    whose projector ran). Raises ``error`` naming the sample when a row's patch-token count differs from its
-    feature rows, or when features come for a modality the model lacks.
+    ``feature_dim``, ``patch_token``, ``placeholder``, optionally ``design``), in span order. Returns (embeds,
+    names of the modalities whose projector ran). Raises ``error`` naming the sample when a row's patch-token
+    count differs from its feature rows, or when features come for a modality the model lacks. A modality whose
+    projector is a :class:`VideoFrontend` gets the question's :class:`TextContext` (``labels`` (B, T) leave the
+    answer tokens out, ``attention_mask`` the padding); one whose design says ``splice: False`` is skipped (its
+    features reach the LLM through video conditioning).
     """
     specs = list(specs)
     names = [spec.name for spec in specs]
@@ -187,7 +211,18 @@ def splice_features(
                     f"(modalities: {names}); drop them or build the model with it"
                 )
     used: set[str] = set()
+    question: list[TextContext | None] = []  # computed once, for the first frontend that needs it
+
+    def question_context() -> TextContext:
+        if not question:
+            ids = [int(i) for roles in token_ids.values() for i in roles.values()]
+            question.append(text_context(embeds, input_ids, ids, labels, attention_mask))
+        return question[0]
+
     for spec in specs:
+        design = getattr(spec, "design", None)
+        if design and not design.get("splice", True):
+            continue  # conditioning only: no span in the prompt
         patch_mask = input_ids == token_ids[spec.name]["patch"]  # (B, T)
         counts = patch_mask.sum(dim=1).tolist()
         entries = modality_features.get(spec.name)
@@ -200,6 +235,14 @@ def splice_features(
                 f"modality_features[{spec.name!r}] has {len(entries)} entries for a batch of {batch} rows; "
                 "give one entry (None or a tensor) per row"
             )
+        projector = projectors[spec.name]
+        if isinstance(projector, VideoFrontend):
+            projected = _run_frontend(spec, projector, entries, counts, question_context, sample_ids, error)
+            if projected is not None:
+                projected = projected.to(device=embeds.device, dtype=embeds.dtype)
+                embeds = embeds.masked_scatter(patch_mask.unsqueeze(-1).to(embeds.device), projected)
+                used.add(spec.name)
+            continue
         rows: list[Tensor] = []
         for row, features in enumerate(entries):
             features = flatten_features(spec, features, row, sample_ids, error)
@@ -214,13 +257,86 @@ def splice_features(
                 rows.append(features)
         if not rows:
             continue
-        projector = projectors[spec.name]
         projector_weight = next(projector.parameters())
-        stacked = torch.cat(rows, dim=0).to(device=projector_weight.device, dtype=projector_weight.dtype)  # (K, D)
+        # Each row takes the projector's dtype before the concatenation: rows of several dtypes (fp16 feature
+        # files) make torch.cat fail under CPU autocast ("Unexpected floating ScalarType in prioritize").
+        stacked = torch.cat([r.to(device=projector_weight.device, dtype=projector_weight.dtype) for r in rows],
+                            dim=0)  # (K, D)
         projected = projector(stacked).to(device=embeds.device, dtype=embeds.dtype)  # (K, H)
         embeds = embeds.masked_scatter(patch_mask.unsqueeze(-1).to(embeds.device), projected)
         used.add(spec.name)
     return embeds, used
+
+
+def frontend_inputs(spec: Any, features: Any, row: int, sample_ids: Sequence[Any] | None = None,
+                    error: type = SpliceError) -> list[Tensor]:
+    """One row's features of a modality with a :class:`VideoFrontend`: a list with one tensor per span (an entry
+    may be one tensor, or a list of tensors for a packed row); grids keep their shape."""
+    if features is None:
+        return []
+    spans = list(features) if isinstance(features, (list, tuple)) else [features]
+    out = []
+    for value in spans:
+        value = value if isinstance(value, Tensor) else torch.as_tensor(value)
+        if value.dim() not in (2, 3, 4) or value.shape[-1] != spec.feature_dim:
+            raise error(
+                f"{row_name(row, sample_ids)}: {spec.name} features have shape {tuple(value.shape)}; expected "
+                f"(N, {spec.feature_dim}) rows or (T, P, {spec.feature_dim}) grids for the design {spec.design}"
+            )
+        if value.shape[0]:
+            out.append(value)
+    return out
+
+
+def _run_frontend(spec: Any, frontend: VideoFrontend, entries: Sequence[Any], counts: list[int],
+                  question: Any, sample_ids: Sequence[Any] | None, error: type) -> Tensor | None:
+    """The frontend's tokens of every span in the batch, concatenated in row order (K, H), checked against the
+    patch counts of each row first; None when no row has features."""
+    spans: list[Tensor] = []
+    span_rows: list[int] = []
+    for row, entry in enumerate(entries):
+        values = frontend_inputs(spec, entry, row, sample_ids, error)
+        try:
+            expected = sum(num_output_tokens(frontend.design, v.shape) for v in values)
+        except ValueError as err:
+            raise error(f"{row_name(row, sample_ids)}: {spec.name}: {err}") from None
+        if counts[row] != expected:
+            raise error(
+                f"{row_name(row, sample_ids)}: the text holds {counts[row]} {spec.patch_token} tokens but the "
+                f"{spec.name} design makes {expected} tokens of features {[tuple(v.shape) for v in values]}; expand "
+                f"each {spec.placeholder} with num_output_tokens(design, feature shape) patch tokens "
+                "(llavidal.model.modality.expand_placeholders does)"
+            )
+        spans.extend(values)
+        span_rows.extend([row] * len(values))
+    if not spans:
+        return None
+    context = question().select(span_rows)
+    return torch.cat(frontend(spans, context), dim=0)
+
+
+@contextmanager
+def video_conditioning_context(model: Any, features: Mapping[str, Any] | None, batch: int) -> Iterator[None]:
+    """Set the model's video conditioning context (``model.conditioning``, from ``model.conditioning_settings``)
+    to the features of its modality for the span of an LLM call; a no-op for a model without conditioning."""
+    conditioning = getattr(model, "conditioning", None)
+    settings = getattr(model, "conditioning_settings", None)
+    if conditioning is None or not settings:
+        yield
+        return
+    parameter = next(conditioning.parameters(), None)
+    inputs = conditioning_inputs(settings, (features or {}).get(settings["modality"]), batch,
+                                 device=None if parameter is None else parameter.device,
+                                 dtype=None if parameter is None else parameter.dtype)
+    if inputs is None:
+        conditioning.clear_context()
+        yield
+        return
+    conditioning.set_context(*inputs)
+    try:
+        yield
+    finally:
+        conditioning.clear_context()
 
 
 class ModalityInfo:
@@ -233,6 +349,8 @@ class ModalityInfo:
         self.patch_token = str(data.get("patch_token", ""))
         self.feature_dim = int(data["feature_dim"])
         self.projector_type = str(data.get("projector_type", "linear"))
+        self.num_tokens = int(data.get("num_tokens") or 0)
+        self.design = normalize_design(data.get("design"), self.num_tokens, self.projector_type)
 
     def __repr__(self) -> str:
         return f"ModalityInfo({self.name!r}, feature_dim={self.feature_dim}, projector={self.projector_type})"
@@ -274,9 +392,18 @@ class LlavidalForCausalLM(PreTrainedModel, GenerationMixin):
         self._no_split_modules = list(getattr(self.llm, "_no_split_modules", None) or [])
         self.modality_specs = [ModalityInfo(m) for m in config.modalities]
         hidden = int(config.text_config.hidden_size)
-        self.projectors = nn.ModuleDict(
-            {s.name: build_projector(s.projector_type, s.feature_dim, hidden) for s in self.modality_specs}
-        )
+        self.projectors = nn.ModuleDict({
+            s.name: build_modality_projector(s.projector_type, s.feature_dim, hidden, s.design, s.num_tokens)
+            for s in self.modality_specs
+        })
+        self.conditioning_settings = normalize_conditioning(getattr(config, "video_conditioning", None))
+        if self.conditioning_settings is not None:
+            source = {s.name: s for s in self.modality_specs}.get(self.conditioning_settings["modality"])
+            if source is None:
+                raise ValueError(f"video_conditioning reads modality {self.conditioning_settings['modality']!r}, "
+                                 f"which this model lacks ({self.modalities})")
+            self.conditioning = build_conditioning(self.conditioning_settings, config.text_config, source.feature_dim)
+            self.conditioning.attach(self.llm)
         self.token_embeddings = nn.ParameterDict(
             {s.name: nn.Parameter(torch.zeros(len(TOKEN_ROLES), hidden)) for s in self.modality_specs}
         )
@@ -336,8 +463,12 @@ class LlavidalForCausalLM(PreTrainedModel, GenerationMixin):
         input_ids: Tensor,
         modality_features: ModalityFeatures | None = None,
         sample_ids: Sequence[Any] | None = None,
+        labels: Tensor | None = None,
+        attention_mask: Tensor | None = None,
     ) -> tuple[Tensor, set[str]]:
-        """(inputs_embeds (B, T, H) with the projected features in the patch positions, modalities used)."""
+        """(inputs_embeds (B, T, H) with the projected features in the patch positions, modalities used).
+
+        ``labels`` / ``attention_mask`` only shape the question context given to video frontends."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq); got shape {tuple(input_ids.shape)}")
         sorted_ids, permutation = self._tables(input_ids.device)
@@ -347,7 +478,7 @@ class LlavidalForCausalLM(PreTrainedModel, GenerationMixin):
         )
         return splice_features(
             embeds, input_ids, self.modality_specs, self.config.token_ids, self.projectors, modality_features,
-            sample_ids,
+            sample_ids, labels=labels, attention_mask=attention_mask,
         )
 
     # -------------------------------------------------------------- forward / generate
@@ -375,10 +506,11 @@ class LlavidalForCausalLM(PreTrainedModel, GenerationMixin):
                     *self._tables(input_ids.device),
                 )
             else:
-                inputs_embeds, _ = self.embed_inputs(input_ids, features, sample_ids)
-        outputs = self.llm(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
-        )
+                inputs_embeds, _ = self.embed_inputs(input_ids, features, sample_ids, labels, attention_mask)
+        with video_conditioning_context(self, features, inputs_embeds.shape[0]):
+            outputs = self.llm(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            )
         loss = None
         if labels is not None:
             loss = causal_lm_loss(outputs.logits, labels, num_items_in_batch)
@@ -425,10 +557,11 @@ def generate_spliced(model: Any, input_ids: Tensor, attention_mask: Tensor | Non
         attention_mask = torch.ones_like(input_ids)
     if input_ids.shape[0] > 1 and not bool(attention_mask[:, -1].all()):
         raise ValueError("generate() needs LEFT padding (tokenizer.padding_side = 'left'): some rows end in padding")
-    inputs_embeds, _ = model.embed_inputs(input_ids, features, sample_ids)
+    inputs_embeds, _ = model.embed_inputs(input_ids, features, sample_ids, attention_mask=attention_mask)
     if "suppress_tokens" not in generate_kwargs and "generation_config" not in generate_kwargs:
         generate_kwargs["suppress_tokens"] = model.modality_token_ids()
-    return model.llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
+    with video_conditioning_context(model, features, input_ids.shape[0]):
+        return model.llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
 
 
 __all__ = [
@@ -438,6 +571,8 @@ __all__ = [
     "causal_lm_loss",
     "compose_token_embeddings",
     "flatten_features",
+    "frontend_inputs",
     "new_token_tables",
     "splice_features",
+    "video_conditioning_context",
 ]

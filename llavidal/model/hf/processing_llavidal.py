@@ -177,7 +177,7 @@ class LlavidalProcessor:
         from llavidal.data.templates import render_generation_prompt
         from llavidal.model.modality import expand_placeholders
 
-        rows = {name: int(np.prod(f.shape[:-1])) for name, f in features.items()}
+        rows = {name: tuple(f.shape) for name, f in features.items()}  # a video design counts tokens from the shape
         placeholders = "".join(spec.placeholder for spec in self.registry if spec.name in features)
 
         def with_spans(text: str) -> str:
@@ -230,7 +230,8 @@ class LlavidalProcessor:
                     if name not in self.registry:
                         raise ValueError(f"modality {name!r} is not one of this model's {self.registry.names()}")
                     row[name] = self._read(value)
-            row = {name: np.asarray(f, dtype=np.float32).reshape(-1, f.shape[-1]) for name, f in row.items()}
+            row = {name: np.asarray(f, dtype=np.float32) if self.registry[name].design
+                   else np.asarray(f, dtype=np.float32).reshape(-1, f.shape[-1]) for name, f in row.items()}
             prompts.append(self.prompt(question, row, history or (), render=render))
             per_row.append(row)
         add_special = not (render and self.template == "chat")
