@@ -45,13 +45,23 @@ def test_quickstart_small_tiny_runs_every_step_then_skips_them(tmp_path):
     for name in ("report.md", "report.json", "loss_curve.png", "accuracy_by_modality.png"):
         assert (report_dir / name).is_file(), f"missing {name}"
     report = json.loads((report_dir / "report.json").read_text())
-    mcq = report["results"]["mcq"]
-    assert set(mcq) == {"recognition", "forecasting"}
-    for task, by_set in mcq.items():
-        assert set(by_set) == {"video", "pose", "video+pose", "all"}, task
-        for set_name, entry in by_set.items():
-            assert isinstance(entry["accuracy"], float) and 0.0 <= entry["accuracy"] <= 1.0, (task, set_name, entry)
-            assert entry["n"] > 0
+    scorings = report["results"]["mcq"]
+    assert set(scorings) == {"loglik", "generate"}
+    for scoring, mcq in scorings.items():
+        assert set(mcq) == {"recognition", "forecasting", "attributes"}, scoring
+        for task, by_set in mcq.items():
+            assert set(by_set) == {"video", "pose", "object", "video+pose", "all"}, task
+            for set_name, entry in by_set.items():
+                assert isinstance(entry["accuracy"], float) and 0.0 <= entry["accuracy"] <= 1.0, (task, set_name, entry)
+                assert entry["n"] > 0
+        assert set(mcq["attributes"]["all"]["subsets"]) == {"hand", "object", "colour"}
+        assert "object_dependent" in mcq["forecasting"]["all"]["subsets"]
+    # log-likelihood scoring answers every record of every modality set: no parser, nothing missing
+    for by_set in scorings["loglik"].values():
+        assert len({entry["n"] for entry in by_set.values()}) == 1
+        assert all(entry["missing"] == 0 for entry in by_set.values())
+    markdown = (report_dir / "report.md").read_text()
+    assert "log-likelihood" in markdown and "which hand" in markdown and "object-dependent" in markdown
     descriptions = report["results"]["descriptions"]
     assert descriptions is not None and descriptions["n"] > 0
     assert report["training"]["global_steps"] == 4

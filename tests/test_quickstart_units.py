@@ -151,18 +151,24 @@ def test_evaluation_runs_the_eval_cli_per_task_and_modality_set(tmp_path):
     qs = Quickstart(paths=Paths(tmp_path), recipe=RECIPES["ci"], preset="small", llm="tiny", seed=0, workers=1)
     commands = [c.argv[3:] for c in evaluation_commands(qs)]  # after "python -m llavidal"
     words = [" ".join(argv[:2]) if argv[1] != "judge" else "eval judge " + argv[2] for argv in commands]
-    assert words == ["eval infer", "eval mcq"] * 4 + ["eval infer", "eval judge descriptions", "eval report"]
+    sets = ("video", "pose", "object", "video+pose", "all")
+    # every modality set twice (log-likelihood, then generation), then the descriptions and the report
+    assert words == ["eval infer", "eval mcq"] * 2 * len(sets) + ["eval infer", "eval judge descriptions", "eval report"]
     infers = {Path(a[a.index("--output") + 1]).name: a for a in commands if a[1] == "infer"}
-    assert set(infers) == {f"recognition__{s}.jsonl" for s in ("video", "pose", "video+pose", "all")} | {
-        "descriptions__all.jsonl"}
+    assert set(infers) == ({f"recognition__{s}.jsonl" for s in sets} | {f"recognition__{s}__loglik.jsonl" for s in sets}
+                           | {"descriptions__all.jsonl"})
     pose_only = infers["recognition__pose.jsonl"]
     assert "--video_folder" not in pose_only and "--allow_text_only" in pose_only and "--pose_folder" in pose_only
     assert pose_only[pose_only.index("--limit") + 1] == str(RECIPES["ci"].ablation_limit)
     assert "--limit" not in infers["recognition__all.jsonl"]  # the full test set for all modalities
+    assert "--mcq_scoring" not in pose_only
+    for name in (f"recognition__{s}__loglik.jsonl" for s in sets):  # every record, each option's log-likelihood
+        argv = infers[name]
+        assert argv[argv.index("--mcq_scoring") + 1] == "loglik_norm" and "--limit" not in argv
     judge = next(a for a in commands if a[1] == "judge")
     assert judge[judge.index("--judge") + 1] == "local"
     report = commands[-1]
-    assert len(report[report.index("--results") + 1:report.index("--output_dir")]) == 5
+    assert len(report[report.index("--results") + 1:report.index("--output_dir")]) == 2 * len(sets) + 1
 
 
 def test_command_line_flags(tmp_path, capsys):

@@ -71,8 +71,15 @@ def print_summary(qs, results, seconds: float) -> None:
         print(f"  {result.title:<78} {result.status:>8} {result.seconds:8.1f} s")
     print(f"  {'total':<78} {'':>8} {seconds:8.1f} s")
     report = read_json(qs.paths.report / "report.json")
-    for task, by_set in (report["results"].get("mcq") or {}).items():
-        print(f"  {task}: " + ", ".join(f"{s} {by_set[s]['accuracy']:.3f}" for s in by_set))
+    from llavidal.eval.mcq import wilson_interval
+
+    for scoring, by_task in (report["results"].get("mcq") or {}).items():
+        for task, by_set in by_task.items():
+            cells = []
+            for set_name, entry in by_set.items():
+                low, high = wilson_interval(entry["correct"], entry["n"]) or (0.0, 0.0)
+                cells.append(f"{set_name} {entry['accuracy']:.3f} (n={entry['n']}; {low:.2f}-{high:.2f})")
+            print(f"  {task} [{scoring}]: " + ", ".join(cells))
     print(f"\nReport: {qs.paths.report / 'report.md'}")
     print(f"Every step's commands: {qs.paths.out / 'commands.sh'}")
     print("Chat with the result:\n  " + demo_command(qs.paths, qs.base_model))

@@ -11,13 +11,16 @@ PROTOCOL = "cross_subject"
 MODALITY_SETS: dict[str, tuple[str, ...]] = {
     "video": ("video",),
     "pose": ("pose",),
+    "object": ("object",),
     "video+pose": ("video", "pose"),
     "all": ("video", "pose", "object"),
 }
 """The evaluation's modality sets: one trained model, the other modalities' features withheld at inference."""
 PLACEHOLDERS = {"video": "<video>", "pose": "<human_pose>", "object": "<object>"}
-MCQ_BENCHMARKS = {"recognition": "adlmcq_action_recognition", "forecasting": "adlmcq_forecasting"}
-MCQ_FILES = {"recognition": "mcq_action_recognition.json", "forecasting": "mcq_forecasting.json"}
+MCQ_BENCHMARKS = {"recognition": "adlmcq_action_recognition", "forecasting": "adlmcq_forecasting",
+                  "attributes": "adlmcq_attributes"}
+MCQ_FILES = {"recognition": "mcq_action_recognition.json", "forecasting": "mcq_forecasting.json",
+             "attributes": "mcq_attributes.json"}
 DESCRIPTION_BENCHMARK = "adl_descriptions"
 
 
@@ -47,14 +50,24 @@ class Paths:
     def folders(self) -> dict[str, Path]:
         return {"video": self.video, "pose": self.pose, "object": self.object}
 
-    def predictions(self, task: str, set_name: str) -> Path:
-        """``llavidal eval infer``'s output for one task and modality set (``descriptions``/``all`` too)."""
-        return self.eval / f"{task}__{set_name}.jsonl"
+    def predictions(self, task: str, set_name: str, scoring: str = "generate") -> Path:
+        """``llavidal eval infer``'s output for one task, modality set and MCQ scoring (``generate``: free
+        text parsed; ``loglik``: each option's log-likelihood)."""
+        return self.eval / f"{task}__{set_name}{_scoring_suffix(scoring)}.jsonl"
 
-    def scored(self, task: str, set_name: str) -> Path:
+    def scored(self, task: str, set_name: str, scoring: str = "generate") -> Path:
         """The ``report.json`` that ``llavidal eval mcq`` / ``eval judge`` writes for those predictions
         (read with :func:`llavidal.eval.report.load_results`)."""
-        return self.eval / f"{task}__{set_name}" / "report.json"
+        return self.eval / f"{task}__{set_name}{_scoring_suffix(scoring)}" / "report.json"
+
+
+SCORINGS = ("loglik", "generate")
+"""How MCQs are answered in the evaluation: by each option's log-likelihood (``llavidal eval infer
+--mcq_scoring loglik_norm``: no parser, no refusal, every record), and by free generation then the parser."""
+
+
+def _scoring_suffix(scoring: str) -> str:
+    return "" if scoring == "generate" else f"__{scoring}"
 
 
 def read_json(path: Path) -> Any:

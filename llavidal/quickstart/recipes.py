@@ -28,6 +28,12 @@ class Recipe:
     train_config: str
     """A train_mem.py YAML config under configs/ (its flags; ``train_overrides`` win)."""
     train_overrides: dict = field(default_factory=dict)
+    video_encoder: str = "efficientnet-lite0@160"
+    """Vision encoder of the video frames: ImageNet-pretrained EfficientNet-Lite0 (from PyPI) on 160 px
+    frames (a 5x5 feature map per frame, half the compute of its native 224 px), or ``embedded`` (a random
+    CLIP-architecture encoder), a CLIP folder, ``open_clip:...`` (see ``llavidal extract video --help``)."""
+    object_encoder: str = "efficientnet-lite0@96"
+    """Vision encoder of the object crops (the same backbone; crops are small, so 96 px)."""
     video_frames: int = 8
     """Frames sampled per video (upstream: 100)."""
     video_temporal_tokens: int = 4
@@ -73,7 +79,7 @@ class Recipe:
     reduced_modality_copies: bool = True
     """Add, per train MCQ, a copy that shows a random reduced modality set (video / pose / video+pose), so
     that the same model answers when features are withheld at inference (the ablation)."""
-    record_turns: tuple[str, ...] = ("recognition", "description", "last")
+    record_turns: tuple[str, ...] = ("recognition", "description", "last", "hand", "object")
     """Which kinds of question of the world's training records are kept (besides the MCQ turn), by the
     ``type`` the world writes on each question: recognition, description (the world's ``detail``), object,
     hand, count, first, next, last, forecast. "last" ("Which activity does the person finish with?") trains
@@ -81,6 +87,10 @@ class Recipe:
     description_fraction: float = 0.25
     """Share of the clips whose detailed description is trained on (descriptions are the longest turns;
     a quarter teaches their form and costs a fraction of the time)."""
+    mcq_scorings: tuple[str, ...] = ("loglik", "generate")
+    """How held-out MCQs are answered: ``loglik`` (each option's log-likelihood, every record of every modality
+    set) and/or ``generate`` (free text + the parser; every record with all modalities, ``ablation_limit``
+    records for the reduced sets)."""
     mcq_max_new_tokens: int = 40
     description_limit: int | None = 24
     """Held-out description records generated and judged (None: all)."""

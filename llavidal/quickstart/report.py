@@ -17,11 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from llavidal.eval.report import format_value, load_results, markdown_table
-from llavidal.quickstart.layout import MCQ_FILES, MODALITY_SETS, PROTOCOL, Paths, read_json, split_ids
+from llavidal.quickstart.layout import MCQ_FILES, MODALITY_SETS, PROTOCOL, SCORINGS, Paths, read_json, split_ids
 from llavidal.quickstart.recipes import Recipe
 from llavidal.utils.io import atomic_write_json, atomic_write_text
 
 DIGITS = 3
+ATTRIBUTES = ("hand", "object", "colour")
+COLUMNS = (("recognition", "recognition", None), ("forecasting", "forecasting", None),
+           ("forecasting, object-dependent", "forecasting", "object_dependent"),
+           ("which hand", "attributes", "hand"), ("which object", "attributes", "object"),
+           ("what colour", "attributes", "colour"))
+"""The MCQ table's columns: (title, task, subset of the task's items or None for all of them)."""
+SCORING_TITLES = {"loglik": "log-likelihood of each option (every held-out question)",
+                  "generate": "generated answer + parser"}
 
 
 def _fmt(value: Any) -> str:
@@ -29,12 +37,32 @@ def _fmt(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------- figures from the eval result files
-def _mcq_entry(paths: Paths, task: str, set_name: str) -> dict | None:
-    path = paths.scored(task, set_name)
+def _block(items: list[dict]) -> dict:
+    correct = sum(bool(item.get("correct")) for item in items)
+    return {"accuracy": correct / len(items) if items else None, "n": len(items), "correct": correct}
+
+
+def _object_dependent_ids(paths: Paths) -> set[str]:
+    """Ids of the held-out forecasting questions whose answer depends on the object held (the world marks them)."""
+    path = paths.annotations("test") / MCQ_FILES["forecasting"]
+    if not path.is_file():
+        return set()
+    return {str(r.get("id")) for r in read_json(path) if r.get("object_dependent")}
+
+
+def _mcq_entry(paths: Paths, task: str, set_name: str, scoring: str = "generate") -> dict | None:
+    path = paths.scored(task, set_name, scoring)
     if not path.is_file():
         return None
     (scored,) = load_results(path)
     items = scored.get("items") or []
+    subsets = {}
+    if task == "forecasting":
+        dependent = _object_dependent_ids(paths)
+        subsets["object_dependent"] = _block([item for item in items if str(item.get("id")) in dependent])
+    if task == "attributes":
+        for attribute in ATTRIBUTES:
+            subsets[attribute] = _block([item for item in items if item.get("task") == attribute])
     return {
         "accuracy": scored["metrics"]["accuracy"] / 100.0,
         "n": scored["metrics"]["n"],
@@ -43,7 +71,8 @@ def _mcq_entry(paths: Paths, task: str, set_name: str) -> dict | None:
         "chance": sum(1.0 / len(item["choices"]) for item in items) / max(1, len(items)),
         "per_class": {k: {"accuracy": v["accuracy"] / 100.0 if v.get("accuracy") is not None else None,
                           "n": v["n"]} for k, v in scored.get("per_class", {}).items()},
-        "predictions": str(paths.predictions(task, set_name).relative_to(paths.out)),
+        "subsets": subsets,
+        "predictions": str(paths.predictions(task, set_name, scoring).relative_to(paths.out)),
     }
 
 
@@ -64,16 +93,24 @@ def _descriptions_entry(paths: Paths) -> dict | None:
 
 
 def collect_results(paths: Paths) -> dict:
-    """The held-out figures: per ADLMCQ task and modality set (accuracy as a fraction, chance, per class), and
-    the judged descriptions, read from the eval commands' result files."""
+    """The held-out figures: per MCQ scoring (log-likelihood, generation), ADLMCQ task and modality set
+    (accuracy as a fraction, counts, chance, per class, subsets: object-dependent forecasting, each attribute),
+    and the judged descriptions, read from the eval commands' result files."""
     results: dict[str, Any] = {"protocol": PROTOCOL, "split": "test", "mcq": {}, "descriptions": None}
-    for task in MCQ_FILES:
-        for set_name in MODALITY_SETS:
-            entry = _mcq_entry(paths, task, set_name)
-            if entry is not None:
-                results["mcq"].setdefault(task, {})[set_name] = entry
+    for scoring in SCORINGS:
+        for task in MCQ_FILES:
+            for set_name in MODALITY_SETS:
+                entry = _mcq_entry(paths, task, set_name, scoring)
+                if entry is not None:
+                    results["mcq"].setdefault(scoring, {}).setdefault(task, {})[set_name] = entry
     results["descriptions"] = _descriptions_entry(paths)
     return results
+
+
+def _main_scoring(results: dict) -> dict:
+    """The figures the plots show: log-likelihood scoring when it ran, else generation."""
+    mcq = results.get("mcq") or {}
+    return mcq.get("loglik") or mcq.get("generate") or {}
 
 
 def loss_history(paths: Paths) -> list[dict]:
@@ -107,7 +144,7 @@ def plots(paths: Paths, results: dict, losses: list[dict]) -> list[str]:
         fig.savefig(paths.report / "loss_curve.png", dpi=110)
         plt.close(fig)
         written.append("loss_curve.png")
-    mcq = results.get("mcq") or {}
+    mcq = {task: by_set for task, by_set in _main_scoring(results).items() if task != "attributes"}
     if mcq:
         import numpy as np
 
@@ -220,15 +257,27 @@ def write_report(paths: Paths, recipe: Recipe, settings: dict, base_model: str) 
 
 
 def _mcq_section(results: dict) -> list[str]:
-    mcq = results.get("mcq", {})
-    rows = []
-    for set_name in MODALITY_SETS:
-        cells = [_accuracy_cell(e) if (e := by_set.get(set_name)) else "n/a" for by_set in mcq.values()]
-        rows.append([set_name, *cells])
-    chance = [f"{task} {_fmt(by_set.get('all', {}).get('chance'))}" for task, by_set in mcq.items()]
-    return ["## ADLMCQ accuracy on held-out subjects", "", "Same trained model; modalities withheld at inference.", "",
-            *markdown_table(["modality set", *(f"{task} (correct/n; 95% interval)" for task in mcq)], rows, DIGITS),
-            "", f"Chance: {', '.join(chance)}.", ""]
+    lines = ["## Multiple-choice accuracy on held-out subjects", "",
+             "Same trained model; modalities withheld at inference. Each cell: accuracy (correct/n; 95% Wilson "
+             "interval). Object-dependent forecasting: the questions whose next activity only the object in "
+             "hand allows (drink, read, phone call; the other two are always among the options).", ""]
+    for scoring, by_task in (results.get("mcq") or {}).items():
+        columns = [c for c in COLUMNS if c[1] in by_task]
+        rows = []
+        for set_name in MODALITY_SETS:
+            cells = []
+            for _, task, subset in columns:
+                entry = by_task[task].get(set_name)
+                if entry is not None and subset is not None:
+                    entry = entry.get("subsets", {}).get(subset)
+                cells.append(_accuracy_cell(entry) if entry and entry.get("n") else "n/a")
+            rows.append([set_name, *cells])
+        lines += [f"### {SCORING_TITLES.get(scoring, scoring)}", "",
+                  *markdown_table(["modality set", *(title for title, _, _ in columns)], rows, DIGITS), ""]
+    chance = [f"{task} {_fmt(by_set.get('all', {}).get('chance'))}" for task, by_set in _main_scoring(results).items()]
+    if chance:
+        lines += [f"Chance (mean 1/options): {', '.join(chance)}.", ""]
+    return lines
 
 
 def _accuracy_cell(entry: dict) -> str:
@@ -247,7 +296,7 @@ def _descriptions_section(desc: dict | None) -> list[str]:
     if not desc:
         return []
     metrics = desc.get("metrics") or {}
-    lines = ["## ADL descriptions (local MiniLM judge, 0-100)", "",
+    lines = ["## ADL descriptions (local judge: relative similarity + fact checks, 0-100)", "",
              f"{desc['n']} held-out records, all modalities; judge `{desc['judge']['judge_id']}`.", "",
              *markdown_table(list(metrics), [[v if not isinstance(v, dict) else v.get("score")
                                               for v in metrics.values()]], DIGITS), ""]

@@ -22,6 +22,7 @@ from llavidal.quickstart.layout import (
     MCQ_FILES,
     MODALITY_SETS,
     PROTOCOL,
+    SCORINGS,
     Paths,
     read_json,
 )
@@ -31,7 +32,9 @@ from llavidal.utils.io import atomic_write_json, atomic_write_text
 
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 TRAIN_MEM = Path(__file__).resolve().parents[1] / "train" / "train_mem.py"
-WORLD_FORMAT = "typed questions"
+LOGLIK_MODE = "loglik_norm"
+"""``llavidal eval infer --mcq_scoring`` mode of the log-likelihood evaluation (per-token normalised)."""
+WORLD_FORMAT = "typed questions; every forecasting prefix; attribute MCQs"
 """Part of the world step's settings: worlds written before records' questions had a ``type`` are remade."""
 
 
@@ -141,11 +144,13 @@ def llm_step(qs: Quickstart) -> Step:
 def video_step(qs: Quickstart) -> Step:
     paths, recipe = qs.paths, qs.recipe
     return Step(
-        "video", "Extract video features (embedded CLIP-architecture encoder)",
+        "video", f"Extract video features ({recipe.video_encoder})",
         lambda: features_complete(paths.video, "*.safetensors", _clips(qs)),
-        {"frames": recipe.video_frames, "temporal": recipe.video_temporal_tokens, "grid": recipe.video_spatial_grid},
+        {"frames": recipe.video_frames, "temporal": recipe.video_temporal_tokens, "grid": recipe.video_spatial_grid,
+         "encoder": recipe.video_encoder},
         commands=lambda: [Command(cli(
             "extract", "video", "--video_dir_path", str(paths.world / "videos"), "--clip_feat_path", str(paths.video),
+            "--encoder", recipe.video_encoder,
             "--num_frames", str(recipe.video_frames), "--temporal_tokens", str(recipe.video_temporal_tokens),
             "--spatial_grid", str(recipe.video_spatial_grid), "--workers", str(max(0, min(qs.workers, 2) - 1)),
             "--no_progress"), SINGLE_THREAD)],
@@ -191,12 +196,13 @@ def pose_step(qs: Quickstart, pretrain: Step) -> Step:
 
 
 def object_step(qs: Quickstart) -> Step:
-    paths = qs.paths
+    paths, recipe = qs.paths, qs.recipe
     return Step(
-        "object", "Extract object features (ground-truth tracks)",
-        lambda: features_complete(paths.object, "*_object.safetensors", 1), {},
+        "object", f"Extract object features (ground-truth tracks, {recipe.object_encoder})",
+        lambda: features_complete(paths.object, "*_object.safetensors", 1), {"encoder": recipe.object_encoder},
         commands=lambda: [Command(cli(
             "extract", "object", "--video_dir", str(paths.world / "videos"), "--tracks_dir", str(paths.world / "tracks"),
+            "--encoder", recipe.object_encoder,
             "--out", str(paths.object), "--device", "cpu", "--no_progress"), SINGLE_THREAD)],
     )
 
@@ -276,14 +282,15 @@ def train_step(qs: Quickstart, align: Step | None) -> Step:
 
 
 # --------------------------------------------------------------------------- evaluation and report
-def evaluation_plan(qs: Quickstart) -> list[tuple[str, str]]:
-    """(task, modality set) pairs evaluated: each ADLMCQ task the world's test split has, under every modality
-    set, then the descriptions (all modalities) when the split has them."""
+def evaluation_plan(qs: Quickstart) -> list[tuple[str, str, str]]:
+    """(task, modality set, scoring) triples evaluated: each ADLMCQ task the world's test split has, under every
+    modality set, scored by log-likelihood (every record) and by generation + parser (every record for all
+    modalities, ``recipe.ablation_limit`` for the reduced sets); then the descriptions (all modalities)."""
     test_dir = qs.paths.annotations("test")
-    plan = [(task, set_name) for task, name in MCQ_FILES.items() if (test_dir / name).is_file()
-            for set_name in MODALITY_SETS]
+    plan = [(task, set_name, scoring) for scoring in SCORINGS if scoring in qs.recipe.mcq_scorings
+            for task, name in MCQ_FILES.items() if (test_dir / name).is_file() for set_name in MODALITY_SETS]
     if (test_dir / "descriptions.json").is_file():
-        plan.append(("descriptions", "all"))
+        plan.append(("descriptions", "all", "generate"))
     return plan
 
 
@@ -297,20 +304,22 @@ def evaluation_commands(qs: Quickstart) -> list[Command]:
         if not (test_dir / name).is_file():
             print(f"  no {name} in the world: {task} not evaluated")
     commands, results = [], []
-    for task, set_name in evaluation_plan(qs):
+    for task, set_name, scoring in evaluation_plan(qs):
         modalities = MODALITY_SETS[set_name]
-        predictions, scored = paths.predictions(task, set_name), paths.scored(task, set_name)
+        predictions, scored = paths.predictions(task, set_name, scoring), paths.scored(task, set_name, scoring)
         if task == "descriptions":
             benchmark, records, limit = DESCRIPTION_BENCHMARK, test_dir / "descriptions.json", recipe.description_limit
             max_new_tokens = recipe.description_max_new_tokens
         else:
             benchmark, records = MCQ_BENCHMARKS[task], test_dir / MCQ_FILES[task]
-            limit = None if set_name == "all" else recipe.ablation_limit
+            limit = None if set_name == "all" or scoring != "generate" else recipe.ablation_limit
             max_new_tokens = recipe.mcq_max_new_tokens
         infer = ["eval", "infer", "--benchmark", benchmark, "--records", str(records), "--weights", str(paths.train),
                  "--output", str(predictions), "--batch_size", str(recipe.eval_batch_size),
                  "--max_new_tokens", str(max_new_tokens), "--optional_modalities", "object",
                  "--device", "cpu", "--dtype", "float32"]
+        if scoring != "generate":
+            infer += ["--mcq_scoring", LOGLIK_MODE]
         for modality in modalities:
             infer += [f"--{modality}_folder", str(paths.folders()[modality])]
         if limit is not None:
@@ -337,7 +346,7 @@ def evaluate_step(qs: Quickstart, train: Step) -> Step:
     return Step(
         "evaluate", "Evaluate on held-out subjects (ADLMCQ x modality sets, descriptions)",
         lambda: (paths.eval / "report" / "report.json").is_file()
-        and all(paths.scored(task, set_name).is_file() for task, set_name in evaluation_plan(qs)),
+        and all(paths.scored(*entry).is_file() for entry in evaluation_plan(qs)),
         {"train": train.settings}, commands=lambda: evaluation_commands(qs),
     )
 
