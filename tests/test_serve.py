@@ -202,11 +202,11 @@ def test_concurrent_clients_get_their_own_answers_in_one_batch(served, world):
 def test_bad_input_gets_openai_errors(served, world, tmp_path):
     _, _, base_url = served
     client = client_for(base_url)
-    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}},
+    audio = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
                                           {"type": "text", "text": "?"}]}]
     with pytest.raises(openai.BadRequestError) as caught:
-        ask(client, image)
-    assert caught.value.code == "unsupported_content_type" and "'image_url'" in caught.value.message
+        ask(client, audio)
+    assert caught.value.code == "unsupported_content_type" and "'input_audio'" in caught.value.message
     assert caught.value.body["param"] == "messages[0].content[0].type"
 
     with pytest.raises(openai.BadRequestError) as caught:

@@ -4,7 +4,9 @@ The weights record how training's features were made (the feature manifests' rec
 extractor is rebuilt from its recipe (:func:`llavidal.features.extractor.extractor_from_manifest`),
 checked once against the weights' projectors, and run on each uploaded video. A video from a world folder
 (an example) brings its own skeleton and object-tracks files; other videos use MediaPipe and a detector
-when available.
+when available. An image (jpg, png, webp) is answered as a 1-frame video: the video extractor encodes and pools
+it exactly as ``llavidal extract video`` does a folder of images (:mod:`llavidal.features.images`); the other
+modalities are not used for it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from llavidal.demo.video_io import VideoInfo, VideoLimits, probe_video
+from llavidal.demo.video_io import ImageInfo, VideoInfo, VideoLimits, probe_image, probe_video
 
 if TYPE_CHECKING:
     from llavidal.model.modality import ModalityRegistry
@@ -44,7 +46,8 @@ class ModalityOutcome:
 
 @dataclass
 class DemoFeatures:
-    video: VideoInfo
+    video: VideoInfo | ImageInfo
+    """What the upload is (an image: :class:`ImageInfo`)."""
     features: dict[str, np.ndarray]
     """modality name -> features for the inference engine (only modalities that were found)."""
     outcomes: dict[str, ModalityOutcome] = field(default_factory=dict)
@@ -148,6 +151,10 @@ class DemoFeaturePipeline:
 
         progress = progress or (lambda fraction, step: logger.info("%3.0f%% %s", fraction * 100, step))
         path = Path(video_path)
+        from llavidal.features.images import is_image
+
+        if is_image(path):
+            return self.extract_image(path, progress)
         progress(0.02, "Checking the video")
         info = probe_video(path, self.limits)
         clip = self.examples.clip(path, info.num_frames)
@@ -164,5 +171,36 @@ class DemoFeaturePipeline:
             result.outcomes[name] = ModalityOutcome(extracted.features is not None, extracted.detail)
             if extracted.artifacts.get("skeleton") is not None and extracted.features is not None:
                 result.skeleton_image = draw_skeleton_frame(path, extracted.artifacts["skeleton"])
+        progress(1.0, "Done")
+        return result
+
+    def extract_image(self, image_path: str | os.PathLike, progress: Progress | None = None) -> DemoFeatures:
+        """An image as a 1-frame video: video features only (the other modalities are not used for it)."""
+        from llavidal.features.images import ImageDecodeError, image_features
+
+        progress = progress or (lambda fraction, step: logger.info("%3.0f%% %s", fraction * 100, step))
+        path = Path(image_path)
+        progress(0.02, "Checking the image")
+        info = probe_image(path, self.limits)
+        result = DemoFeatures(video=info, features={})
+        for name, extractor in self.extractors.items():
+            if name != "video":
+                result.outcomes[name] = ModalityOutcome(False, f"an image has no {name} track (images use video only)")
+                continue
+            if getattr(extractor, "per_layer", False):
+                raise ExtractionError(f"{path.name}: these weights read per-layer video features, which images do not "
+                                      "have; upload a video")
+            progress(0.3, "Video: extracting features of the image (1 frame)")
+            try:
+                features = image_features(extractor, path)
+            except ImageDecodeError as err:
+                raise ExtractionError(f"{path.name}: the image could not be decoded ({err}).") from None
+            result.features[name] = features
+            shape = " x ".join(str(s) for s in features.shape[:-1])
+            result.outcomes[name] = ModalityOutcome(
+                True, f"{shape} tokens x {features.shape[-1]}-d from {extractor.encoder.model_id} (an image: 1 frame)")
+        if "video" not in self.extractors:
+            raise ExtractionError(f"{path.name}: these weights have no video projector, through which images are "
+                                  "answered; upload a video")
         progress(1.0, "Done")
         return result

@@ -61,6 +61,39 @@ class VideoInfo:
         )
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """An uploaded image (answered as a 1-frame video)."""
+
+    path: Path
+    width: int
+    height: int
+
+    def describe(self) -> str:
+        return f"{self.path.name}: an image, {self.width}x{self.height} (used as a 1-frame video)"
+
+
+def probe_image(path: str | os.PathLike, limits: VideoLimits | None = None) -> ImageInfo:
+    """Open ``path`` as an image, check its size against ``limits`` and return its facts (or :class:`VideoRejected`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    limits = limits or VideoLimits()
+    path = Path(path)
+    if not path.is_file():
+        raise VideoRejected(f"{path.name}: the file is missing (the upload may have expired); upload it again.")
+    size = path.stat().st_size
+    if size > limits.max_upload_bytes:
+        raise VideoRejected(f"{path.name} is {size / 2**20:.1f} MB, larger than the limit. {_limit_text(limits)} "
+                            "Upload a smaller image.")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageInfo(path=path, width=int(image.width), height=int(image.height))
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise VideoRejected(f"{path.name} could not be read as an image ({type(err).__name__}). "
+                            "Upload a JPEG, PNG or WebP image, or a video.") from None
+
+
 def _limit_text(limits: VideoLimits) -> str:
     return f"The demo accepts videos up to {limits.max_upload_mb:g} MB and {limits.max_duration_s:g} s."
 

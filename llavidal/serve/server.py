@@ -24,12 +24,15 @@ Message content is a string or a list of parts:
   recipes the weights record (:class:`llavidal.demo.features.DemoFeaturePipeline`); a video inside a world
   folder (``WORLD/videos/x.mp4``), or a copy of a clip of an ``--examples`` world sent by any path or as a data
   URL, brings its ``skeletons/`` and ``tracks/`` files;
+- ``{"type": "image_url", "image_url": {"url": ...}}`` (OpenAI's image part) with a ``data:image/png;base64,...``
+  (jpeg, png, webp) URL, a ``file://`` URL or a local path: the image is answered as a 1-frame video (the video
+  extractor encodes and pools it as ``llavidal extract video`` does a folder of images; other modalities unused);
 - ``{"type": "video_features", "video_features": {"video": "x.safetensors", "pose": ..., "object": ...}}``:
   precomputed feature files (``.safetensors``, ``.npy`` or upstream ``.pkl``), one per modality, as written
   by ``llavidal extract``; when the file's folder has a ``manifest.json`` it must match the recipe the
   weights record.
 
-At most one video (or feature reference) per conversation; as in training records its features go with
+At most one video, image or feature reference per conversation; as in training records its features go with
 the first user turn. Earlier user/assistant messages are the history; system messages are prepended to
 the first question (the weights' own template supplies the system prompt). ``temperature``, ``top_p``,
 ``max_tokens`` (or ``max_completion_tokens``), ``stop``, ``stream`` and ``stream_options.include_usage`` are
@@ -86,6 +89,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 VIDEO_SUFFIXES = {"video/mp4": ".mp4", "video/webm": ".webm", "video/quicktime": ".mov", "video/x-matroska": ".mkv",
                   "video/x-msvideo": ".avi", "video/mpeg": ".mpg", "application/octet-stream": ".mp4"}
+IMAGE_SUFFIXES = {"image/jpeg": ".jpg", "image/jpg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
 JSON_SLACK_BYTES = 1 << 20
 """Request bodies may exceed the upload limit (base64 grows it by 4/3) by this much for the rest of the JSON."""
 FEATURE_CACHE_SIZE = 16
@@ -212,6 +216,8 @@ class VideoSource:
     param: str
     url: str | None = None
     feature_files: dict[str, str] | None = None
+    kind: str = "video_url"
+    """The part's type: ``video_url``, ``image_url`` (an image, answered as a 1-frame video) or ``video_features``."""
 
 
 @dataclass
@@ -248,16 +254,17 @@ def _content_text(content: Any, index: int, role: str) -> tuple[str, list[VideoS
             if not isinstance(part.get("text"), str):
                 raise bad_request(f"{param}.text must be a string", f"{param}.text")
             texts.append(part["text"])
-        elif kind in ("video_url", "video_features"):
+        elif kind in ("video_url", "image_url", "video_features"):
             if role != "user":
                 raise bad_request(f"{param}: a {kind} part may only be sent in a user message, not {role!r}", param)
             value = part.get(kind)
-            if kind == "video_url":
+            if kind in ("video_url", "image_url"):
                 url = value.get("url") if isinstance(value, dict) else value
+                example = "data:video/mp4;base64,..." if kind == "video_url" else "data:image/png;base64,..."
                 if not isinstance(url, str) or not url:
-                    raise bad_request(f"{param}.video_url.url must be a non-empty string (a path, file:// or "
-                                      "data:video/mp4;base64,... URL)", f"{param}.video_url")
-                videos.append(VideoSource(param, url=url))
+                    raise bad_request(f"{param}.{kind}.url must be a non-empty string (a path, file:// or "
+                                      f"{example} URL)", f"{param}.{kind}")
+                videos.append(VideoSource(param, url=url, kind=kind))
             else:
                 if not isinstance(value, dict) or not value or not all(
                         isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()):
@@ -267,8 +274,8 @@ def _content_text(content: Any, index: int, role: str) -> tuple[str, list[VideoS
                 videos.append(VideoSource(param, feature_files=dict(value)))
         else:
             raise bad_request(
-                f"{param}: unsupported content part type {kind!r}; this server accepts 'text', 'video_url' and "
-                "'video_features'", f"{param}.type", "unsupported_content_type")
+                f"{param}: unsupported content part type {kind!r}; this server accepts 'text', 'video_url', "
+                "'image_url' and 'video_features'", f"{param}.type", "unsupported_content_type")
     return "\n".join(t for t in texts if t), videos
 
 
@@ -376,7 +383,11 @@ class FeatureService:
         if source.url.startswith("data:"):
             with tempfile.TemporaryDirectory(prefix="llavidal-serve-") as folder:
                 return self._extract(self._write_data_url(source, Path(folder)), source, local=False)
-        return self._extract(self._local_path(source.url, source.param + ".video_url"), source, local=True)
+        path = self._local_path(source.url, f"{source.param}.{source.kind}")
+        if source.kind == "image_url" and path.suffix.lower() not in set(IMAGE_SUFFIXES.values()) | {".jpeg"}:
+            raise bad_request(f"{source.param}.image_url: {path.name} is not a jpg, png or webp image",
+                              f"{source.param}.image_url", "unsupported_media_type")
+        return self._extract(path, source, local=True)
 
     def _local_path(self, url: str, param: str) -> Path:
         scheme = urllib.parse.urlsplit(url).scheme.lower()
@@ -412,13 +423,18 @@ class FeatureService:
         return path
 
     def _write_data_url(self, source: VideoSource, folder: Path) -> Path:
-        param = source.param + ".video_url"
+        param = f"{source.param}.{source.kind}"
         url = source.url or ""
+        image = source.kind == "image_url"
+        example = "data:image/png;base64" if image else "data:video/mp4;base64"
         match = DATA_URL.match(url)
         if not match or not match.group("b64"):
-            raise bad_request(f"{param}: a data URL must look like data:video/mp4;base64,<base64 bytes>", param)
+            raise bad_request(f"{param}: a data URL must look like {example},<base64 bytes>", param)
         mime = (match.group("mime") or "application/octet-stream").lower()
-        if not (mime.startswith("video/") or mime == "application/octet-stream"):
+        if image and mime not in IMAGE_SUFFIXES:
+            raise bad_request(f"{param}: the data URL holds {mime!r}, not a jpeg, png or webp image (send "
+                              f"{example},...)", param, "unsupported_media_type")
+        if not image and not (mime.startswith("video/") or mime == "application/octet-stream"):
             raise bad_request(f"{param}: the data URL holds {mime!r}, not a video (send data:video/mp4;base64,...)",
                               param, "unsupported_media_type")
         payload = url[match.end():]
@@ -430,7 +446,7 @@ class FeatureService:
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             raise bad_request(f"{param}: the data URL's payload is not valid base64", param) from None
-        path = folder / ("upload" + VIDEO_SUFFIXES.get(mime, ".mp4"))
+        path = folder / ("upload" + (IMAGE_SUFFIXES[mime] if image else VIDEO_SUFFIXES.get(mime, ".mp4")))
         path.write_bytes(data)
         return path
 
@@ -439,7 +455,7 @@ class FeatureService:
         from llavidal.demo.features import DemoFeaturePipeline, ExampleIndex, ExtractionError
         from llavidal.demo.video_io import VideoRejected
 
-        param = source.param + ".video_url"
+        param = f"{source.param}.{source.kind}"
         if self.pipeline is None:
             raise bad_request(f"{param}: this server has no feature extractors; send a video_features part",
                               param)

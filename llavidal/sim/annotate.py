@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from llavidal.sim.activities import ACTIVITIES, BY_NAME, MOCAP, PROCEDURAL, TRANSITIONS, confusable_with
+from llavidal.sim.images import write_image_records
 from llavidal.sim.plan import _State, _apply, feasible, parse_clip_id
 from llavidal.sim.props import COLOURS, HAND_OBJECTS
 from llavidal.utils.io import atomic_write_json
@@ -453,6 +454,7 @@ def write_annotations(root: Path, metas: list[dict], seed: int) -> dict:
             atomic_write_json(out / "qa_generic.json", generic)
             atomic_write_json(out / "qa_temporal.json", temporal)
             atomic_write_json(out / "qa_consistency.json", consistency)
+            write_image_records(root, out, group, seed)  # images/*.jpg + image_records.json (llavidal.sim.images)
             counts[protocol][split] = {"clips": len(group), "records": len(group),
                                        "mcq_action_recognition": len(singles), "mcq_forecasting": len(forecasts),
                                        "mcq_attributes": len(attributes)}

@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model_args, data_args, args = parse_args(argv, (ModelArguments, DataArguments, AlignArguments), "llavidal align")
+    if data_args.data_mixture or data_args.image_folder:
+        raise ValueError("llavidal align reads one --data_path of label records; --data_mixture and --image_folder are "
+                         "for llavidal train")
     records = load_label_records(data_args.data_path)
     registry = build_registry(model_args, data_args)
     torch.manual_seed(args.seed)  # the projectors' initialisation

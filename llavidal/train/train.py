@@ -276,6 +276,8 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
             "model_max_length": training_args.model_max_length,
         },
     )
+    if hasattr(dataset, "epoch_callback"):  # a --data_mixture draws its samples anew each epoch
+        trainer.add_callback(dataset.epoch_callback())
     checkpoint = find_resume_checkpoint(training_args)
     if checkpoint:
         logger.info("resuming from checkpoint %s", checkpoint)
