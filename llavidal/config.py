@@ -692,7 +692,9 @@ def expand_argv(argv: Sequence[str], known: dict[str, Any], keymap: dict[str, st
 
 HELP_EPILOG = (
     "Configuration: --config FILE.yaml (field: value; repeatable), experiment=NAME "
-    "(configs/experiment/NAME.yaml), and key=value or group.key=value overrides; the command line wins."
+    "(configs/experiment/NAME.yaml), and key=value or group.key=value overrides; the command line wins. "
+    "PLLaVA's shape also works: a config file first (FILE.yaml, .json, or a .py config, read, never run), then "
+    "'key value' pairs."
 )
 
 

@@ -201,7 +201,8 @@ def _resolve_letter(value: Any, choices: dict[str, str], original: dict[str, str
 
 
 def normalise_record(
-    raw: dict, kind: str, where: str, default_task: str = "", video_optional: bool = False
+    raw: dict, kind: str, where: str, default_task: str = "", video_optional: bool = False,
+    default_question: str = "",
 ) -> EvalRecord:
     """Read one raw record of any accepted shape as an :class:`EvalRecord` of ``kind``.
 
@@ -225,7 +226,7 @@ def normalise_record(
         if raw.get(first_key) and raw.get(second_key):
             cons_questions = [_text(raw[first_key]), _text(raw[second_key])]
             break
-    question = _text(question)
+    question = _text(question) or default_question  # recaption records: {video_name[, caption]}
     if not question and cons_questions:
         question = cons_questions[0]  # Video-ChatGPT consistency records carry only Q1/Q2
     if not question:
@@ -270,7 +271,13 @@ def normalise_record(
                     break
             if letter_value is None:
                 raise RecordFormatError(f"{where}: no correct answer (one of {', '.join(_LETTER_KEYS + _INDEX_KEYS)})")
-            record.answer_letter = _resolve_letter(letter_value, choices, original, f"{where} field {letter_key!r}")
+            by_text = [k for k, v in choices.items() if v == _text(letter_value)]
+            if choice_key == "candidates" and len(by_text) == 1:
+                # MVBench: the answer is a candidate's text, even when candidates are letters (character_order)
+                record.answer_letter = by_text[0]
+            else:
+                record.answer_letter = _resolve_letter(letter_value, choices, original,
+                                                       f"{where} field {letter_key!r}")
         record.answer = choices[record.answer_letter]
         record.label = record.label or record.answer
         if original:
@@ -278,7 +285,7 @@ def normalise_record(
     else:
         _, answer = _first(raw, _ANSWER_TEXT_KEYS)
         record.answer = _text(answer)
-        if not record.answer:
+        if not record.answer and not default_question:  # recaption videos may come without a caption
             raise RecordFormatError(f"{where}: no reference answer (one of {', '.join(_ANSWER_TEXT_KEYS)})")
         record.label = record.label or (record.answer if kind == "zeroshot" and len(record.answer) < 40 else "")
     # Segment bounds and subject/view are kept for cross-subject / cross-view breakdowns; ActivityNet-QA's
@@ -331,9 +338,14 @@ def iter_raw_records(data: Any, path: str | Path) -> list[tuple[str, dict]]:
 
 
 def load_records(
-    path: str | Path, kind: str, task: str = "", limit: int | None = None, answers: str | Path | None = None
+    path: str | Path, kind: str, task: str = "", limit: int | None = None, answers: str | Path | None = None,
+    default_question: str = "",
 ) -> list[EvalRecord]:
-    """Load and normalise a benchmark file (``.json`` or ``.jsonl``).
+    """Load and normalise a benchmark file (``.json`` or ``.jsonl``), or a folder of them.
+
+    A folder (MVBench's ``json/``: one file per task) gives the records of every ``*.json``/``*.jsonl`` in it,
+    in name order, each file's stem as the task and ids prefixed ``{task}/`` (a video may appear in several
+    tasks). ``default_question`` is the question of records without one (recaption).
 
     Records without an id get one from the video stem (``stem`` when the video appears once in the
     file, else ``stem#n``). Duplicate explicit ids are an error naming them. With ``answers``, ``path``
@@ -341,6 +353,19 @@ def load_records(
     :func:`join_question_answer_files`).
     """
     path = Path(path)
+    if path.is_dir():
+        if answers is not None:
+            raise ValueError(f"{path} is a folder; --answers goes with one questions file")
+        files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"benchmark folder {path} holds no .json or .jsonl files")
+        records = []
+        for file in files:
+            for record in load_records(file, kind, task=file.stem, default_question=default_question):
+                record.id = f"{file.stem}/{record.id}"
+                records.append(record)
+        assign_ids(records)
+        return records[:limit] if limit else records
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file {path} does not exist")
     data = load_json_or_jsonl(path)
@@ -350,7 +375,8 @@ def load_records(
     default_task = task or path.stem
     records = []
     for index, (fallback_id, raw) in enumerate(raw_items):
-        record = normalise_record(raw, kind, f"{path}:{index}", default_task=default_task)
+        record = normalise_record(raw, kind, f"{path}:{index}", default_task=default_task,
+                                  default_question=default_question)
         if not record.id and fallback_id:
             record.id = fallback_id
         if answers is not None:
