@@ -52,6 +52,8 @@ COMMANDS: dict[tuple[str, ...], Command] = {
                                 ("llavidal.model.merge:MergeArguments",)),
     ("apply-delta",): Command("llavidal.model.delta:main", "base + delta weights, tensor by tensor (LLaVA's apply_delta)",
                               ("llavidal.model.delta:ApplyDeltaArguments",)),
+    ("prepare-model",): Command("llavidal.model.prepare:main", "make a model folder from local files (never downloads)",
+                                ("llavidal.model.prepare:PrepareModelArguments",)),
     ("export",): Command("llavidal.model.export:main", "export a merged, standalone Hugging Face model folder",
                          ("llavidal.model.export:ExportArguments",)),
     ("embedded-llm",): Command("llavidal.model.embedded:main", "convert the bundled SmolLM2 GGUF into a cached HF folder",
@@ -68,12 +70,16 @@ COMMANDS: dict[tuple[str, ...], Command] = {
     ("eval", "report"): Command(f"{_EVAL}:cmd_report", "combine results into one report",
                                 (f"{_EVAL}:ReportArguments",)),
     ("eval", "benchmarks"): Command(f"{_EVAL}:cmd_benchmarks", "list the evaluation benchmarks (tasks)"),
+    ("gallery",): Command("llavidal.eval.gallery:main", "browse and compare result folders side by side (Gradio)",
+                          ("llavidal.eval.gallery:GalleryArguments",)),
     ("eval", "tasks"): Command(f"{_EVAL}:cmd_tasks", "list the evaluation tasks (same as eval benchmarks)"),
     ("demo",): Command("llavidal.demo.video_demo:main", "the Gradio chat demo", ("llavidal.demo.video_demo:DemoArguments",)),
     ("serve",): Command("llavidal.serve.server:main", "OpenAI-compatible chat-completions server for the video model",
                         ("llavidal.serve.server:ServeArguments",)),
     ("quickstart",): Command("llavidal.quickstart:main", "the whole pipeline on the embedded default",
                              ("llavidal.quickstart.command:QuickstartArguments",)),
+    ("ablate",): Command("llavidal.quickstart.ablate:main", "compare the video designs on a quickstart folder (same budget)",
+                         ("llavidal.quickstart.ablate:AblateArguments",)),
 }
 MAX_WORDS = max(len(words) for words in COMMANDS)
 

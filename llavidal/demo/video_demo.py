@@ -1,4 +1,4 @@
-"""The LLAVIDAL chat demo: upload a video (or pick an example), ask questions, get streamed answers.
+"""The LLAVIDAL chat demo: upload a video or an image (or pick an example), ask questions, get streamed answers.
 
 Run as (the upstream command; ``llavidal demo`` takes the same flags):
 
@@ -7,7 +7,8 @@ Run as (the upstream command; ``llavidal demo`` takes the same flags):
 
 Features are computed on the fly by the extractors training used (the vision encoder and pooling that
 the weights' feature manifests record; pose from the world's skeleton file or mediapipe; objects from
-tracks or a detector), and answers come from the one inference engine
+tracks or a detector; an uploaded image is a 1-frame video, :mod:`llavidal.features.images`), and answers come
+from the one inference engine
 (:mod:`llavidal.serve.engine`). The server binds 127.0.0.1 unless ``--host`` says otherwise; gradio's
 queue serves concurrent users, each with their own history.
 """
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Protocol, 
 from llavidal.config import arg, command, parse
 from llavidal.demo.features import DemoFeatures, ExtractionError
 from llavidal.demo.session import DemoSession
-from llavidal.demo.video_io import VIDEO_EXTENSIONS, VideoLimits, VideoRejected
+from llavidal.demo.video_io import VIDEO_EXTENSIONS, ImageInfo, VideoLimits, VideoRejected
 from llavidal.model.modality import ModalityRegistry
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ SLOT_WAIT_S = 300.0
 MAX_EXAMPLES = 8
 # Elements the browser test (and users' own scripts) find by id.
 ELEM_IDS = {
-    "video": "llavidal-video", "status": "llavidal-status", "chatbot": "llavidal-chatbot",
+    "video": "llavidal-video", "image": "llavidal-image", "status": "llavidal-status", "chatbot": "llavidal-chatbot",
     "question": "llavidal-question", "send": "llavidal-send", "reset": "llavidal-reset",
     "temperature": "llavidal-temperature", "max_new_tokens": "llavidal-max-new-tokens",
     "modalities": "llavidal-modalities", "skeleton": "llavidal-skeleton", "examples": "llavidal-examples",
@@ -137,7 +138,8 @@ class DemoHandlers:
         result = self.features.extract(video_path, progress)
         session.video_name = Path(video_path).name
         session.features = dict(result.features)
-        status = f"**Ready:** {result.video.describe()}. Ask a question about the video."
+        kind = "image" if isinstance(result.video, ImageInfo) else "video"
+        status = f"**Ready:** {result.video.describe()}. Ask a question about the {kind}."
         return session, status, modality_panel(result, self.engine.modalities), result.skeleton_image
 
     def reply(
@@ -182,7 +184,19 @@ class DemoHandlers:
         session.history.append((question, answer))
         logger.info("session %s: turn %d answered (%d characters)",
                     session.session_id, len(session.history), len(answer))
-        yield session.chat_messages()
+        messages = session.chat_messages()
+        used = frames_used_line(self.engine, request)
+        if used:  # shown under the answer; the history (the next prompt) keeps the answer alone
+            messages[-1] = {"role": "assistant", "content": f"{answer}\n\n{used}"}
+        yield messages
+
+
+def frames_used_line(engine: Any, request: "GenerationRequest") -> str:
+    """``"frames used: 3, 7, 12"``: the frames the model's temporal sampler kept for this question; "" for a model
+    without a sampler (or an engine that cannot tell)."""
+    pick = getattr(engine, "sampled_frames", None)
+    frames = pick(request) if pick is not None else None
+    return f"frames used: {', '.join(str(int(i)) for i in frames)}" if frames else ""
 
 
 def new_session() -> DemoSession:
@@ -190,7 +204,7 @@ def new_session() -> DemoSession:
 
 
 def waiting_status() -> str:
-    return "Upload a video (or pick an example below it); its features are computed when it arrives."
+    return ("Upload a video or an image (or pick an example below them); its features are computed when it arrives.")
 
 
 def modality_panel(result: DemoFeatures | None, registry: ModalityRegistry) -> str:
@@ -280,7 +294,7 @@ def build_app(engine: ChatEngine, features: FeatureSource, settings: DemoSetting
         return (
             session, None, [], waiting_status(), modality_panel(None, engine.modalities),
             gr.update(value=None, visible=False),
-            gr.update(value="", interactive=False, placeholder=_question_placeholder(False)),
+            gr.update(value="", interactive=False, placeholder=_question_placeholder(False)), None,
         )
 
     with gr.Blocks(title="LLAVIDAL demo", analytics_enabled=False) as app:
@@ -290,6 +304,10 @@ def build_app(engine: ChatEngine, features: FeatureSource, settings: DemoSetting
             with gr.Column(scale=5):
                 video = gr.Video(
                     label="Video", sources=["upload"], elem_id=ELEM_IDS["video"], height=300,
+                )
+                image = gr.Image(
+                    label="... or an image (answered as a 1-frame video)", sources=["upload"], type="filepath",
+                    elem_id=ELEM_IDS["image"], height=160,
                 )
                 if settings.examples:
                     gr.Examples(
@@ -332,6 +350,11 @@ def build_app(engine: ChatEngine, features: FeatureSource, settings: DemoSetting
             outputs=[session, status, modalities, skeleton, chatbot, question],
             show_progress="full",
         )
+        image.upload(  # an image: the same analysis, as a 1-frame video
+            on_video, inputs=[image, session],
+            outputs=[session, status, modalities, skeleton, chatbot, question],
+            show_progress="full",
+        )
         chat_inputs = [question, session, temperature, max_new_tokens]
         chat_outputs = [chatbot, session, question]
         question.submit(on_question, inputs=chat_inputs, outputs=chat_outputs, show_progress="minimal",
@@ -341,14 +364,14 @@ def build_app(engine: ChatEngine, features: FeatureSource, settings: DemoSetting
         chatbot.clear(on_clear_chat, inputs=[session], outputs=[session], queue=False)
         reset.click(
             on_reset, inputs=[session],
-            outputs=[session, video, chatbot, status, modalities, skeleton, question], queue=False,
+            outputs=[session, video, chatbot, status, modalities, skeleton, question, image], queue=False,
         )
     app.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
     return app
 
 
 def _question_placeholder(ready: bool) -> str:
-    return "Ask about the video (Enter sends)" if ready else "Upload a video or pick an example first"
+    return "Ask about the video or image (Enter sends)" if ready else "Upload a video or an image, or pick an example first"
 
 
 # ---------------------------------------------------------------------------------------------------

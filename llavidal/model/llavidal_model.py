@@ -650,25 +650,37 @@ class LlavidalModel(nn.Module):
         attention_mask: Tensor | None = None,
         sample_ids: Sequence[Any] | None = None,
     ) -> dict[str, list[list[int]]]:
-        """The frames each temporal sampler keeps for a batch of prompts, as generation would choose them:
-        modality name -> one list of frame indices (ascending) per row (empty for a row without that modality).
-        Runs the splice only (no LLM pass), one row at a time. Empty for a model without a sampler."""
-        names = [spec.name for spec in self.modalities
-                 if isinstance(self.projectors[spec.name], VideoFrontend) and self.projectors[spec.name].sampler is not None]
-        chosen: dict[str, list[list[int]]] = {name: [] for name in names}
-        for row in range(input_ids.shape[0]):
-            for name in names:
-                entries = (modality_features or {}).get(name)
+        """The frames each temporal sampler keeps for a batch of prompts, as the forward pass chooses them (same
+        question context, same scores): modality name -> one list of frame indices (ascending) per row, the spans
+        of a row one after the other (empty for a row without that modality). Runs the samplers only (no projector,
+        no LLM) and reads no state another thread's forward could change. Empty for a model without a sampler."""
+        from llavidal.model.hf.modeling_llavidal import frontend_inputs
+
+        frontends = {spec.name: (spec, self.projectors[spec.name]) for spec in self.modalities
+                     if isinstance(self.projectors[spec.name], VideoFrontend)
+                     and self.projectors[spec.name].sampler is not None}
+        chosen: dict[str, list[list[int]]] = {name: [] for name in frontends}
+        if not frontends:
+            return chosen
+        question = text_context(self.embed_tokens(input_ids), input_ids, self.modality_token_ids(), None,
+                                attention_mask)
+        for name, (spec, frontend) in frontends.items():
+            entries = (modality_features or {}).get(name)
+            if isinstance(entries, Tensor):
+                entries = list(entries)
+            parameter = frontend.sampler.frame_proj.weight
+            for row in range(input_ids.shape[0]):
                 entry = None if entries is None else entries[row]
-                frontend = self.projectors[name]
-                frontend.last_sampler_output = None
-                if entry is not None:
-                    one = {key: ([value[row]] if value is not None else None)
-                           for key, value in (modality_features or {}).items()}
-                    self.embed_inputs(input_ids[row:row + 1], one, None if sample_ids is None else [sample_ids[row]],
-                                      attention_mask=None if attention_mask is None else attention_mask[row:row + 1])
-                output = frontend.last_sampler_output
-                chosen[name].append([] if output is None else [int(i) for i in output.indices.reshape(-1).tolist()])
+                indices: list[int] = []
+                for value in frontend_inputs(spec, entry, row, sample_ids, SpliceError):
+                    if value.dim() == 2:  # pooled (T + S, D) rows: the sampler reads the temporal rows
+                        value = value[: frontend.design["temporal_rows"] or value.shape[0]]
+                    frames = value.unsqueeze(0).to(device=parameter.device, dtype=parameter.dtype)
+                    context = question.select([row])
+                    output = frontend.sampler(frames, context.embeds.to(device=frames.device, dtype=frames.dtype),
+                                              motion=None, hard=True, text_mask=context.mask.to(frames.device))
+                    indices.extend(int(i) for i in output.indices[0].tolist())
+                chosen[name].append(indices)
         return chosen
 
     def modality_token_ids(self) -> list[int]:

@@ -247,7 +247,9 @@ class InferenceEngine:
     def sampled_frames(self, request: GenerationRequest) -> list[int] | None:
         """The video frames a temporal sampler keeps for this request's prompt (ascending indices), or None when the
         model has no sampler or the request no video (the splice only; no generation)."""
-        if not any(getattr(p, "sampler", None) is not None for p in self.model.projectors.values()):
+        projectors = getattr(self.model, "projectors", None)
+        if not hasattr(self.model, "sampled_frames") or projectors is None or \
+                not any(getattr(p, "sampler", None) is not None for p in projectors.values()):
             return None
         inputs, modality_features, ids = self._encode([request])
         chosen = self.model.sampled_frames(inputs["input_ids"], modality_features, inputs["attention_mask"], ids)
@@ -384,7 +386,8 @@ class InferenceEngine:
                         for item in items]
             for spec in self.modalities if any(spec.name in item.features for item in items)
         }
-        embeds, _ = self.model.embed_inputs(input_ids, modality_features, [item.request_id for item in items])
+        embeds, _ = self.model.embed_inputs(input_ids, modality_features, [item.request_id for item in items],
+                                            attention_mask=mask)  # a frontend's question context skips the padding
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         llm = self.model.llm
         parameters = self._llm_parameters()

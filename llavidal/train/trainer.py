@@ -9,6 +9,9 @@
 * ``group_by_length`` takes lengths from the dataset (known without reading any feature file);
 * the loss history is appended to ``loss_history.jsonl`` in the output folder as training goes (a resumed
   run first drops the rows after its checkpoint's step, so no step appears twice);
+* a temporal sampler trained with pseudo-labels (``train: pseudo``) adds its auxiliary loss to the model's loss
+  (weight ``--sampler_loss_weight``; one weight per optimizer step whatever the gradient accumulation), and its
+  mean over the logging interval is logged apart as ``sampler_loss`` (also in ``loss_history.jsonl``);
 * a non-finite loss or gradient norm stops training before the optimizer step, with the step and the
   batch's sample ids (:class:`NonFiniteTrainingError`): nothing is saved from that state, so the last
   checkpoint stays the last good one.
@@ -95,6 +98,35 @@ class LlavidalTrainer(Trainer):
         self.add_callback(LossHistoryCallback())
         self._step_sample_ids: list[str] = []
         """Ids of the samples of the optimizer step in progress (all its micro-batches, this rank)."""
+        self._sampler_losses: list[float] = []
+        """The sampler's pseudo-label loss of each micro-batch since the last log (this rank)."""
+        weight = getattr(self.args, "sampler_loss_weight", None)
+        if weight is not None and hasattr(self.model, "sampler_loss_weight"):
+            self.model.sampler_loss_weight = float(weight)
+
+    # ------------------------------------------------------------------ the sampler's auxiliary loss
+    def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        unwrapped = self._unwrapped()
+        if hasattr(unwrapped, "auxiliary_loss_scale"):
+            # A loss normalised by num_items_in_batch is not divided by the accumulation steps afterwards: the
+            # per-micro-batch auxiliary loss is, so that it weighs the same at any --gradient_accumulation_steps.
+            scaled = num_items_in_batch is not None and getattr(self, "model_accepts_loss_kwargs", False)
+            steps = max(1, int(getattr(self, "current_gradient_accumulation_steps", 0)
+                               or self.args.gradient_accumulation_steps))
+            unwrapped.auxiliary_loss_scale = 1.0 / steps if scaled else 1.0
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        value = getattr(unwrapped, "last_sampler_loss", None)
+        if value is not None and model.training:
+            self._sampler_losses.append(float(value))
+        return result
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self._sampler_losses:
+            logs = {**logs, "sampler_loss": round(sum(self._sampler_losses) / len(self._sampler_losses), 6)}
+            self._sampler_losses = []
+        super().log(logs, *args, **kwargs)
 
     # ------------------------------------------------------------------ non-finite loss / gradients
     def _stop_non_finite(self, what: str, value: Any, sample_ids: list[str]) -> None:
