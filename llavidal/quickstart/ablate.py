@@ -487,7 +487,7 @@ def train_runtime(weights: Path) -> float | None:
     except (OSError, ValueError):
         return None
     values = [entry["train_runtime"] for entry in history if "train_runtime" in entry]
-    return round(float(values[-1]), 1) if values else None
+    return float(values[-1]) if values else None  # unrounded: a tiny run takes well under 0.1 s
 
 
 def format_accuracy(entry: dict | None) -> str:

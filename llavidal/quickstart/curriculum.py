@@ -108,7 +108,9 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
         counts["clips"] += 1
         if recipe.reduced_modality_copies:
             for index, (question, answer) in enumerate(mcq_turns.get(clip_id, [])):
-                subset = list(rng.choice([s for name, s in MODALITY_SETS.items() if name != "all"]))
+                # a reduced set the clip has every modality of (a clip without objects is never "object" only)
+                subset = list(rng.choice([s for name, s in MODALITY_SETS.items()
+                                          if name != "all" and all(record.get(m) for m in s)]))
                 out.append(conversation(clip_id, record, subset, [(question, answer)], suffix=f"#m{index}"))
                 counts["reduced_copies"] += 1
     rng.shuffle(out)
