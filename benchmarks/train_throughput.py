@@ -11,7 +11,16 @@ Two length distributions of training records (``--records``); token ids and feat
 * ``single_qa``: every QA its own record, as in mixed Video-ChatGPT + ADL-X data: a question of 10-40
   tokens and an answer of 20-300 tokens; half the records are Video-ChatGPT-like (video span only), the
   other half ADL-X-like (video + pose, and an object span of 1-6 objects in 2 of 3 of them). Same
-  number of samples as ``six_qa`` (``--videos`` x 6), each with its own features.
+  number of samples as ``six_qa`` (``--videos`` x 6), each with its own features;
+* ``mixed_lengths``: lengths spread widely, as in a mix of text-only, image and video data: a third text-only
+  records (40-200 tokens), a third video-only (356 video tokens + a 10-40 token question + a 5-60 token answer),
+  a third full ADL-X (video + pose + 1-6 objects, answers of 20-600 tokens).
+
+``--sweep`` prints one table over the three distributions x micro-batch sizes (``--sweep_batch_sizes``,
+default 1 4 8) x {padded, length-grouped, packed} (in this process, one model per cell, every micro-batch
+of the data set timed, fastest of ``--sweep_repeat`` interleaved passes; ratios against padded of the same
+distribution and micro-batch size) and says where packing is worth turning on. Per-sample losses are the
+same in the three layouts (``tests/test_extract_fast.py``, ``tests/test_packing*.py``).
 
 The LLM is a randomly initialised Llama of the chosen size, frozen; the projectors and modality token
 rows train (upstream ``--tune_mm_mlp_adapter True``), with AdamW. Training-mode forwards compute the
@@ -160,19 +169,66 @@ def make_single_qa_samples(
     return items
 
 
-RECORDS = {"six_qa": make_samples, "single_qa": lambda videos, *rest: make_single_qa_samples(videos * 6, *rest)}
+def make_mixed_length_samples(
+    num_records: int, vocab: int, token_ids: dict[str, dict[str, int]], seed: int
+) -> list[dict[str, Any]]:
+    """Widely spread lengths: text-only (40-200 tokens), video-only (short QA) and full ADL-X (long answers)."""
+    generator = torch.Generator().manual_seed(seed)
+    first_text_id = 1 + max(i for ids in token_ids.values() for i in ids.values())  # never a modality token
+
+    def randint(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+    def text(count: int) -> list[int]:
+        return torch.randint(first_text_id, vocab, (count,), generator=generator).tolist()
+
+    items = []
+    for record in range(num_records):
+        kind = ("text", "video", "adl")[record % 3]
+        features: dict[str, torch.Tensor] = {}
+        if kind != "text":
+            features["video"] = torch.randn(VIDEO_TOKENS, VIDEO_DIM, generator=generator)
+        objects = randint(1, 6) if kind == "adl" else 0
+        if kind == "adl":
+            features["object"] = torch.randn(objects, OBJECT_GROUP, OBJECT_DIM, generator=generator)
+            features["pose"] = torch.randn(POSE_TOKENS, POSE_DIM, generator=generator)
+        spans: list[int] = []
+        for name, rows in (("video", VIDEO_TOKENS), ("object", OBJECT_GROUP * objects), ("pose", POSE_TOKENS)):
+            if name in features:
+                ids = token_ids[name]
+                spans += [ids["start"], *[ids["patch"]] * rows, ids["end"]]
+        if kind == "text":
+            question, answer_length = text(randint(20, 100)), randint(20, 100)
+        elif kind == "video":
+            question, answer_length = text(randint(10, 40)), randint(5, 60)
+        else:
+            question, answer_length = text(randint(10, 40)), randint(20, 600)
+        context = text(SYSTEM_TOKENS) + question + spans + text(3)
+        answer = text(answer_length) + [2]
+        items.append({
+            "input_ids": torch.tensor(context + answer), "labels": torch.tensor([-100] * len(context) + answer),
+            "modality_features": features, "id": f"{kind}{record:04d}",
+        })
+    return items
+
+
+RECORDS = {"six_qa": make_samples, "single_qa": lambda videos, *rest: make_single_qa_samples(videos * 6, *rest),
+           "mixed_lengths": lambda videos, *rest: make_mixed_length_samples(videos * 6, *rest)}
 """--records: name -> (videos, vocab, token_ids, seed) -> items."""
 
 
 def batch_order(items: list[dict[str, Any]], batch_size: int, mode: str, seed: int) -> list[list[int]]:
     generator = torch.Generator().manual_seed(seed)
     if mode == "padded-grouped":
-        from transformers.trainer_pt_utils import get_length_grouped_indices
+        from llavidal.data.packing import length_grouped_batches
 
         lengths = [int(item["input_ids"].shape[0]) for item in items]
-        order = get_length_grouped_indices(lengths, batch_size, generator=generator)
-    else:
-        order = torch.randperm(len(items), generator=generator).tolist()
+        # Mega-batches of 50 micro-batches, as the Trainer makes on a real data set of thousands of samples (its
+        # default for a data set this small is 4 mega-batches, which groups almost nothing here).
+        mega_batch_mult = max(1, min(50, len(items) // batch_size))
+        return length_grouped_batches(lengths, batch_size, generator=generator, mega_batch_mult=mega_batch_mult,
+                                      drop_last=True)
+    order = torch.randperm(len(items), generator=generator).tolist()
     return [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
 
 
@@ -328,6 +384,53 @@ def print_table(results: list[Result], peak: float | None) -> None:
         print(line)
 
 
+MODE_NAMES = {"padded": "padded", "padded-grouped": "length-grouped", "packed": "packed"}
+WORTH_PACKING = 1.10
+"""Packing is called worth turning on where it beats the best padded layout by this factor."""
+
+
+def run_sweep(args: argparse.Namespace) -> list[Result]:
+    """Every distribution x micro-batch size x mode, in this process (a fresh model per cell, same seed, every
+    micro-batch of the data set timed). ``--sweep_repeat`` passes interleave the modes; the fastest pass counts."""
+    best: dict[tuple[str, int, str], Result] = {}
+    for _ in range(args.sweep_repeat):
+        for records in RECORDS:
+            for batch_size in args.sweep_batch_sizes:
+                for mode in args.modes:
+                    cell = argparse.Namespace(**{**vars(args), "records": records, "batch_size": batch_size, "mode": mode,
+                                                  "config": args.configs[0] if args.configs else "tiny"})
+                    print(f"running {records} x{batch_size} {mode} ...", file=sys.stderr, flush=True)
+                    result = run_worker(cell)
+                    result.mode = f"{records}|{batch_size}|{mode}"
+                    key = (records, batch_size, mode)
+                    if key not in best or result.tokens_per_second > best[key].tokens_per_second:
+                        best[key] = result
+    return list(best.values())
+
+
+def print_sweep(results: list[Result], modes: list[str]) -> None:
+    print("| records | micro-batch | layout | useful-token fraction | tokens/s | vs padded |")
+    print("|---|---:|---|---:|---:|---:|")
+    cells: dict[tuple[str, str], dict[str, Result]] = {}
+    for result in results:
+        records, batch_size, mode = result.mode.split("|")
+        cells.setdefault((records, batch_size), {})[mode] = result
+    worth = []
+    for (records, batch_size), by_mode in cells.items():
+        base = by_mode.get("padded")
+        for mode in modes:
+            result = by_mode[mode]
+            ratio = result.tokens_per_second / base.tokens_per_second if base else float("nan")
+            print(f"| {records} | {batch_size} | {MODE_NAMES[mode]} | {result.useful_fraction:.3f} | "
+                  f"{result.tokens_per_second:.0f} | {ratio:.2f}x |")
+        padded_best = max((by_mode[m].tokens_per_second for m in ("padded", "padded-grouped") if m in by_mode), default=0)
+        if "packed" in by_mode and padded_best and by_mode["packed"].tokens_per_second >= WORTH_PACKING * padded_best:
+            worth.append(f"{records} x{batch_size} ({by_mode['packed'].tokens_per_second / padded_best:.2f}x)")
+    print(f"\npacking is worth turning on (>= {WORTH_PACKING:.2f}x the best padded layout, length-grouped included) "
+          f"for: {', '.join(worth) if worth else 'none of these cells'}; elsewhere padded batches, length-grouped "
+          "(--group_by_length), do as well. With one sample per micro-batch there is no padding to remove.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None,
@@ -346,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
                              "mixed Video-ChatGPT + ADL-X modalities)")
     parser.add_argument("--full_logits", action="store_true",
                         help="compute the LM head at every position (the behaviour before sparse training logits)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="one table over every --records distribution x --sweep_batch_sizes x mode (first --configs)")
+    parser.add_argument("--sweep_batch_sizes", nargs="+", type=int, default=[1, 4, 8])
+    parser.add_argument("--sweep_repeat", type=int, default=2, help="passes over the sweep; the fastest counts per cell")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -360,6 +467,22 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
+    if args.sweep:
+        if args.steps == parser.get_default("steps"):
+            args.steps = 10**9  # every micro-batch of the data set
+        results = run_sweep(args)
+        threads = args.threads or torch.get_num_threads()
+        print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({threads} threads)'}; "
+              f"model {args.configs[0] if args.configs else 'tiny'}; {args.videos * 6} samples per distribution, every "
+              f"micro-batch but the first (warm-up) timed, fastest of {args.sweep_repeat} interleaved passes; "
+              f"packing_max_length {args.packing_max_length}; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        print_sweep(results, args.modes)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as handle:
+                json.dump([asdict(r) | {"useful_fraction": r.useful_fraction, "tokens_per_second": r.tokens_per_second}
+                           for r in results], handle, indent=1)
+        return 0
     configs = args.configs or (["1b", "7b"] if device.type == "cuda" else list(CPU_CONFIGS))
     if device.type == "cpu" and any(c not in CPU_CONFIGS for c in configs):
         raise SystemExit(f"{configs}: the 1b and 7b configs need a CUDA device (bf16)")

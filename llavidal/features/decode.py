@@ -15,6 +15,7 @@ upstream does (``torch.nn.functional.interpolate`` with its default mode), befor
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -108,6 +109,40 @@ def resize_nearest(frames: torch.Tensor | np.ndarray, size: int) -> torch.Tensor
     return resized.permute(0, 2, 3, 1).contiguous()  # (T, S, S, 3)
 
 
+@functools.lru_cache(maxsize=64)
+def _nearest_indices(height: int, width: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    # Resize an image whose pixels spell their own row (and, in a second image, column) index in two bytes with
+    # resize_nearest itself: the picked indices are its rule by construction (same kernel, dtype and layout).
+    rows = torch.arange(height, dtype=torch.int32).view(height, 1).expand(height, width)
+    cols = torch.arange(width, dtype=torch.int32).view(1, width).expand(height, width)
+    ramps = torch.stack([torch.stack([r & 255, r >> 8, torch.zeros_like(r)], dim=-1) for r in (rows, cols)])
+    picked = resize_nearest(ramps.to(torch.uint8), size).to(torch.int64)  # (2, S, S, 3)
+    row_index = (picked[0, :, 0, 0] + 256 * picked[0, :, 0, 1]).numpy()
+    col_index = (picked[1, 0, :, 0] + 256 * picked[1, 0, :, 1]).numpy()
+    row_index.setflags(write=False)
+    col_index.setflags(write=False)
+    return row_index, col_index
+
+
+def nearest_indices(height: int, width: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source rows and columns of the ``size x size`` output pixels of :func:`resize_nearest` on an image of
+    ``height x width``: ``frame[rows][:, cols]`` equals its output (read off ramps resized by it; cached)."""
+    if not (0 < height < 65536 and 0 < width < 65536):
+        raise ValueError(f"frame of {height}x{width} pixels: sides must be between 1 and 65535")
+    return _nearest_indices(int(height), int(width), int(size))
+
+
+def resize_frame_into(rgb: np.ndarray, out: np.ndarray) -> None:
+    """Nearest-neighbour resize of one uint8 ``(H, W, 3)`` frame into ``out`` ``(S, S, 3)``: rows then columns
+    picked by :func:`nearest_indices`, identical to :func:`resize_nearest` and about 5x faster (no permute)."""
+    size = out.shape[0]
+    if rgb.shape[0] == size and rgb.shape[1] == size:
+        out[...] = rgb
+        return
+    rows, cols = nearest_indices(rgb.shape[0], rgb.shape[1], size)
+    np.take(rgb[rows], cols, axis=1, out=out)
+
+
 def _open_error(path: Path, err: BaseException) -> VideoDecodeError:
     if path.exists() and path.stat().st_size == 0:
         return VideoDecodeError(f"{path}: empty file (0 bytes)")
@@ -143,14 +178,23 @@ def count_frames_pyav(path: str | os.PathLike) -> int:
     return packets
 
 
-def read_frames_pyav(path: str | os.PathLike, indices: list[int], image_size: int, threads: int = 1) -> torch.Tensor:
-    """Decode ``path`` once and keep the frames at ``indices`` (sorted), resized: uint8 ``(T, S, S, 3)``."""
+def read_frames_pyav(path: str | os.PathLike, indices: list[int], image_size: int, threads: int = 1,
+                     shared: bool = False) -> torch.Tensor:
+    """Decode ``path`` once and keep the frames at ``indices`` (sorted), resized: uint8 ``(T, S, S, 3)``.
+
+    Only the kept frames are converted to RGB, and each is resized as it is decoded (rows and columns picked
+    by :func:`nearest_indices`, straight into the output). ``shared=True`` allocates the output in shared
+    memory, so that a ``DataLoader`` worker hands it to the main process without copying or pickling it.
+    """
     av = require("av", "video decoding")
     path = Path(path)
     wanted: dict[int, list[int]] = {}  # frame number -> output positions (indices may repeat)
     for position, index in enumerate(indices):
         wanted.setdefault(index, []).append(position)
     out = torch.empty((len(indices), image_size, image_size, 3), dtype=torch.uint8)
+    if shared:
+        out.share_memory_()
+    out_array = out.numpy()  # a view: frames are written in place
     filled = np.zeros(len(indices), dtype=bool)
     last = max(indices)
     try:
@@ -167,10 +211,11 @@ def read_frames_pyav(path: str | os.PathLike, indices: list[int], image_size: in
             for frame_number, frame in enumerate(container.decode(stream)):
                 if frame_number in wanted:
                     rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3); converted only for kept frames
-                    resized = resize_nearest(rgb[None], image_size)[0]
-                    for position in wanted[frame_number]:
-                        out[position] = resized
-                        filled[position] = True
+                    first, *repeats = wanted[frame_number]
+                    resize_frame_into(rgb, out_array[first])
+                    for position in repeats:
+                        out_array[position] = out_array[first]
+                    filled[wanted[frame_number]] = True
                 if frame_number >= last:
                     break  # the remaining frames are not needed
         except Exception as err:
@@ -203,11 +248,13 @@ def decode_video(
     decoder: Decoder = "pyav",
     threads: int = 1,
     video_id: str | None = None,
+    shared: bool = False,
 ) -> DecodedVideo:
     """Sample and resize the frames of one video. Never raises for a bad video: see ``.error``.
 
     ``decoder="decord"`` tries decord first and falls back to PyAV for that file if decord fails
-    (decord cannot read VP9, for one).
+    (decord cannot read VP9, for one). ``shared=True`` puts the frames in shared memory (for a
+    ``DataLoader`` worker: the main process then maps them instead of receiving a copy).
     """
     path = Path(path)
     result = DecodedVideo(video_id=video_id or video_id_for(path), path=str(path))
@@ -223,6 +270,8 @@ def decode_video(
         try:
             result.frames, result.num_total_frames, result.indices = read_frames_decord(path, num_frames, image_size, threads)
             result.decoder = "decord"
+            if shared:
+                result.frames.share_memory_()
             return result
         except ImportError:
             raise
@@ -231,7 +280,7 @@ def decode_video(
     try:
         result.num_total_frames = count_frames_pyav(path)
         result.indices = sample_frame_indices(result.num_total_frames, num_frames)
-        result.frames = read_frames_pyav(path, result.indices, image_size, threads)
+        result.frames = read_frames_pyav(path, result.indices, image_size, threads, shared=shared)
         result.decoder = "pyav"
     except VideoDecodeError as err:
         result.error = str(err)

