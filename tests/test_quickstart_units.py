@@ -162,9 +162,13 @@ def test_evaluation_runs_the_eval_cli_per_task_and_modality_set(tmp_path):
     assert pose_only[pose_only.index("--limit") + 1] == str(RECIPES["ci"].ablation_limit)
     assert "--limit" not in infers["recognition__all.jsonl"]  # the full test set for all modalities
     assert "--mcq_scoring" not in pose_only
-    for name in (f"recognition__{s}__loglik.jsonl" for s in sets):  # every record, each option's log-likelihood
-        argv = infers[name]
-        assert argv[argv.index("--mcq_scoring") + 1] == "loglik_norm" and "--limit" not in argv
+    for set_name in sets:  # each option's log-likelihood; every record for the full sets (video, all)
+        argv = infers[f"recognition__{set_name}__loglik.jsonl"]
+        assert argv[argv.index("--mcq_scoring") + 1] == "loglik_norm"
+        if set_name in RECIPES["ci"].full_eval_sets:
+            assert "--limit" not in argv
+        else:
+            assert argv[argv.index("--limit") + 1] == str(RECIPES["ci"].ablation_limit)
     judge = next(a for a in commands if a[1] == "judge")
     assert judge[judge.index("--judge") + 1] == "local"
     report = commands[-1]
@@ -190,3 +194,24 @@ def test_command_line_flags(tmp_path, capsys):
 def test_shell_lines_quote_what_the_shell_would_split():
     line = Command(["python", "-c", "print('a b')"], {"A": "x y"}).shell()
     assert shlex.split(line) == ["A=x y", "python", "-c", "print('a b')"]
+
+
+def test_evaluation_fields_rerun_evaluation_not_training(tmp_path):
+    """Changing how the held-out set is evaluated must not retrain: only the evaluate step's settings move."""
+    from dataclasses import replace
+
+    from llavidal.quickstart.layout import Paths
+    from llavidal.quickstart.stages import Quickstart, build_steps
+
+    def settings(recipe):
+        qs = Quickstart(paths=Paths(tmp_path), recipe=recipe, preset="small", llm="tiny", seed=0, workers=1)
+        return {step.name: step.settings for step in build_steps(qs)}
+
+    base = RECIPES["ci"]
+    before = settings(base)
+    after_eval = settings(replace(base, ablation_limit=7, generate_limit=9, loglik_batch_size=2))
+    for name in ("data", "align", "train"):
+        assert after_eval[name] == before[name], name
+    assert after_eval["evaluate"] != before["evaluate"]
+    after_train = settings(replace(base, forecast_variants=base.forecast_variants + 1))
+    assert after_train["train"] != before["train"] and after_train["data"] != before["data"]

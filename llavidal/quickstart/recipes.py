@@ -9,7 +9,7 @@ on the same data; ``ci`` is the smoke run. ``--recipe_set FIELD=VALUE`` changes 
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ from llavidal.config import PROJECT_ROOT
 
 CONFIG_DIR = PROJECT_ROOT / "configs"
 NOT_SETTABLE = ("name", "description")
+EVALUATION_FIELDS = ("mcq_scorings", "mcq_max_new_tokens", "description_limit", "description_max_new_tokens",
+                     "ablation_limit", "full_eval_sets", "generate_limit", "eval_batch_size", "loglik_batch_size")
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,25 @@ class Recipe:
     description_limit: int | None = 24
     """Held-out description records generated and judged (None: all)."""
     description_max_new_tokens: int = 96
-    ablation_limit: int | None = 80
-    """Held-out MCQs per task for the reduced modality sets (None: all; 'all' always uses every record)."""
+    ablation_limit: int | None = 40
+    """Held-out MCQs per task for the modality sets not in ``full_eval_sets`` (None: all), and for generation
+    with every set but ``all``."""
+    full_eval_sets: tuple[str, ...] = ("video", "all")
+    """Modality sets whose log-likelihood evaluation uses every held-out record (n >= 200 per task)."""
+    generate_limit: int | None = 80
+    """Held-out MCQs per task answered by generation with all modalities (None: all)."""
     eval_batch_size: int = 16
+    loglik_batch_size: int = 8
     train_procs: int = 2
     train_threads: int = 1
+
+    def evaluation_fields(self) -> dict[str, Any]:
+        """The fields that only change the evaluation (changing them reruns evaluation, not training)."""
+        return {name: getattr(self, name) for name in EVALUATION_FIELDS}
+
+    def training_fields(self) -> dict[str, Any]:
+        """Every other field: what the features, the data, the alignment and the training depend on."""
+        return {k: v for k, v in asdict(self).items() if k not in EVALUATION_FIELDS}
 
     def config_path(self) -> Path:
         path = Path(self.train_config)
@@ -139,7 +155,7 @@ RECIPES: dict[str, Recipe] = {
         video_frames=4, video_temporal_tokens=2, video_spatial_grid=1,
         pose_tokens=2, pose_frames=8, pose_hidden=32, pose_heads=2, pose_depth=1, pose_steps=5, pose_batch=16,
         align_steps=20, forecast_variants=1, forecast_from_successors=1,  # the successor path runs in CI
-        mcq_max_new_tokens=4, description_limit=4, description_max_new_tokens=8, ablation_limit=4,
+        mcq_max_new_tokens=4, description_limit=4, description_max_new_tokens=8, ablation_limit=4, generate_limit=None,
         eval_batch_size=8, train_procs=2, train_threads=1,
     ),
 }

@@ -220,7 +220,7 @@ def data_step(qs: Quickstart) -> Step:
     return Step(
         "data", "Build training conversations (train split: records + ADLMCQ)",
         lambda: (paths.data / "train.json").is_file() and (paths.data / "summary.json").is_file(),
-        {"recipe": asdict(recipe), "seed": qs.seed},
+        {"recipe": recipe.training_fields(), "seed": qs.seed},
         prepare=make_data, prepares=f"{paths.data / 'train.json'} (the curriculum, llavidal.quickstart.curriculum)",
     )
 
@@ -247,7 +247,7 @@ def align_step(qs: Quickstart) -> Step:
     return Step(
         "align", "Align the projectors to the LLM's embeddings of the activity names",
         lambda: (paths.align / "trainable.safetensors").is_file() and (paths.align / "align_report.json").is_file(),
-        {"recipe": asdict(recipe), "llm": qs.base_model, "seed": qs.seed, "extra": qs.train_flags},
+        {"recipe": recipe.training_fields(), "llm": qs.base_model, "seed": qs.seed, "extra": qs.train_flags},
         commands=commands, prepare=write_labels,
         prepares=f"{labels_path} (train clips and their activity names, llavidal.quickstart.curriculum)",
     )
@@ -275,7 +275,7 @@ def train_step(qs: Quickstart, align: Step | None) -> Step:
                  f"thread(s), torchrun on CPU)",
         lambda: all((paths.train / n).is_file() for n in ("trainable.safetensors", "llavidal_config.json",
                                                            "trainer_state.json")),
-        {"recipe": asdict(recipe), "llm": qs.base_model, "extra": qs.train_flags, "seed": qs.seed,
+        {"recipe": recipe.training_fields(), "llm": qs.base_model, "extra": qs.train_flags, "seed": qs.seed,
          "config": recipe.config_path().read_text(), "align": align.settings if align is not None else None},
         commands=commands,
     )
@@ -312,14 +312,18 @@ def evaluation_commands(qs: Quickstart) -> list[Command]:
             max_new_tokens = recipe.description_max_new_tokens
         else:
             benchmark, records = MCQ_BENCHMARKS[task], test_dir / MCQ_FILES[task]
-            limit = None if set_name == "all" or scoring != "generate" else recipe.ablation_limit
+            if scoring == "generate":
+                limit = recipe.generate_limit if set_name == "all" else recipe.ablation_limit
+            else:
+                limit = None if set_name in recipe.full_eval_sets else recipe.ablation_limit
             max_new_tokens = recipe.mcq_max_new_tokens
         infer = ["eval", "infer", "--benchmark", benchmark, "--records", str(records), "--weights", str(paths.train),
                  "--output", str(predictions), "--batch_size", str(recipe.eval_batch_size),
                  "--max_new_tokens", str(max_new_tokens), "--optional_modalities", "object",
                  "--device", "cpu", "--dtype", "float32"]
         if scoring != "generate":
-            infer += ["--mcq_scoring", LOGLIK_MODE]
+            # one prompt cache copied per option row: smaller batches score faster (benchmarks/eval_inference.py)
+            infer += ["--mcq_scoring", LOGLIK_MODE, "--batch_size", str(recipe.loglik_batch_size)]
         for modality in modalities:
             infer += [f"--{modality}_folder", str(paths.folders()[modality])]
         if limit is not None:
@@ -347,7 +351,8 @@ def evaluate_step(qs: Quickstart, train: Step) -> Step:
         "evaluate", "Evaluate on held-out subjects (ADLMCQ x modality sets, descriptions)",
         lambda: (paths.eval / "report" / "report.json").is_file()
         and all(paths.scored(*entry).is_file() for entry in evaluation_plan(qs)),
-        {"train": train.settings}, commands=lambda: evaluation_commands(qs),
+        {"train": train.settings, "evaluation": qs.recipe.evaluation_fields()},
+        commands=lambda: evaluation_commands(qs),
     )
 
 
