@@ -242,7 +242,8 @@ def test_kill_9_then_rerun_completes(tmp_path):
     proc = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(out.glob("*.safetensors"))) >= 2:
+        # count finished files only: pathlib's glob also lists the writer's hidden ".*.tmp.safetensors"
+        if len([p for p in out.glob("*.safetensors") if not p.name.startswith(".")]) >= 2:
             break
         time.sleep(0.05)
     killed_mid_run = proc.poll() is None
