@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures.tiny_adl_data import VIDEO_DIM, write_features
+from fixtures.tiny_adl_data import VIDEO_DIM, VIDEO_TOKENS, write_features
 
 from llavidal.data.feature_store import FeatureManifest, save_features
 from llavidal.quickstart.layout import PROTOCOL, Paths
@@ -27,6 +27,35 @@ def _mcq(clip: str, index: int, question: str, task: str) -> dict:
     choices = {letter: ACTIVITIES[(index + offset) % len(ACTIVITIES)] for offset, letter in enumerate("ABCD")}
     return {"video_filename": f"{clip}.mp4", "question": question, "answer_choices": choices,
             "ground_truth_letter": "ABCD"[index % 4], "id": clip, "task": task, "label": choices["ABCD"[index % 4]]}
+
+
+def write_train_annotations(paths: Paths) -> None:
+    """The train split's world annotations the video protocol reads (typed record turns, recognition MCQs) and a
+    tiny image-instruction set (two JPEGs, LLaVA-format records) with its features already extracted."""
+    from PIL import Image
+
+    train_dir = paths.annotations("train")
+    records = [{"id": clip, "video": f"{clip}.pkl", "pose": f"{clip}_pose.pkl", "object": f"{clip}_object.pkl",
+                "conversations": [{"from": "human", "value": "<video>\nWhat is the person doing?", "type": "recognition"},
+                                  {"from": "gpt", "value": f"The person is {ACTIVITIES[i]}."},
+                                  {"from": "human", "value": "Describe the video.", "type": "detail"},
+                                  {"from": "gpt", "value": "A long description."}]}
+               for i, clip in enumerate(TRAIN)]
+    (train_dir / "records.json").write_text(json.dumps(records))
+    mcqs = [_mcq(clip, i, "What is the person doing?", "action_recognition") for i, clip in enumerate(TRAIN[:3])]
+    (train_dir / "mcq_action_recognition.json").write_text(json.dumps(mcqs))
+    (train_dir / "images").mkdir()
+    image_records = []
+    rng = np.random.default_rng(2)
+    for clip in TRAIN[:2]:
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(train_dir / "images" / f"{clip}.jpg")
+        image_records.append({"id": f"{clip}_frame", "image": f"{clip}.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nIs the person standing or sitting?"},
+            {"from": "gpt", "value": "The person is standing."}]})
+        save_features(paths.features / "image" / f"{clip}.safetensors",
+                      rng.standard_normal((VIDEO_TOKENS, VIDEO_DIM)).astype(np.float16))
+    (train_dir / "image_records.json").write_text(json.dumps(image_records))
+    FeatureManifest.load(paths.video).save(paths.features / "image")  # made like the video features
 
 
 def make_quickstart_folder(root: Path) -> Paths:
@@ -84,7 +113,7 @@ def _ablate(paths: Paths, output: Path, capsys) -> tuple[int, str]:
     from llavidal.quickstart.ablate import main
 
     code = main(["--quickstart_dir", str(paths.out), "--designs", "upstream,pllava", "--output_dir", str(output),
-                 "--max_steps", "2", "--preset", "tiny", "--llm", "tiny", "--recipe", "ci", "--train_procs", "1",
+                 "--protocol", "curriculum", "--max_steps", "2", "--preset", "tiny", "--llm", "tiny", "--recipe", "ci", "--train_procs", "1",
                  "--budget_minutes", "30"])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
@@ -137,6 +166,63 @@ def test_ablate_two_designs_table_then_resume(tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (paths.out / "ablation" / ".steps").iterdir()} == steps
     again = json.loads((output / "ablation.json").read_text())
     assert again["designs"] == report["designs"]
+
+
+@pytest.mark.timeout(300)
+def test_ablate_video_protocol_and_images_design(tmp_path, capsys):
+    """--protocol video: every design trains on one-turn video-only samples and is evaluated with the video alone;
+    the images design trains on the same data with the image-instruction set mixed in (its image samples reach
+    the model through --image_folder)."""
+    from llavidal.quickstart.ablate import main
+
+    paths = make_quickstart_folder(tmp_path)
+    write_train_annotations(paths)
+    output = tmp_path / "docs_ablation"
+    argv = ["--quickstart_dir", str(paths.out), "--designs", "upstream,images", "--output_dir", str(output),
+            "--max_steps", "2", "--train_procs", "1", "--image_weight", "2", "--preset", "tiny", "--llm", "tiny",
+            "--recipe", "ci"]
+    code = main(argv)
+    printed = capsys.readouterr()
+    assert code == 0, (printed.out + printed.err)[-4000:]
+
+    data = json.loads((paths.out / "ablation" / "video_train.json").read_text())
+    # 3 MCQs + 4 recognition turns; descriptions are not taken; one turn each, the video alone
+    assert len(data) == 7
+    assert all(len(r["conversations"]) == 2 and "video" in r and "pose" not in r and "object" not in r for r in data)
+    assert {r["conversations"][1]["value"] for r in data} >= {"The person is clapping."}
+
+    report = json.loads((output / "ablation.json").read_text())
+    assert report["protocol"] == "video" and report["modality_sets"] == ["video"]
+    assert report["training_data"]["samples"] == 7
+    for name in ("upstream", "images"):
+        assert set(report["designs"][name]["results"]["recognition"]) == {"video"}
+        assert report["designs"][name]["results"]["recognition"]["video"]["n"] == 2
+    assert report["designs"]["images"]["image_weight"] == 2
+    commands = (paths.out / "ablation" / "commands.sh").read_text()
+    images_line = next(line for line in commands.splitlines() if "/images/train" in line)
+    assert "--data_mixture" in images_line and "image_records.json:2" in images_line and "--image_folder" in images_line
+    assert "video_train.json" in images_line
+    train_log = (paths.out / "ablation" / "logs" / "train_images.log").read_text()
+    assert "image 4" in train_log  # 2 image records at weight 2: each drawn twice per epoch
+    table = (output / "ablation.md").read_text()
+    assert "Protocol `video`" in table and "image-instruction set" in table and "(all)" not in table
+
+    # the quickstart report of the folder shows both rows: images beside upstream, with counts and intervals
+    from llavidal.quickstart.report import _ablation, _ablation_section
+
+    rows = _ablation(paths)
+    assert [row["design"] for row in rows] == ["upstream", "images"] and rows[1]["image_weight"] == 2
+    assert all(row["steps"] == 2 and row["results"]["recognition"]["video"]["n"] == 2 for row in rows)
+    section = "\n".join(_ablation_section(rows))
+    for name in ("upstream", "images"):
+        line = next(line for line in section.splitlines() if line.startswith(f"| {name} |"))
+        assert line.count("/2;") == 1 and line.count("/1;") == 1, line
+    assert "mixed in (weight 2" in section and "(all)" not in section
+
+    # a world without the image set: the images design is refused with what to do
+    (paths.annotations("train") / "image_records.json").unlink()
+    assert main(argv) == 2
+    assert "predates the image-instruction set" in capsys.readouterr().err
 
 
 def test_ablate_refuses_unknown_designs_and_other_folders_choices(tmp_path, capsys):

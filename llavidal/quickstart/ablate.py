@@ -12,6 +12,15 @@ data and alignment. Steps of the quickstart that are missing are run first, by t
 
 What it adds, under ``OUT/ablation/`` (its own ``.steps/``, ``logs/`` and ``commands.sh``, as the quickstart):
 
+* with ``--protocol video`` (the default) the training data every design shares, ``OUT/ablation/video_train.json``:
+  per train clip its recognition and forecasting MCQs (the benchmarks' prompts, the recipe's answers) and its
+  "what is the person doing" turn, one short video-only sample each; the designs change only the video path, so
+  this is where they differ, and a small budget goes to reading the video. ``--protocol curriculum`` trains on the
+  quickstart's own ``data/train.json`` instead and evaluates with all modalities too;
+* for the ``images`` entry (the upstream design with the world's image-instruction set mixed in, ``--data_mixture``
+  with ``--image_weight``): the images' features once, in ``OUT/features/image`` (``llavidal extract video`` on the
+  image folder with the pooled features' encoder and flags: each image a 1-frame video);
+
 * per-frame grid features once, in ``OUT/features/video_grid`` (``llavidal extract video --pooling grid``, the
   recipe's encoder): the recipe's frames (8 in the preset) x ``--grid_side`` x ``--grid_side`` patches per frame
   (2 x 2: 32 rows of the encoder's width per clip, small enough for CPU), for the designs that read whole grids
@@ -22,8 +31,8 @@ What it adds, under ``OUT/ablation/`` (its own ``.steps/``, ``logs/`` and ``comm
   (``--video_projector``), so the aligned video projector fits every design except ``qformer`` (a Q-Former
   replaces it): that one starts its video projector fresh (pose/object projectors and token rows aligned);
   xattn/inject keep the aligned projector for the video span and start their gated conditioning at zero;
-* per design, the evaluation on held-out subjects: recognition and forecasting ADLMCQ, video only and all
-  modalities, scored by option log-likelihood (``--mcq_scoring``, default ``loglik_norm``), in-process (the
+* per design, the evaluation on held-out subjects: recognition and forecasting ADLMCQ, video only (and all
+  modalities with ``--protocol curriculum``), scored by option log-likelihood (``--mcq_scoring``, default ``loglik_norm``), in-process (the
   same functions as ``llavidal eval infer`` / ``eval mcq``; predictions in ``OUT/ablation/<design>/eval``);
 * ``OUTPUT_DIR/ablation.md`` and ``ablation.json``: per design, accuracy with correct/n and the 95% Wilson
   interval for each (task, modality set), video tokens per clip in the prompt, trainable parameters (projectors,
@@ -46,7 +55,7 @@ from typing import Any, Optional
 from llavidal.config import arg, command, parse
 
 DESCRIPTION = ("Compare the video designs on a quickstart folder: each trained with the same budget from the aligned "
-               "projectors and evaluated on held-out recognition and forecasting (video only and all modalities) by "
+               "projectors and evaluated on held-out recognition and forecasting (video only; all modalities too with --protocol curriculum) by "
                "log-likelihood; a table with n and 95% intervals.")
 DEFAULT_DESIGNS = "upstream,pllava,pe,xattn,inject,sampler,qformer"
 ABLATION_TASKS = ("recognition", "forecasting")
@@ -66,6 +75,8 @@ class AblationDesign:
     """Starts its video projector from the aligned one (False: fresh)."""
     note: str
     sampler_train: str = ""
+    images: bool = False
+    """Trains on the world's image-instruction set mixed in (``--data_mixture``), images as 1-frame videos."""
 
 
 ABLATION_DESIGNS: dict[str, AblationDesign] = {
@@ -81,6 +92,14 @@ ABLATION_DESIGNS: dict[str, AblationDesign] = {
                                      "(auxiliary loss)", sampler_train="pseudo"),
     "qformer": AblationDesign("qformer", True, False, "per-frame grids read by a Q-Former (T/2 x side x side "
                               "queries, question-aware); video projector fresh"),
+    "images": AblationDesign("upstream", False, True, "upstream, with the world's image-instruction set (single "
+                             "frames: posture, object, hand) mixed into its training data", images=True),
+}
+PROTOCOLS = {
+    "video": "every design trained on video-only samples (the train split's recognition and forecasting MCQs and "
+             "\"what is the person doing\" turns, one per sample) and evaluated with the video alone",
+    "curriculum": "every design trained on the quickstart's own training data (all modalities, reduced-modality "
+                  "copies) and evaluated with the video alone and with all modalities",
 }
 
 
@@ -89,7 +108,14 @@ class AblateArguments:
     quickstart_dir: str = arg(help="a quickstart output folder (finished or not: its missing steps up to the "
                                    "alignment are run first)", aliases=["--out"])
     designs: str = arg(DEFAULT_DESIGNS, "comma-separated designs to compare: upstream, pllava, pe, xattn, inject, "
-                                        "sampler, sampler_pseudo (the sampler trained with LSTP pseudo-labels), qformer")
+                                        "sampler, sampler_pseudo (the sampler trained with LSTP pseudo-labels), qformer, "
+                                        "images (upstream with the world's image-instruction set mixed in)")
+    protocol: str = arg("video", "what each design trains and is evaluated on: video (video-only samples, video-only "
+                                 "evaluation: the designs change only the video path, and short samples let a small "
+                                 "budget learn) or curriculum (the quickstart's training data; video and all "
+                                 "modalities)", choices=list(PROTOCOLS))
+    image_weight: float = arg(0.5, "sampling weight of the image-instruction set for the images design (share of its "
+                                   "samples drawn per epoch, as --data_mixture)")
     output_dir: str = arg("docs/ablation", "where ablation.md and ablation.json are written")
     max_steps: Optional[int] = arg(None, "optimizer steps of every design (default: the quickstart recipe's)")
     limit: Optional[int] = arg(None, "held-out MCQs per task (default: all)")
@@ -200,12 +226,38 @@ class Ablation:
     grid_side: int = 2
     mcq_scoring: str = "loglik_norm"
     eval_batch_size: int = 16
+    protocol: str = "video"
+    image_weight: float = 0.5
     work: Path = field(init=False)
     grid_folder: Path = field(init=False)
+    image_folder: Path = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {self.protocol!r}: choose from {', '.join(PROTOCOLS)}")
         self.work = self.qs.paths.out / "ablation"
         self.grid_folder = self.qs.paths.features / "video_grid"
+        self.image_folder = self.qs.paths.features / "image"
+
+    @property
+    def sets(self) -> tuple[str, ...]:
+        """The modality sets evaluated: the video alone (protocol video), or the video alone and all."""
+        return ("video",) if self.protocol == "video" else ABLATION_SETS
+
+    def data_path(self) -> Path:
+        """The training records every design shares."""
+        return self.work / "video_train.json" if self.protocol == "video" else self.qs.paths.data / "train.json"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.qs.paths.annotations("train") / "images"
+
+    @property
+    def image_records(self) -> Path:
+        return self.qs.paths.annotations("train") / "image_records.json"
+
+    def needs_images(self) -> bool:
+        return any(ABLATION_DESIGNS[n].images for n in self.designs)
 
     # ---------------------------------------------------------------- sizes
     @property
@@ -282,6 +334,66 @@ class Ablation:
                 "--no_progress"), SINGLE_THREAD)],
         )
 
+    # ---------------------------------------------------------------- the video-only training data
+    def write_video_data(self) -> None:
+        from llavidal.quickstart.curriculum import build_video_only_records
+        from llavidal.utils.io import atomic_write_json
+
+        records, counts = build_video_only_records(self.qs.paths, self.qs.recipe, seed=self.qs.seed)
+        if not records:
+            raise ValueError(f"{self.qs.paths.annotations('train')}: no train clip with video features and an MCQ or "
+                             "a recognition turn; the world's annotations are incomplete (rerun llavidal quickstart)")
+        atomic_write_json(self.data_path(), records)
+        atomic_write_json(self.work / "video_train_summary.json", counts)
+
+    def data_step(self):
+        from llavidal.quickstart.steps import Step
+
+        recipe = self.qs.recipe
+        return Step(
+            "video_data", "Build the video-only training data (train split: MCQs and recognition turns)",
+            lambda: self.data_path().is_file(),
+            {"protocol": self.protocol, "seed": self.qs.seed, "mcq_answer": recipe.mcq_answer,
+             "forecast_reasoning": recipe.forecast_reasoning},
+            prepare=self.write_video_data,
+            prepares=f"{self.data_path()} (llavidal.quickstart.curriculum.build_video_only_records)",
+        )
+
+    # ---------------------------------------------------------------- image features
+    def image_count(self) -> int:
+        from llavidal.features.images import find_images
+
+        return len(find_images(self.image_dir)) if self.image_dir.is_dir() else 0
+
+    def images_valid(self) -> bool:
+        from llavidal.quickstart.stages import features_complete
+
+        return self.image_count() > 0 and features_complete(self.image_folder, "*.safetensors", self.image_count())
+
+    def check_image_set(self) -> None:
+        if not self.image_records.is_file() or not self.image_dir.is_dir():
+            raise FileNotFoundError(
+                f"design images: {self.image_records} (and its images/ folder) not found: the world predates the "
+                "image-instruction set; regenerate it (llavidal synth --out WORLD --preset PRESET --seed SEED, "
+                "the quickstart's world step) or leave the images design out")
+
+    def image_step(self):
+        from llavidal.quickstart.stages import SINGLE_THREAD, cli
+        from llavidal.quickstart.steps import Command, Step
+
+        recipe = self.qs.recipe
+        return Step(
+            "image_features", f"Extract image features of the world's image-instruction set ({self.grid_encoder()}, "
+                              "each image a 1-frame video)", self.images_valid,
+            {"frames": recipe.video_frames, "temporal": recipe.video_temporal_tokens,
+             "grid": recipe.video_spatial_grid, "encoder": self.grid_encoder()},
+            commands=lambda: [Command(cli(
+                "extract", "video", "--video_dir_path", str(self.image_dir), "--clip_feat_path", str(self.image_folder),
+                *(["--encoder", self.grid_encoder()] if self.grid_encoder() else []),
+                "--num_frames", str(recipe.video_frames), "--temporal_tokens", str(recipe.video_temporal_tokens),
+                "--spatial_grid", str(recipe.video_spatial_grid), "--workers", "0", "--no_progress"), SINGLE_THREAD)],
+        )
+
     # ---------------------------------------------------------------- training
     def adapter(self, name: str) -> Path | None:
         """What the design starts from: the aligned projectors, or them without the video projector."""
@@ -311,8 +423,13 @@ class Ablation:
         if self.max_steps:
             flags["max_steps"] = int(self.max_steps)
         flags.update(self.design_flags(name))
-        main_args = ["--config", str(recipe.config_path()), "--model_name_or_path", qs.base_model,
-                     "--data_path", str(paths.data / "train.json"), "--video_folder", str(self.video_folder(name)),
+        if ABLATION_DESIGNS[name].images:
+            data = ["--data_mixture", f"{self.data_path()}:1,{self.image_records}:{self.image_weight:g}",
+                    "--image_folder", str(self.image_folder)]
+        else:
+            data = ["--data_path", str(self.data_path())]
+        main_args = ["--config", str(recipe.config_path()), "--model_name_or_path", qs.base_model, *data,
+                     "--video_folder", str(self.video_folder(name)),
                      "--pose_folder", str(paths.pose), "--object_folder", str(paths.object),
                      "--output_dir", str(self.design_dir(name) / "train"), "--seed", str(qs.seed)]
         adapter = self.adapter(name)
@@ -337,16 +454,27 @@ class Ablation:
 
         qs = self.qs
         needs_adapter = self.qs.recipe.align and not ABLATION_DESIGNS[name].aligned_video
+
+        def prepare() -> None:
+            # predictions of earlier weights must not be resumed by the new weights' evaluation
+            import shutil
+
+            shutil.rmtree(self.design_dir(name) / "eval", ignore_errors=True)
+            self.results_path(name).unlink(missing_ok=True)
+            if needs_adapter:
+                self.write_adapter_without_video()
         return Step(
             f"train_{name}", f"Train design {name} ({ABLATION_DESIGNS[name].note})", lambda: self.train_valid(name),
             {"design": self.design_flags(name), "budget": self.train_settings(), "recipe": asdict(qs.recipe),
              "llm": qs.base_model, "seed": qs.seed, "video": "grid" if ABLATION_DESIGNS[name].grid else "pooled",
              "grid": self.grid_side if ABLATION_DESIGNS[name].grid else None,
-             "aligned_video": ABLATION_DESIGNS[name].aligned_video},
+             "aligned_video": ABLATION_DESIGNS[name].aligned_video, "protocol": self.protocol,
+             "images": self.image_weight if ABLATION_DESIGNS[name].images else None},
             commands=lambda: [self.train_command(name)],
-            prepare=self.write_adapter_without_video if needs_adapter else None,
-            prepares=(f"{self.work / 'align_without_video'} (the aligned projectors without the video one)"
-                      if needs_adapter else ""),
+            prepare=prepare,
+            prepares=(f"removes {self.design_dir(name) / 'eval'} (predictions of earlier weights)"
+                      + (f"; writes {self.work / 'align_without_video'} (the aligned projectors without the video one)"
+                         if needs_adapter else "")),
         )
 
     # ---------------------------------------------------------------- evaluation
@@ -355,7 +483,7 @@ class Ablation:
 
         test_dir = self.qs.paths.annotations("test")
         return [(task, set_name) for task in ABLATION_TASKS if (test_dir / MCQ_FILES[task]).is_file()
-                for set_name in ABLATION_SETS]
+                for set_name in self.sets]
 
     def results_path(self, name: str) -> Path:
         return self.design_dir(name) / "results.json"
@@ -407,7 +535,8 @@ class Ablation:
             "trainable_parameters": trainable_parameters(weights),
             "train_seconds": train_runtime(weights),
             "eval_seconds": round(time.perf_counter() - start, 1),
-            "scoring": self.mcq_scoring, "limit": self.limit, "results": results,
+            "scoring": self.mcq_scoring, "limit": self.limit, "protocol": self.protocol,
+            "image_weight": self.image_weight if ABLATION_DESIGNS[name].images else None, "results": results,
         }
         atomic_write_json(self.results_path(name), summary)
         return summary
@@ -417,7 +546,7 @@ class Ablation:
 
         return Step(
             f"eval_{name}", f"Evaluate design {name} (held-out {', '.join(ABLATION_TASKS)} x "
-                            f"{', '.join(ABLATION_SETS)}, {self.mcq_scoring})",
+                            f"{', '.join(self.sets)}, {self.mcq_scoring})",
             lambda: self.results_path(name).is_file(),
             {"train": train.settings, "scoring": self.mcq_scoring, "limit": self.limit,
              "plan": [list(p) for p in self.evaluation_plan()]},
@@ -446,6 +575,12 @@ class Ablation:
         """The grid extraction (when a design needs grids and the folder is not complete yet), then per design its
         training and its evaluation."""
         steps = []
+        if self.protocol == "video":
+            steps.append(self.data_step())
+        if self.needs_images():
+            self.check_image_set()
+            if not self.images_valid():
+                steps.append(self.image_step())
         if self.needs_grid():
             self.check_grid_folder()
             if not self.grid_valid():
@@ -512,13 +647,17 @@ def write_table(ablation: Ablation, output_dir: Path, wall: dict[str, float]) ->
                                                "learning_rate", "lr_scheduler_type", "warmup_ratio", "lora_enable",
                                                "lora_r", "mm_projector_type", "version")}
     shared.update(seed=qs.seed, train_procs=qs.recipe.train_procs, llm=qs.llm, preset=qs.preset,
-                  recipe=qs.recipe.name, aligned=bool(qs.recipe.align))
+                  recipe=qs.recipe.name, aligned=bool(qs.recipe.align), protocol=ablation.protocol)
+    data_counts = None
+    if ablation.protocol == "video" and (ablation.work / "video_train_summary.json").is_file():
+        data_counts = json.loads((ablation.work / "video_train_summary.json").read_text())
     report = {
         "quickstart_dir": str(qs.paths.out), "budget": shared, "scoring": ablation.mcq_scoring, "limit": ablation.limit,
+        "protocol": ablation.protocol, "protocol_note": PROTOCOLS[ablation.protocol], "training_data": data_counts,
         "grid_features": {"folder": str(ablation.grid_folder), "frames": ablation.frames,
                           "patches_per_frame": f"{ablation.grid_side}x{ablation.grid_side}"}
         if ablation.needs_grid() else None,
-        "tasks": list(ABLATION_TASKS), "modality_sets": list(ABLATION_SETS), "designs": rows,
+        "tasks": list(ABLATION_TASKS), "modality_sets": list(ablation.sets), "designs": rows,
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     columns = [(task, s) for task in ABLATION_TASKS for s in ABLATION_SETS
@@ -533,8 +672,12 @@ def write_table(ablation: Ablation, output_dir: Path, wall: dict[str, float]) ->
         + f". Held-out subjects, MCQs answered by {ablation.mcq_scoring}"
         + (f", first {ablation.limit} per task" if ablation.limit else "") + ".",
         "",
-        ("Accuracy (correct/n; 95% Wilson interval, percent). `video`: video features only; `all`: video, pose and "
-         "objects."),
+        f"Protocol `{ablation.protocol}`: {PROTOCOLS[ablation.protocol]}"
+        + (f" ({data_counts['samples']} samples from {data_counts['clips']} train clips: {data_counts['mcq']} MCQs, "
+           f"{data_counts['record_turns']} recognition turns)" if data_counts else "") + ".",
+        "",
+        ("Accuracy (correct/n; 95% Wilson interval, percent). `video`: video features only"
+         + ("; `all`: video, pose and objects." if "all" in ablation.sets else ".")),
         "",
         "| design | " + " | ".join(f"{task} ({s})" for task, s in columns)
         + " | video tokens | trainable params | train s | eval s |",
@@ -547,6 +690,10 @@ def write_table(ablation: Ablation, output_dir: Path, wall: dict[str, float]) ->
     lines += ["", "Designs:", ""]
     for name, row in rows.items():
         fresh = "" if row["aligned_video_projector"] else " Video projector started fresh (not aligned)."
+        if row.get("image_weight"):
+            fresh += (f" Training data: `--data_mixture` of the above (weight 1) and the world's image-instruction set "
+                      f"`{ablation.image_records.relative_to(qs.paths.out)}` (weight {row['image_weight']:g}; features "
+                      f"`{ablation.image_folder.relative_to(qs.paths.out)}`, each image a 1-frame video).")
         flags = " ".join(f"--{k} {v}" for k, v in row["train_flags"].items())
         lines.append(f"- **{name}**: {row['note']}; {row['video_features']} video features "
                      f"{tuple(row['video_feature_shape'])}; flags `{flags}`.{fresh}")
@@ -620,8 +767,10 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"--quickstart_dir {args.quickstart_dir}: no such folder; run llavidal quickstart "
                                 "--output_dir FOLDER first (or give the folder it wrote)")
     qs = quickstart_of(args)
+    if args.image_weight <= 0:
+        raise ValueError(f"--image_weight must be positive, got {args.image_weight}")
     ablation = Ablation(qs, designs, max_steps=args.max_steps, limit=args.limit, grid_side=args.grid_side,
-                        mcq_scoring=args.mcq_scoring,
+                        mcq_scoring=args.mcq_scoring, protocol=args.protocol, image_weight=args.image_weight,
                         eval_batch_size=args.eval_batch_size or qs.recipe.eval_batch_size)
     print(budget_hint(ablation, args.budget_minutes, design_wall_seconds(ablation)))
     try:

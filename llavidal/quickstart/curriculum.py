@@ -67,25 +67,11 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
     description for a share of the clips), in a per-clip random order. The features' placeholders follow
     the first question, as the inference engine writes them.
     """
-    from llavidal.eval.tasks import load_task
-
     rng = random.Random(seed)
-    train_dir = paths.annotations("train")
-    records_path = train_dir / "records.json"
+    records_path = paths.annotations("train") / "records.json"
     records = {r["id"]: r for r in read_json(records_path)}
-    mcq_turns: dict[str, list[tuple[str, str]]] = {}
     counts = {"clips": 0, "mcq": 0, "record_turns": 0, "reduced_copies": 0}
-    for task, file_name in MCQ_FILES.items():
-        path = train_dir / file_name
-        if not path.is_file():
-            continue  # a world without MCQs for this task: the records alone are used
-        spec = load_task(MCQ_BENCHMARKS[task])
-        for mcq in spec.load_records(path):
-            answer = mcq_answer(recipe, mcq)
-            if task == "forecasting":
-                answer = forecast_answer(recipe, answer, _clip_last_label(paths, mcq.video_stem))
-            mcq_turns.setdefault(mcq.video_stem, []).append((spec.prompts(mcq)["main"], answer))
-            counts["mcq"] += 1
+    mcq_turns = train_mcq_turns(paths, recipe, counts)
 
     out: list[dict] = []
     variants = forecast_variants(paths, recipe, records) + successor_questions(paths, recipe, records, rng)
@@ -113,6 +99,57 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
                                           if name != "all" and all(record.get(m) for m in s)]))
                 out.append(conversation(clip_id, record, subset, [(question, answer)], suffix=f"#m{index}"))
                 counts["reduced_copies"] += 1
+    rng.shuffle(out)
+    counts["samples"] = len(out)
+    return out, counts
+
+
+def train_mcq_turns(paths: Paths, recipe: Recipe, counts: dict | None = None,
+                    tasks: tuple[str, ...] | None = None) -> dict[str, list[tuple[str, str]]]:
+    """clip id -> [(the benchmark's prompt, the recipe's answer)] of the TRAIN split's ADLMCQ questions
+    (``tasks``: the MCQ_FILES keys to read, default all)."""
+    from llavidal.eval.tasks import load_task
+
+    train_dir = paths.annotations("train")
+    turns: dict[str, list[tuple[str, str]]] = {}
+    for task, file_name in MCQ_FILES.items():
+        path = train_dir / file_name
+        if (tasks is not None and task not in tasks) or not path.is_file():
+            continue  # a world without MCQs for this task: the records alone are used
+        spec = load_task(MCQ_BENCHMARKS[task])
+        for mcq in spec.load_records(path):
+            answer = mcq_answer(recipe, mcq)
+            if task == "forecasting":
+                answer = forecast_answer(recipe, answer, _clip_last_label(paths, mcq.video_stem))
+            turns.setdefault(mcq.video_stem, []).append((spec.prompts(mcq)["main"], answer))
+            if counts is not None:
+                counts["mcq"] = counts.get("mcq", 0) + 1
+    return turns
+
+
+def build_video_only_records(paths: Paths, recipe: Recipe, seed: int = 0,
+                             tasks: tuple[str, ...] = ("recognition", "forecasting"),
+                             record_kinds: tuple[str, ...] = ("recognition",)) -> tuple[list[dict], dict]:
+    """Training data that exercises the video path alone (``llavidal ablate --protocol video``): per TRAIN clip its
+    ADLMCQ questions of ``tasks`` and its record turns of ``record_kinds`` ("What is the person doing?"), each a
+    one-turn sample with the video features only. Short samples: a design's budget goes to reading the video."""
+    rng = random.Random(seed)
+    records_path = paths.annotations("train") / "records.json"
+    records = {r["id"]: r for r in read_json(records_path)}
+    counts = {"clips": 0, "mcq": 0, "record_turns": 0}
+    turns = train_mcq_turns(paths, recipe, counts, tasks)
+    out: list[dict] = []
+    for clip_id, record in records.items():
+        if not record.get("video"):
+            continue
+        pairs = list(turns.get(clip_id, []))
+        kept = [(q, a) for kind, q, a in record_turns(record, str(records_path)) if kind in record_kinds]
+        counts["record_turns"] += len(kept)
+        pairs += kept
+        if pairs:
+            counts["clips"] += 1
+        for index, pair in enumerate(pairs):
+            out.append(conversation(clip_id, record, ["video"], [pair], suffix=f"#v{index}"))
     rng.shuffle(out)
     counts["samples"] = len(out)
     return out, counts

@@ -216,6 +216,26 @@ def _alignment(paths: Paths) -> dict | None:
             for name, figures in saved.get("modalities", {}).items()}
 
 
+def _ablation(paths: Paths) -> list[dict]:
+    """The designs and data mixtures ``llavidal ablate`` trained on this folder (``OUT/ablation/*/results.json``):
+    per design its held-out accuracies (fractions), video tokens, training budget and seconds."""
+    rows = []
+    for path in sorted((paths.out / "ablation").glob("*/results.json")):
+        saved = read_json(path)
+        state_path = path.parent / "train" / "trainer_state.json"
+        steps = read_json(state_path).get("global_step") if state_path.is_file() else None
+        results = {task: {set_name: {"accuracy": entry["accuracy"] / 100.0 if entry.get("accuracy") is not None
+                                     else None, "correct": entry["correct"], "n": entry["n"]}
+                          for set_name, entry in by_set.items()}
+                   for task, by_set in (saved.get("results") or {}).items()}
+        rows.append({"design": saved.get("design", path.parent.name), "note": saved.get("note", ""),
+                     "protocol": saved.get("protocol", "curriculum"), "image_weight": saved.get("image_weight"),
+                     "video_tokens": saved.get("video_tokens"), "steps": steps,
+                     "train_seconds": saved.get("train_seconds"), "results": results})
+    order = {"upstream": 0, "images": 1}
+    return sorted(rows, key=lambda row: (order.get(row["design"], 2), row["design"]))
+
+
 def write_report(paths: Paths, recipe: Recipe, settings: dict, base_model: str) -> dict:
     results = collect_results(paths)
     atomic_write_json(paths.eval / "results.json", results)
@@ -240,6 +260,7 @@ def write_report(paths: Paths, recipe: Recipe, settings: dict, base_model: str) 
                   "test_clips": len(split_ids(paths, "test"))},
         "training_data": data_counts,
         "alignment": _alignment(paths),
+        "ablation": _ablation(paths),
         "training": {"global_steps": state.get("global_step"), "epochs": state.get("epoch"),
                      "first_loss": losses[0]["loss"] if losses else None, "last_loss": losses[-1]["loss"] if losses else None,
                      "modalities": train_config.get("modalities"), "template": train_config.get("template")},
@@ -317,6 +338,38 @@ def _alignment_section(alignment: dict | None) -> list[str]:
             *markdown_table(["modality", "clips (held out)", "before", "after", "chance"], rows, DIGITS), ""]
 
 
+def _ablation_section(rows: list[dict] | None) -> list[str]:
+    """Video designs and data mixtures trained on this folder by ``llavidal ablate`` (its own budget and data:
+    not the model above). The ``images`` row is the upstream design with the world's image-instruction set mixed
+    in: beside the ``upstream`` row it shows what mixing images in does to held-out video recognition."""
+    if not rows:
+        return []
+    columns = [(task, set_name) for task in ("recognition", "forecasting") for set_name in ("video", "all")
+               if any(set_name in row["results"].get(task, {}) for row in rows)]
+    table = []
+    for row in rows:
+        cells = []
+        for task, set_name in columns:
+            entry = row["results"].get(task, {}).get(set_name)
+            cells.append(_accuracy_cell(entry) if entry and entry.get("n") else "n/a")
+        table.append([row["design"], *cells, row["video_tokens"], row["steps"],
+                      _fmt(row["train_seconds"]) if row["train_seconds"] is not None else "n/a"])
+    protocols = sorted({row["protocol"] for row in rows})
+    lines = ["## Video designs and image data (`llavidal ablate` on this folder)", "",
+             (f"Each row is its own training run from the aligned projectors with the ablation's budget and data "
+              f"(protocol {', '.join(protocols)}: see docs/ablation), evaluated on the same held-out questions by "
+              "log-likelihood; not the model of the tables above. Each cell: accuracy (correct/n; 95% Wilson "
+              "interval)."), ""]
+    if any(row["design"] == "images" for row in rows):
+        weight = next(row["image_weight"] for row in rows if row["design"] == "images")
+        lines += [(f"`images` is `upstream` trained on the same video data with the world's image-instruction set "
+                   f"mixed in (weight {weight:g}, the same number of steps): beside `upstream` it shows what mixing "
+                   "images in does to held-out video recognition."), ""]
+    lines += [*markdown_table(["design", *(f"{task} ({set_name})" for task, set_name in columns), "video tokens",
+                               "steps", "train s"], table, DIGITS), ""]
+    return lines
+
+
 def _training_section(report: dict) -> list[str]:
     training, recipe = report["training"], report["recipe"]
     lines = ["## Training", "",
@@ -353,6 +406,7 @@ def render_markdown(report: dict) -> str:
         *_descriptions_section(report["results"].get("descriptions")),
         *_alignment_section(report.get("alignment")),
         *_training_section(report),
+        *_ablation_section(report.get("ablation")),
         *_time_section(report),
         "## Settings", "", "```json", json.dumps({"settings": report["settings"], "recipe": recipe}, indent=1), "```", "",
     ]
