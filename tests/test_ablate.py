@@ -206,6 +206,9 @@ def test_ablate_video_protocol_and_images_design(tmp_path, capsys):
     assert "image 4" in train_log  # 2 image records at weight 2: each drawn twice per epoch
     table = (output / "ablation.md").read_text()
     assert "Protocol `video`" in table and "image-instruction set" in table and "(all)" not in table
+    paired = report["paired_vs_upstream"]["images"]["recognition/video"]
+    assert paired["n"] == 2 and paired["base_only"] + paired["other_only"] <= 2 and 0 < paired["p_mcnemar"] <= 1
+    assert "| images | " in table.split("(paired)")[1]
 
     # the quickstart report of the folder shows both rows: images beside upstream, with counts and intervals
     from llavidal.quickstart.report import _ablation, _ablation_section
@@ -213,7 +216,9 @@ def test_ablate_video_protocol_and_images_design(tmp_path, capsys):
     rows = _ablation(paths)
     assert [row["design"] for row in rows] == ["upstream", "images"] and rows[1]["image_weight"] == 2
     assert all(row["steps"] == 2 and row["results"]["recognition"]["video"]["n"] == 2 for row in rows)
-    section = "\n".join(_ablation_section(rows))
+    table_json = json.loads((paths.out / "ablation" / "table.json").read_text())
+    section = "\n".join(_ablation_section(rows, table_json["paired_vs_upstream"]))
+    assert "Paired on the same 2 questions" in section
     for name in ("upstream", "images"):
         line = next(line for line in section.splitlines() if line.startswith(f"| {name} |"))
         assert line.count("/2;") == 1 and line.count("/1;") == 1, line

@@ -141,3 +141,22 @@ def test_judge_is_only_a_fallback():
     assert [item.item_id for item in judge.seen] == ["r2"]  # only the undecided reply went to the judge
     assert result["items"][1]["parse_method"] == "judge"
     assert result["metrics"]["correct"] == 2
+
+
+def test_paired_difference_counts_only_discordant_questions():
+    from llavidal.eval.mcq import paired_difference
+
+    # 208 questions: base right on 0-69, other right on 0-62 -> 7 discordant, all for base
+    base = {str(i): i < 70 for i in range(208)}
+    other = {str(i): i < 63 for i in range(208)}
+    result = paired_difference(base, other)
+    assert result["n"] == 208 and (result["base_only"], result["other_only"]) == (7, 0)
+    assert abs(result["difference"] - (-7 / 208)) < 1e-12
+    # Wald for paired proportions: var = (b + c - (c - b)^2 / n) / n^2
+    half = 1.96 * ((7 - 49 / 208) ** 0.5) / 208
+    assert abs(result["ci95"][0] - (-7 / 208 - half)) < 1e-12 and abs(result["ci95"][1] - (-7 / 208 + half)) < 1e-12
+    assert abs(result["p_mcnemar"] - 2 / 2 ** 7) < 1e-12  # exact two-sided: 2 * P(X <= 0), X ~ Bin(7, 1/2)
+    # only shared questions count; identical answers: no difference, p = 1
+    same = paired_difference({"a": True, "b": False, "x": True}, {"a": True, "b": False, "y": False})
+    assert same["n"] == 2 and same["difference"] == 0 and same["p_mcnemar"] == 1.0
+    assert paired_difference({"a": True}, {"b": True}) is None

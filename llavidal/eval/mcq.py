@@ -218,6 +218,26 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def paired_difference(base: dict[str, bool], other: dict[str, bool], z: float = 1.96) -> dict | None:
+    """Accuracy of ``other`` minus that of ``base`` on the questions both answered (question id -> correct): the
+    difference, its 95% interval (Wald, for paired proportions: the questions are the same, so only the
+    discordant ones count) and McNemar's exact two-sided p-value. ``base_only`` / ``other_only``: questions only
+    that one got right. None when they share no question."""
+    common = sorted(set(base) & set(other))
+    n = len(common)
+    if not n:
+        return None
+    base_only = sum(1 for key in common if base[key] and not other[key])
+    other_only = sum(1 for key in common if other[key] and not base[key])
+    difference = (other_only - base_only) / n
+    variance = max((base_only + other_only) - (other_only - base_only) ** 2 / n, 0.0) / (n * n)
+    half = z * math.sqrt(variance)
+    discordant = base_only + other_only
+    tail = sum(math.comb(discordant, k) for k in range(min(base_only, other_only) + 1)) / 2.0 ** discordant
+    return {"n": n, "difference": difference, "ci95": [max(-1.0, difference - half), min(1.0, difference + half)],
+            "base_only": base_only, "other_only": other_only, "p_mcnemar": min(1.0, 2.0 * tail)}
+
+
 def _accuracy_block(items: list[dict]) -> dict:
     n = len(items)
     correct = sum(1 for item in items if item["correct"])

@@ -632,6 +632,43 @@ def format_accuracy(entry: dict | None) -> str:
     return f"{entry['accuracy']:.1f}% ({entry['correct']}/{entry['n']}; {low:.1f}-{high:.1f})"
 
 
+def correct_by_question(ablation: Ablation, row: dict, task: str, set_name: str) -> dict[str, bool]:
+    """Question id -> answered correctly, re-scored from a design's predictions file (the same scorer as its
+    accuracy)."""
+    from llavidal.eval.tasks import load_task
+    from llavidal.quickstart.layout import MCQ_BENCHMARKS, MCQ_FILES
+
+    spec = load_task(MCQ_BENCHMARKS[task])
+    records = spec.load_records(ablation.qs.paths.annotations("test") / MCQ_FILES[task], limit=ablation.limit)
+    scored = spec.score(row["results"][task][set_name]["predictions"], records)
+    return {str(item["id"]): bool(item["correct"]) for item in scored["items"]}
+
+
+def paired_against(ablation: Ablation, rows: dict[str, dict], base: str, columns: list[tuple[str, str]]) -> dict:
+    """design -> "task/set" -> :func:`llavidal.eval.mcq.paired_difference` against design ``base`` on the same
+    questions."""
+    from llavidal.eval.mcq import paired_difference
+
+    out: dict[str, dict] = {}
+    for task, set_name in columns:
+        if set_name not in rows[base]["results"].get(task, {}):
+            continue
+        reference = correct_by_question(ablation, rows[base], task, set_name)
+        for name, row in rows.items():
+            if name != base and set_name in row["results"].get(task, {}):
+                other = correct_by_question(ablation, row, task, set_name)
+                out.setdefault(name, {})[f"{task}/{set_name}"] = paired_difference(reference, other)
+    return out
+
+
+def format_difference(entry: dict | None) -> str:
+    if not entry:
+        return "n/a"
+    low, high = entry["ci95"]
+    return (f"{100 * entry['difference']:+.1f} ({entry['other_only']} vs {entry['base_only']}; "
+            f"{100 * low:+.1f} to {100 * high:+.1f}; p={entry['p_mcnemar']:.2g})")
+
+
 def write_table(ablation: Ablation, output_dir: Path, wall: dict[str, float]) -> tuple[Path, Path, dict]:
     """``ablation.md`` + ``ablation.json`` from every design's ``results.json`` (atomic writes)."""
     from llavidal.utils.io import atomic_write_json, atomic_write_text
@@ -687,6 +724,18 @@ def write_table(ablation: Ablation, output_dir: Path, wall: dict[str, float]) ->
         cells = [format_accuracy(row["results"].get(task, {}).get(s)) for task, s in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['video_tokens']} | {row['trainable_parameters']:,} "
                      f"| {_seconds(row['train_seconds'])} | {_seconds(row['eval_seconds'])} |")
+    base = "upstream" if "upstream" in rows else None
+    if base is not None and len(rows) > 1:
+        paired = paired_against(ablation, rows, base, columns)
+        report["paired_vs_upstream"] = paired
+        lines += ["", (f"Against `{base}` on the same questions (paired): difference in accuracy points (questions "
+                       f"only this design got right vs only `{base}` did; 95% interval; McNemar's exact p)."), "",
+                  "| design | " + " | ".join(f"{task} ({s})" for task, s in columns) + " |",
+                  "|---" * (len(columns) + 1) + "|"]
+        for name in rows:
+            if name != base:
+                lines.append(f"| {name} | " + " | ".join(format_difference(paired.get(name, {}).get(f"{task}/{s}"))
+                                                        for task, s in columns) + " |")
     lines += ["", "Designs:", ""]
     for name, row in rows.items():
         fresh = "" if row["aligned_video_projector"] else " Video projector started fresh (not aligned)."
@@ -706,6 +755,7 @@ def write_table(ablation: Ablation, output_dir: Path, wall: dict[str, float]) ->
     output_dir.mkdir(parents=True, exist_ok=True)
     md, js = output_dir / "ablation.md", output_dir / "ablation.json"
     atomic_write_json(js, report)
+    atomic_write_json(ablation.work / "table.json", report)  # beside the runs: the quickstart report reads it
     atomic_write_text(md, "\n".join(lines) + "\n")
     return md, js, report
 

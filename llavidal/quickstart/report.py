@@ -261,6 +261,8 @@ def write_report(paths: Paths, recipe: Recipe, settings: dict, base_model: str) 
         "training_data": data_counts,
         "alignment": _alignment(paths),
         "ablation": _ablation(paths),
+        "ablation_paired": (read_json(paths.out / "ablation" / "table.json").get("paired_vs_upstream")
+                            if (paths.out / "ablation" / "table.json").is_file() else None),
         "training": {"global_steps": state.get("global_step"), "epochs": state.get("epoch"),
                      "first_loss": losses[0]["loss"] if losses else None, "last_loss": losses[-1]["loss"] if losses else None,
                      "modalities": train_config.get("modalities"), "template": train_config.get("template")},
@@ -338,7 +340,7 @@ def _alignment_section(alignment: dict | None) -> list[str]:
             *markdown_table(["modality", "clips (held out)", "before", "after", "chance"], rows, DIGITS), ""]
 
 
-def _ablation_section(rows: list[dict] | None) -> list[str]:
+def _ablation_section(rows: list[dict] | None, paired: dict | None = None) -> list[str]:
     """Video designs and data mixtures trained on this folder by ``llavidal ablate`` (its own budget and data:
     not the model above). The ``images`` row is the upstream design with the world's image-instruction set mixed
     in: beside the ``upstream`` row it shows what mixing images in does to held-out video recognition."""
@@ -353,7 +355,7 @@ def _ablation_section(rows: list[dict] | None) -> list[str]:
             entry = row["results"].get(task, {}).get(set_name)
             cells.append(_accuracy_cell(entry) if entry and entry.get("n") else "n/a")
         table.append([row["design"], *cells, row["video_tokens"], row["steps"],
-                      _fmt(row["train_seconds"]) if row["train_seconds"] is not None else "n/a"])
+                      f"{row['train_seconds']:.0f}" if row["train_seconds"] is not None else "n/a"])
     protocols = sorted({row["protocol"] for row in rows})
     lines = ["## Video designs and image data (`llavidal ablate` on this folder)", "",
              (f"Each row is its own training run from the aligned projectors with the ablation's budget and data "
@@ -362,9 +364,16 @@ def _ablation_section(rows: list[dict] | None) -> list[str]:
               "interval)."), ""]
     if any(row["design"] == "images" for row in rows):
         weight = next(row["image_weight"] for row in rows if row["design"] == "images")
-        lines += [(f"`images` is `upstream` trained on the same video data with the world's image-instruction set "
-                   f"mixed in (weight {weight:g}, the same number of steps): beside `upstream` it shows what mixing "
-                   "images in does to held-out video recognition."), ""]
+        line = (f"`images` is `upstream` trained on the same video data with the world's image-instruction set "
+                f"mixed in (weight {weight:g}, the same number of steps): beside `upstream` it shows what mixing "
+                "images in does to held-out video recognition.")
+        paired = (paired or {}).get("images", {}).get("recognition/video")
+        if paired:
+            low, high = paired["ci95"]
+            line += (f" Paired on the same {paired['n']} questions: {100 * paired['difference']:+.1f} points (right "
+                     f"only with images {paired['other_only']}, only without {paired['base_only']}; 95% interval "
+                     f"{100 * low:+.1f} to {100 * high:+.1f}; McNemar's exact p = {paired['p_mcnemar']:.2g}).")
+        lines += [line, ""]
     lines += [*markdown_table(["design", *(f"{task} ({set_name})" for task, set_name in columns), "video tokens",
                                "steps", "train s"], table, DIGITS), ""]
     return lines
@@ -406,7 +415,7 @@ def render_markdown(report: dict) -> str:
         *_descriptions_section(report["results"].get("descriptions")),
         *_alignment_section(report.get("alignment")),
         *_training_section(report),
-        *_ablation_section(report.get("ablation")),
+        *_ablation_section(report.get("ablation"), report.get("ablation_paired")),
         *_time_section(report),
         "## Settings", "", "```json", json.dumps({"settings": report["settings"], "recipe": recipe}, indent=1), "```", "",
     ]
