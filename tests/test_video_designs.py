@@ -436,3 +436,12 @@ def test_packing_is_refused_with_a_whole_clip_design(base, tmp_path):
         build_registry(model_args, DataArguments(data_path="x.json", video_folder=str(folder), packing=True))
     conditioning_only = ModelArguments(model_name_or_path=str(base), video_design="xattn")
     assert build_registry(conditioning_only, DataArguments(data_path="x.json", video_folder=str(folder), packing=True))
+
+
+def test_sampler_flow_motion_is_refused_until_feature_files_carry_it():
+    from llavidal.model.designs import resolve_design
+
+    design, _ = resolve_design("sampler", sampler_motion="diff")
+    assert design["sampler"]["motion"] == "diff"
+    with pytest.raises(ValueError, match="not carried from extraction"):
+        resolve_design("sampler", sampler_motion="flow")

@@ -96,6 +96,14 @@ def resolve_design(
         design["qformer"] = str(qformer_path)
     if num_queries:
         design["num_queries"] = int(num_queries)
+    if sampler_motion == "flow":
+        # the module takes per-frame flow (llavidal.features.motion) as an input, but feature files do not carry it:
+        # a model trained with it could neither train nor answer from this command line
+        raise ValueError("--sampler_motion flow: per-frame optical flow is not carried from extraction into training "
+                         "and inference yet; use --sampler_motion diff (feature differences, computed inside the "
+                         "model: the preset) or none. The sampler module itself takes flow as an input "
+                         "(llavidal.model.hf.sampler.TemporalSampler(motion='flow'), "
+                         "llavidal.features.motion.optical_flow_magnitude) for code that computes it.")
     if sampler_k or sampler_motion:
         sampler = dict(design.get("sampler") or {"k": 8, "motion": "diff", "train": "straight_through"})
         if sampler_k:

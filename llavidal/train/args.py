@@ -156,7 +156,8 @@ class ModelArguments:
         default=None, metadata={"help": "Frames the temporal sampler keeps (adds the sampler to the design; 8 in the preset)."}
     )
     sampler_motion: str | None = field(
-        default=None, metadata={"help": "Motion signal of the temporal sampler: none, diff (feature differences) or flow."}
+        default=None, metadata={"help": "Motion signal of the temporal sampler: diff (feature differences; the preset) or none. "
+                                  "(flow is refused: feature files do not carry optical flow yet.)"}
     )
     sampler_train: str | None = field(
         default=None,
