@@ -98,36 +98,53 @@ class Result:
 
 
 # ---------------------------------------------------------------------------------------------- data
+class _Draw:
+    """Seeded draws for synthetic records: integers, random text token ids (never a modality token), features."""
+
+    def __init__(self, token_ids: dict[str, dict[str, int]], vocab: int, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.first_text_id = 1 + max(i for ids in token_ids.values() for i in ids.values())
+        self.vocab = vocab
+
+    def randint(self, low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (1,), generator=self.generator))
+
+    def text(self, count: int) -> list[int]:
+        return torch.randint(self.first_text_id, self.vocab, (count,), generator=self.generator).tolist()
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.generator)
+
+
+def _spans(token_ids: dict[str, dict[str, int]], features: dict[str, torch.Tensor]) -> list[int]:
+    """The placeholder ids of the modalities present: start, one patch id per feature row, end."""
+    spans: list[int] = []
+    for name in ("video", "object", "pose"):
+        if name in features:
+            ids = token_ids[name]
+            rows = OBJECT_GROUP * int(features[name].shape[0]) if name == "object" else int(features[name].shape[0])
+            spans += [ids["start"], *[ids["patch"]] * rows, ids["end"]]
+    return spans
+
+
+def _item(context: list[int], answer: list[int], features: dict[str, torch.Tensor], item_id: str) -> dict[str, Any]:
+    return {"input_ids": torch.tensor(context + answer), "labels": torch.tensor([-100] * len(context) + answer),
+            "modality_features": features, "id": item_id}
+
+
 def make_samples(num_videos: int, vocab: int, token_ids: dict[str, dict[str, int]], seed: int) -> list[dict[str, Any]]:
     """ADL-X-like items (dataset format): 6 QAs per video, answers 20-300 tokens, 1-6 objects."""
-    generator = torch.Generator().manual_seed(seed)
-    first_text_id = 1 + max(i for ids in token_ids.values() for i in ids.values())  # never a modality token
-
-    def randint(low: int, high: int) -> int:
-        return int(torch.randint(low, high + 1, (1,), generator=generator))
-
-    def text(count: int) -> list[int]:
-        return torch.randint(first_text_id, vocab, (count,), generator=generator).tolist()
-
+    draw = _Draw(token_ids, vocab, seed)
     items = []
     for video in range(num_videos):
-        objects = randint(1, 6)
-        features = {
-            "video": torch.randn(VIDEO_TOKENS, VIDEO_DIM, generator=generator),
-            "object": torch.randn(objects, OBJECT_GROUP, OBJECT_DIM, generator=generator),
-            "pose": torch.randn(POSE_TOKENS, POSE_DIM, generator=generator),
-        }
-        spans: list[int] = []
-        for name, rows in (("video", VIDEO_TOKENS), ("object", OBJECT_GROUP * objects), ("pose", POSE_TOKENS)):
-            ids = token_ids[name]
-            spans += [ids["start"], *[ids["patch"]] * rows, ids["end"]]
+        objects = draw.randint(1, 6)
+        features = {"video": draw.randn(VIDEO_TOKENS, VIDEO_DIM), "object": draw.randn(objects, OBJECT_GROUP, OBJECT_DIM),
+                    "pose": draw.randn(POSE_TOKENS, POSE_DIM)}
+        spans = _spans(token_ids, features)
         for question in range(6):
-            context = text(SYSTEM_TOKENS) + text(randint(8, 30)) + spans + text(3)  # "... ASSISTANT:"
-            answer = text(randint(20, 300)) + [2]  # answer + </s>
-            input_ids = torch.tensor(context + answer)
-            labels = torch.tensor([-100] * len(context) + answer)
-            items.append({"input_ids": input_ids, "labels": labels, "modality_features": features,
-                          "id": f"video{video:03d}_q{question}"})
+            context = draw.text(SYSTEM_TOKENS) + draw.text(draw.randint(8, 30)) + spans + draw.text(3)  # "... ASSISTANT:"
+            answer = draw.text(draw.randint(20, 300)) + [2]  # answer + </s>
+            items.append(_item(context, answer, features, f"video{video:03d}_q{question}"))
     return items
 
 
@@ -136,36 +153,19 @@ def make_single_qa_samples(
 ) -> list[dict[str, Any]]:
     """One QA per record: questions 10-40 tokens, answers 20-300; half video-only (Video-ChatGPT-like),
     half ADL-X-like (video + pose, objects 1-6 in 2 of 3 records)."""
-    generator = torch.Generator().manual_seed(seed)
-    first_text_id = 1 + max(i for ids in token_ids.values() for i in ids.values())  # never a modality token
-
-    def randint(low: int, high: int) -> int:
-        return int(torch.randint(low, high + 1, (1,), generator=generator))
-
-    def text(count: int) -> list[int]:
-        return torch.randint(first_text_id, vocab, (count,), generator=generator).tolist()
-
+    draw = _Draw(token_ids, vocab, seed)
     items = []
     for record in range(num_records):
-        adl = randint(0, 1) == 1
-        objects = randint(1, 6) if adl and randint(0, 2) > 0 else 0
-        features: dict[str, torch.Tensor] = {"video": torch.randn(VIDEO_TOKENS, VIDEO_DIM, generator=generator)}
+        adl = draw.randint(0, 1) == 1
+        objects = draw.randint(1, 6) if adl and draw.randint(0, 2) > 0 else 0
+        features: dict[str, torch.Tensor] = {"video": draw.randn(VIDEO_TOKENS, VIDEO_DIM)}
         if objects:
-            features["object"] = torch.randn(objects, OBJECT_GROUP, OBJECT_DIM, generator=generator)
+            features["object"] = draw.randn(objects, OBJECT_GROUP, OBJECT_DIM)
         if adl:
-            features["pose"] = torch.randn(POSE_TOKENS, POSE_DIM, generator=generator)
-        spans: list[int] = []
-        for name, rows in (("video", VIDEO_TOKENS), ("object", OBJECT_GROUP * objects), ("pose", POSE_TOKENS)):
-            if name not in features:
-                continue
-            ids = token_ids[name]
-            spans += [ids["start"], *[ids["patch"]] * rows, ids["end"]]
-        context = text(SYSTEM_TOKENS) + text(randint(10, 40)) + spans + text(3)  # "... ASSISTANT:"
-        answer = text(randint(20, 300)) + [2]  # answer + </s>
-        items.append({
-            "input_ids": torch.tensor(context + answer), "labels": torch.tensor([-100] * len(context) + answer),
-            "modality_features": features, "id": f"{'adl' if adl else 'vcgpt'}{record:04d}",
-        })
+            features["pose"] = draw.randn(POSE_TOKENS, POSE_DIM)
+        context = draw.text(SYSTEM_TOKENS) + draw.text(draw.randint(10, 40)) + _spans(token_ids, features) + draw.text(3)
+        answer = draw.text(draw.randint(20, 300)) + [2]  # answer + </s>
+        items.append(_item(context, answer, features, f"{'adl' if adl else 'vcgpt'}{record:04d}"))
     return items
 
 
@@ -173,42 +173,25 @@ def make_mixed_length_samples(
     num_records: int, vocab: int, token_ids: dict[str, dict[str, int]], seed: int
 ) -> list[dict[str, Any]]:
     """Widely spread lengths: text-only (40-200 tokens), video-only (short QA) and full ADL-X (long answers)."""
-    generator = torch.Generator().manual_seed(seed)
-    first_text_id = 1 + max(i for ids in token_ids.values() for i in ids.values())  # never a modality token
-
-    def randint(low: int, high: int) -> int:
-        return int(torch.randint(low, high + 1, (1,), generator=generator))
-
-    def text(count: int) -> list[int]:
-        return torch.randint(first_text_id, vocab, (count,), generator=generator).tolist()
-
+    draw = _Draw(token_ids, vocab, seed)
     items = []
     for record in range(num_records):
         kind = ("text", "video", "adl")[record % 3]
         features: dict[str, torch.Tensor] = {}
         if kind != "text":
-            features["video"] = torch.randn(VIDEO_TOKENS, VIDEO_DIM, generator=generator)
-        objects = randint(1, 6) if kind == "adl" else 0
+            features["video"] = draw.randn(VIDEO_TOKENS, VIDEO_DIM)
         if kind == "adl":
-            features["object"] = torch.randn(objects, OBJECT_GROUP, OBJECT_DIM, generator=generator)
-            features["pose"] = torch.randn(POSE_TOKENS, POSE_DIM, generator=generator)
-        spans: list[int] = []
-        for name, rows in (("video", VIDEO_TOKENS), ("object", OBJECT_GROUP * objects), ("pose", POSE_TOKENS)):
-            if name in features:
-                ids = token_ids[name]
-                spans += [ids["start"], *[ids["patch"]] * rows, ids["end"]]
+            features["object"] = draw.randn(draw.randint(1, 6), OBJECT_GROUP, OBJECT_DIM)
+            features["pose"] = draw.randn(POSE_TOKENS, POSE_DIM)
         if kind == "text":
-            question, answer_length = text(randint(20, 100)), randint(20, 100)
+            question, answer_length = draw.text(draw.randint(20, 100)), draw.randint(20, 100)
         elif kind == "video":
-            question, answer_length = text(randint(10, 40)), randint(5, 60)
+            question, answer_length = draw.text(draw.randint(10, 40)), draw.randint(5, 60)
         else:
-            question, answer_length = text(randint(10, 40)), randint(20, 600)
-        context = text(SYSTEM_TOKENS) + question + spans + text(3)
-        answer = text(answer_length) + [2]
-        items.append({
-            "input_ids": torch.tensor(context + answer), "labels": torch.tensor([-100] * len(context) + answer),
-            "modality_features": features, "id": f"{kind}{record:04d}",
-        })
+            question, answer_length = draw.text(draw.randint(10, 40)), draw.randint(20, 600)
+        context = draw.text(SYSTEM_TOKENS) + question + _spans(token_ids, features) + draw.text(3)
+        answer = draw.text(answer_length) + [2]
+        items.append(_item(context, answer, features, f"{kind}{record:04d}"))
     return items
 
 

@@ -372,7 +372,8 @@ class Ablation:
     def images_valid(self) -> bool:
         from llavidal.quickstart.stages import features_complete
 
-        return self.image_count() > 0 and features_complete(self.image_folder, "*.safetensors", self.image_count())
+        count = self.image_count()
+        return count > 0 and features_complete(self.image_folder, "*.safetensors", count)
 
     def check_image_set(self) -> None:
         if not self.image_records.is_file() or not self.image_dir.is_dir():
