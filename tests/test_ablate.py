@@ -213,12 +213,13 @@ def test_ablate_video_protocol_and_images_design(tmp_path, capsys):
     # the quickstart report of the folder shows both rows: images beside upstream, with counts and intervals
     from llavidal.quickstart.report import _ablation, _ablation_section
 
-    rows = _ablation(paths)
-    assert [row["design"] for row in rows] == ["upstream", "images"] and rows[1]["image_weight"] == 2
-    assert all(row["steps"] == 2 and row["results"]["recognition"]["video"]["n"] == 2 for row in rows)
-    table_json = json.loads((paths.out / "ablation" / "table.json").read_text())
-    section = "\n".join(_ablation_section(rows, table_json["paired_vs_upstream"]))
-    assert "Paired on the same 2 questions" in section
+    ablation = _ablation(paths)
+    assert ablation["protocol"] == "video" and ablation["steps"] == 2
+    assert [row["design"] for row in ablation["rows"]] == ["upstream", "images"]
+    assert ablation["rows"][1]["image_weight"] == 2
+    assert all(row["results"]["recognition"]["video"]["n"] == 2 for row in ablation["rows"])
+    section = "\n".join(_ablation_section(ablation))
+    assert "Paired on the same 2 questions" in section and "(2 steps)" in section
     for name in ("upstream", "images"):
         line = next(line for line in section.splitlines() if line.startswith(f"| {name} |"))
         assert line.count("/2;") == 1 and line.count("/1;") == 1, line

@@ -216,24 +216,25 @@ def _alignment(paths: Paths) -> dict | None:
             for name, figures in saved.get("modalities", {}).items()}
 
 
-def _ablation(paths: Paths) -> list[dict]:
-    """The designs and data mixtures ``llavidal ablate`` trained on this folder (``OUT/ablation/*/results.json``):
-    per design its held-out accuracies (fractions), video tokens, training budget and seconds."""
+def _ablation(paths: Paths) -> dict | None:
+    """The last ``llavidal ablate`` table of this folder (``OUT/ablation/table.json``: one budget, one protocol):
+    per design its held-out accuracies (fractions), video tokens, steps and training seconds, and the paired
+    differences against upstream."""
+    table_path = paths.out / "ablation" / "table.json"
+    if not table_path.is_file():
+        return None
+    table = read_json(table_path)
     rows = []
-    for path in sorted((paths.out / "ablation").glob("*/results.json")):
-        saved = read_json(path)
-        state_path = path.parent / "train" / "trainer_state.json"
-        steps = read_json(state_path).get("global_step") if state_path.is_file() else None
+    for name, saved in (table.get("designs") or {}).items():
         results = {task: {set_name: {"accuracy": entry["accuracy"] / 100.0 if entry.get("accuracy") is not None
                                      else None, "correct": entry["correct"], "n": entry["n"]}
                           for set_name, entry in by_set.items()}
                    for task, by_set in (saved.get("results") or {}).items()}
-        rows.append({"design": saved.get("design", path.parent.name), "note": saved.get("note", ""),
-                     "protocol": saved.get("protocol", "curriculum"), "image_weight": saved.get("image_weight"),
-                     "video_tokens": saved.get("video_tokens"), "steps": steps,
-                     "train_seconds": saved.get("train_seconds"), "results": results})
-    order = {"upstream": 0, "images": 1}
-    return sorted(rows, key=lambda row: (order.get(row["design"], 2), row["design"]))
+        rows.append({"design": name, "note": saved.get("note", ""), "image_weight": saved.get("image_weight"),
+                     "video_tokens": saved.get("video_tokens"), "train_seconds": saved.get("train_seconds"),
+                     "results": results})
+    return {"protocol": table.get("protocol", "curriculum"), "steps": (table.get("budget") or {}).get("max_steps"),
+            "rows": rows, "paired": table.get("paired_vs_upstream")}
 
 
 def write_report(paths: Paths, recipe: Recipe, settings: dict, base_model: str) -> dict:
@@ -261,8 +262,6 @@ def write_report(paths: Paths, recipe: Recipe, settings: dict, base_model: str) 
         "training_data": data_counts,
         "alignment": _alignment(paths),
         "ablation": _ablation(paths),
-        "ablation_paired": (read_json(paths.out / "ablation" / "table.json").get("paired_vs_upstream")
-                            if (paths.out / "ablation" / "table.json").is_file() else None),
         "training": {"global_steps": state.get("global_step"), "epochs": state.get("epoch"),
                      "first_loss": losses[0]["loss"] if losses else None, "last_loss": losses[-1]["loss"] if losses else None,
                      "modalities": train_config.get("modalities"), "template": train_config.get("template")},
@@ -340,12 +339,13 @@ def _alignment_section(alignment: dict | None) -> list[str]:
             *markdown_table(["modality", "clips (held out)", "before", "after", "chance"], rows, DIGITS), ""]
 
 
-def _ablation_section(rows: list[dict] | None, paired: dict | None = None) -> list[str]:
+def _ablation_section(ablation: dict | None) -> list[str]:
     """Video designs and data mixtures trained on this folder by ``llavidal ablate`` (its own budget and data:
     not the model above). The ``images`` row is the upstream design with the world's image-instruction set mixed
     in: beside the ``upstream`` row it shows what mixing images in does to held-out video recognition."""
-    if not rows:
+    if not ablation or not ablation["rows"]:
         return []
+    rows = ablation["rows"]
     columns = [(task, set_name) for task in ("recognition", "forecasting") for set_name in ("video", "all")
                if any(set_name in row["results"].get(task, {}) for row in rows)]
     table = []
@@ -354,12 +354,12 @@ def _ablation_section(rows: list[dict] | None, paired: dict | None = None) -> li
         for task, set_name in columns:
             entry = row["results"].get(task, {}).get(set_name)
             cells.append(_accuracy_cell(entry) if entry and entry.get("n") else "n/a")
-        table.append([row["design"], *cells, row["video_tokens"], row["steps"],
+        table.append([row["design"], *cells, row["video_tokens"],
                       f"{row['train_seconds']:.0f}" if row["train_seconds"] is not None else "n/a"])
-    protocols = sorted({row["protocol"] for row in rows})
     lines = ["## Video designs and image data (`llavidal ablate` on this folder)", "",
-             (f"Each row is its own training run from the aligned projectors with the ablation's budget and data "
-              f"(protocol {', '.join(protocols)}: see docs/ablation), evaluated on the same held-out questions by "
+             (f"Each row is its own training run from the aligned projectors with the ablation's budget "
+              f"({ablation['steps']} steps) and data (protocol {ablation['protocol']}: see docs/ablation), evaluated "
+              "on the same held-out questions by "
               "log-likelihood; not the model of the tables above. Each cell: accuracy (correct/n; 95% Wilson "
               "interval)."), ""]
     if any(row["design"] == "images" for row in rows):
@@ -367,7 +367,7 @@ def _ablation_section(rows: list[dict] | None, paired: dict | None = None) -> li
         line = (f"`images` is `upstream` trained on the same video data with the world's image-instruction set "
                 f"mixed in (weight {weight:g}, the same number of steps): beside `upstream` it shows what mixing "
                 "images in does to held-out video recognition.")
-        paired = (paired or {}).get("images", {}).get("recognition/video")
+        paired = (ablation.get("paired") or {}).get("images", {}).get("recognition/video")
         if paired:
             low, high = paired["ci95"]
             line += (f" Paired on the same {paired['n']} questions: {100 * paired['difference']:+.1f} points (right "
@@ -375,7 +375,7 @@ def _ablation_section(rows: list[dict] | None, paired: dict | None = None) -> li
                      f"{100 * low:+.1f} to {100 * high:+.1f}; McNemar's exact p = {paired['p_mcnemar']:.2g}).")
         lines += [line, ""]
     lines += [*markdown_table(["design", *(f"{task} ({set_name})" for task, set_name in columns), "video tokens",
-                               "steps", "train s"], table, DIGITS), ""]
+                               "train s"], table, DIGITS), ""]
     return lines
 
 
@@ -415,7 +415,7 @@ def render_markdown(report: dict) -> str:
         *_descriptions_section(report["results"].get("descriptions")),
         *_alignment_section(report.get("alignment")),
         *_training_section(report),
-        *_ablation_section(report.get("ablation"), report.get("ablation_paired")),
+        *_ablation_section(report.get("ablation")),
         *_time_section(report),
         "## Settings", "", "```json", json.dumps({"settings": report["settings"], "recipe": recipe}, indent=1), "```", "",
     ]
