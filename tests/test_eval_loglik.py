@@ -195,3 +195,73 @@ def test_cli_loglik_predictions_are_scored_and_the_preferred_choice_wins(tmp_pat
                       "--weights", str(tmp_path / "weights"), "--video_folder", str(video),
                       "--output", str(tmp_path / "d.jsonl"), "--mcq_scoring", "loglik_norm"]) == 2
     assert not (tmp_path / "d.jsonl").exists()
+
+
+def test_cut_at_lead():
+    from llavidal.eval.loglik import cut_at_lead
+
+    assert cut_at_lead("The video ends with sitting. The answer is reading. The answer is", "The answer is") == \
+        "The video ends with sitting. The answer is"
+    assert cut_at_lead("The video ends with sitting.  ", "The answer is") == "The video ends with sitting. The answer is"
+    assert cut_at_lead("", "The answer is") == "The answer is"
+
+
+def test_loglik_after_a_generated_lead_is_batch_independent_and_resumes_by_settings(tmp_path):
+    """--loglik_lead: the choices are scored after the model's own greedy answer cut at the lead (the row keeps
+    it), the same at batch 1 and 8; a rerun with the same settings skips every record, one without the lead
+    answers them all again and the merged file holds the new rows."""
+    from llavidal.data.feature_store import save_features
+    from llavidal.eval.loglik import cut_at_lead
+    from llavidal.eval.run_inference import run_inference
+    from llavidal.utils.io import read_jsonl
+
+    engine = tiny_engine()
+    spec = load_task("adlmcq_forecasting")
+    video = tmp_path / "video"
+    video.mkdir()
+    rng = np.random.default_rng(3)
+    records, arrays = [], []
+    for i in range(9):
+        arrays.append(rng.standard_normal((6, 16)).astype(np.float32))
+        save_features(video / f"v{i}.safetensors", arrays[-1])
+        choices = dict(list(SIX.items())[: 3 + i % 4])
+        records.append(EvalRecord(id=f"v{i}", video=f"v{i}.mp4", question="What will the person do next?" + " Hm." * i,
+                                  choices=choices, answer_letter="A"))
+    lead = "the answer is"
+    rows = {}
+    for batch in (1, 8):
+        out = tmp_path / f"b{batch}.jsonl"
+        summary = run_inference(engine, records, {"video": video}, out, benchmark=spec, batch_size=batch,
+                                max_new_tokens=6, mcq_scoring="loglik_norm", loglik_lead=lead, show_progress=False)
+        assert summary.generated == 9
+        rows[batch] = {row["id"]: row for row in read_jsonl(out)}
+    for rid, row in rows[1].items():
+        other = rows[8][rid]
+        assert row["prediction"] == other["prediction"] and row["lead"] == other["lead"]
+        assert row["lead"].endswith(lead) and row["generation"]["loglik_lead"] == lead
+        for letter, score in row["option_scores"].items():
+            assert score["loglik"] == pytest.approx(other["option_scores"][letter]["loglik"], abs=1e-4)
+    # the lead is the greedy answer cut at the lead, and the choices are scored right after it
+    record = records[4]
+    features = {"video": arrays[4]}
+    prompt = spec.prompts(record)["main"]
+    answer = engine.generate([GenerationRequest(prompt, features, request_id="v4")], max_new_tokens=6)[0]
+    assert rows[1]["v4"]["lead"] == cut_at_lead(answer, lead)
+    scored = engine.score_options([GenerationRequest(prompt, features, request_id="v4", answer_prefix=rows[1]["v4"]["lead"])],
+                                  [list(record.choices.values())])[0]
+    assert [rows[1]["v4"]["option_scores"][k]["loglik"] for k in record.choices] == pytest.approx(scored.logliks, abs=1e-4)
+    plain = engine.score_options([GenerationRequest(prompt, features, request_id="v4")], [list(record.choices.values())])[0]
+    assert scored.logliks != pytest.approx(plain.logliks, abs=1e-3)  # the lead changes what is scored
+
+    out = tmp_path / "b8.jsonl"
+    again = run_inference(engine, records, {"video": video}, out, benchmark=spec, batch_size=8, max_new_tokens=6,
+                          mcq_scoring="loglik_norm", loglik_lead=lead, show_progress=False)
+    assert again.generated == 0 and again.skipped_done == 9
+    without = run_inference(engine, records, {"video": video}, out, benchmark=spec, batch_size=8, max_new_tokens=6,
+                            mcq_scoring="loglik_norm", show_progress=False)
+    assert without.generated == 9
+    merged = read_jsonl(out)
+    assert len(merged) == 9 and all("lead" not in row and "loglik_lead" not in row["generation"] for row in merged)
+    with pytest.raises(ValueError, match="needs --mcq_scoring"):
+        run_inference(engine, records, {"video": video}, tmp_path / "g.jsonl", benchmark=spec, loglik_lead=lead,
+                      show_progress=False)

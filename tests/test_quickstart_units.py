@@ -64,13 +64,22 @@ def test_every_world_question_carries_its_type_and_the_curriculum_uses_it(tmp_pa
         expected = sorted({"detail": "description"}.get(kind, kind) for kind, _, _ in clip_questions(meta, world_seed))
         assert sorted(kind for kind, _, _ in record_turns(record)) == expected
     recipe = apply_recipe_settings(RECIPES["ci"], ['record_turns=["hand"]', "reduced_modality_copies=false",
-                                                   "forecast_variants=0", "forecast_from_successors=0"])
+                                                   "forecast_variants=0", "forecast_from_successors=0",
+                                                   "video_only_samples=false"])
     samples, counts = build_training_records(paths, recipe)
     hands = {(record["id"], question) for record in records for kind, question, _ in record_turns(record)
              if kind == "hand"}
-    assert counts["record_turns"] == len(hands) > 0
+    assert counts["record_turns"] == len(hands) > 0 and "video_only" not in counts
     asked = {(sample["id"], turn["value"].split("\n")[0]) for sample in samples for turn in sample["conversations"][::2]}
     assert hands <= asked  # every hand question kept, and (by the count) nothing else from the records
+
+    # the video-only set: one-turn samples with the video features alone, the same as the ablation trains on
+    with_video = apply_recipe_settings(recipe, ["video_only_samples=true"])
+    more, more_counts = build_training_records(paths, with_video)
+    video_only = [s for s in more if "#v" in s["id"]]
+    assert more_counts["video_only"] == len(video_only) == len(more) - len(samples) > 0
+    assert all(len(s["conversations"]) == 2 and "video" in s and "pose" not in s and "object" not in s
+               and s["conversations"][0]["value"].endswith("\n<video>") for s in video_only)
 
 
 # --------------------------------------------------------------------------- steps runner
@@ -173,6 +182,41 @@ def test_evaluation_runs_the_eval_cli_per_task_and_modality_set(tmp_path):
     assert judge[judge.index("--judge") + 1] == "local"
     report = commands[-1]
     assert len(report[report.index("--results") + 1:report.index("--output_dir")]) == 2 * len(sets) + 1
+
+
+def test_forecasting_loglik_scores_the_choices_after_the_models_own_reasoning(tmp_path):
+    """The recipe trains forecasting answers "The video ends with X. The answer is Y.": its log-likelihood
+    evaluation generates up to the lead and scores the choices after it; recognition scores them at once."""
+    from dataclasses import replace
+
+    from llavidal.quickstart.curriculum import FORECAST_LEAD, forecast_answer
+    from llavidal.quickstart.layout import Paths
+    from llavidal.quickstart.stages import (
+        Quickstart,
+        evaluate_step,
+        evaluation_commands,
+        train_step,
+    )
+
+    _world_with_test_files(tmp_path, ("mcq_action_recognition.json", "mcq_forecasting.json"))
+    recipe = RECIPES["ci"]
+    assert recipe.forecast_reasoning and f"{FORECAST_LEAD} reading a book." in forecast_answer(recipe, "reading a book",
+                                                                                             "sitting down")
+    qs = Quickstart(paths=Paths(tmp_path), recipe=recipe, preset="small", llm="tiny", seed=0, workers=1)
+    infers = {Path(a[a.index("--output") + 1]).name: a for a in (c.argv[3:] for c in evaluation_commands(qs))
+              if a[1] == "infer"}
+    for name, argv in infers.items():
+        if name.startswith("forecasting__") and name.endswith("__loglik.jsonl"):
+            assert argv[argv.index("--loglik_lead") + 1] == FORECAST_LEAD
+        else:
+            assert "--loglik_lead" not in argv, name
+    plain = Quickstart(paths=Paths(tmp_path), recipe=replace(recipe, forecast_reasoning=False), preset="small",
+                       llm="tiny", seed=0, workers=1)
+    assert not any("--loglik_lead" in c.argv for c in evaluation_commands(plain))
+    # the lead is part of the evaluation's settings: a folder evaluated without it is evaluated again
+    train = train_step(qs, None)
+    assert evaluate_step(qs, train).settings["forecast_lead"] == FORECAST_LEAD
+    assert evaluate_step(plain, train_step(plain, None)).settings["forecast_lead"] is None
 
 
 def test_command_line_flags(tmp_path, capsys):

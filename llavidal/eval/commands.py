@@ -119,6 +119,10 @@ class InferArguments:
                            "of highest log-likelihood: loglik_norm (per token), loglik_char (per character), loglik "
                            "(sum); see llavidal/eval/loglik.py",
                            choices=["generate", "loglik_norm", "loglik_char", "loglik"])
+    loglik_lead: str = arg("", "with --mcq_scoring loglik*: the words the trained answer names its choice after (e.g. "
+                           "'The answer is'); the model first generates its answer greedily (at most "
+                           "--max_new_tokens) up to them, then each choice is scored after that generated lead "
+                           "(for models trained to reason before answering; see llavidal/eval/loglik.py)")
     max_new_tokens: int = arg(256, "longest answer in tokens")
     temperature: float = arg(0.0, "0 for greedy decoding")
     top_p: float = arg(1.0, "nucleus sampling when temperature > 0")
@@ -322,6 +326,7 @@ def cmd_infer(argv: list[str] | None = None) -> int:
         allow_text_only=args.allow_text_only,
         merge_timeout=args.merge_timeout,
         mcq_scoring=args.mcq_scoring,
+        loglik_lead=args.loglik_lead,
     )
     print(summary.line())
     if summary.merged:

@@ -24,6 +24,15 @@ cloze; ``({letter}) {text}`` scores the letter too). A task YAML allows log-like
 ``loglik: true`` (both ADLMCQ tasks do). Rows keep the prediction format of generation (the chosen letter
 in ``prediction``, so ``llavidal eval mcq`` scores them) plus each choice's log-likelihood in
 ``option_scores`` (``llavidal/eval/FORMATS.md``).
+
+Scoring after a generated lead (``--loglik_lead "The answer is"``): a model trained to reason before it names
+its choice (the quickstart's forecasting answers read "The video ends with sitting down on a chair. The answer
+is reading a book.") would be scored on the bare choice text as if it answered at once, which is not the
+distribution it was trained on. With a lead, the model first generates its answer greedily up to the lead
+(:func:`generated_leads`; the text before the lead is the model's own, the lead is appended when the model
+did not write it), and every choice is then scored as the continuation of prompt + that lead. The generated
+lead is kept in each row (``lead``). Generation is greedy and batch-independent, so the choices are the same
+at any batch size.
 """
 
 from __future__ import annotations
@@ -69,6 +78,40 @@ def continuations(spec: TaskSpec, record: EvalRecord) -> tuple[list[str], list[s
     return letters, texts
 
 
+def cut_at_lead(text: str, lead: str) -> str:
+    """The generated ``text`` up to and including the first ``lead``; ``text`` + the lead when it has none."""
+    at = text.find(lead)
+    if at >= 0:
+        return text[: at + len(lead)]
+    text = text.rstrip()
+    return f"{text} {lead}" if text else lead
+
+
+def generated_leads(
+    engine: Any,
+    make_request: Callable[..., Any],
+    ready: list[tuple[EvalRecord, dict[str, Any], dict[str, str]]],
+    lead: str,
+    max_new_tokens: int,
+    batch_size: int,
+    answer_prompt: str = "",
+) -> list[tuple[str, str]]:
+    """(answer prefix to score the choices after, error) per ready record: the greedy answer cut at ``lead``."""
+    if not ready:
+        return []
+    requests = [make_request(question=prompts["main"], features=features, history=[], request_id=record.id,
+                             **({"answer_prefix": answer_prompt} if answer_prompt else {}))
+                for record, features, prompts in ready]
+    try:
+        texts = engine.generate(requests, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)
+    except Exception as err:  # noqa: BLE001 - isolate which record fails; errors are recorded per record
+        if len(ready) == 1:
+            return [("", f"record {ready[0][0].id!r}: generating the answer lead failed: {type(err).__name__}: {err}")]
+        return [result for item in ready for result in
+                generated_leads(engine, make_request, [item], lead, max_new_tokens, batch_size, answer_prompt)]
+    return [(answer_prompt + cut_at_lead(text, lead), "") for text in texts]
+
+
 def score_ready(
     engine: Any,
     make_request: Callable[..., Any],
@@ -76,11 +119,17 @@ def score_ready(
     spec: TaskSpec,
     mode: str,
     batch_size: int,
+    leads: list[tuple[str, str]] | None = None,
 ) -> list[tuple[dict[str, str], str, dict[str, Any]]]:
-    """(outputs, error, extra row fields) per ready record; a failing batch is retried record by record."""
+    """(outputs, error, extra row fields) per ready record; a failing batch is retried record by record.
+
+    ``leads``: per ready record, (the answer prefix the choices are scored after, error) from
+    :func:`generated_leads`; None scores them right after the prompt (or the task's ``answer_prompt``)."""
     normalization = check_scoring(mode, spec)
     if not ready:
         return []
+    if leads is not None and len(leads) != len(ready):
+        raise ValueError(f"{len(leads)} answer leads for {len(ready)} records")
     results: list[tuple[dict[str, str], str, dict[str, Any]] | None] = [None] * len(ready)
     requests, options, places = [], [], []
     for index, (record, features, prompts) in enumerate(ready):
@@ -89,7 +138,11 @@ def score_ready(
                      "record or use --mcq_scoring generate")
             results[index] = ({}, error, {})
             continue
-        prefix = getattr(spec, "answer_prompt", "")  # text the answer starts with (MVBench's "Best option:(")
+        if leads is not None and leads[index][1]:
+            results[index] = ({}, leads[index][1], {})
+            continue
+        # text the answer starts with (MVBench's "Best option:("), or the model's own lead
+        prefix = leads[index][0] if leads is not None else getattr(spec, "answer_prompt", "")
         requests.append(make_request(question=prompts["main"], features=features, history=[], request_id=record.id,
                                      **({"answer_prefix": prefix} if prefix else {})))
         options.append(continuations(spec, record)[1])
@@ -106,7 +159,8 @@ def score_ready(
                 results[places[0]] = ({}, error, {})
             else:
                 for index in places:
-                    results[index] = score_ready(engine, make_request, [ready[index]], spec, mode, batch_size)[0]
+                    one = None if leads is None else [leads[index]]
+                    results[index] = score_ready(engine, make_request, [ready[index]], spec, mode, batch_size, one)[0]
             return [r for r in results if r is not None]
         for index, scores in zip(places, scored):
             record = ready[index][0]
@@ -118,5 +172,8 @@ def score_ready(
                 for letter, text, loglik, tokens, chars, value in zip(
                     letters, texts, scores.logliks, scores.num_tokens, scores.num_chars, values)
             }
-            results[index] = ({"main": best}, "", {"option_scores": option_scores})
+            extra: dict[str, Any] = {"option_scores": option_scores}
+            if leads is not None:
+                extra["lead"] = leads[index][0]
+            results[index] = ({"main": best}, "", extra)
     return [r for r in results if r is not None]

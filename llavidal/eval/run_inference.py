@@ -32,6 +32,7 @@ is the record's video file name without extension and ``suffix`` the modality's 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -151,12 +152,16 @@ def _all_rows(output: str | Path) -> list[dict]:
     return rows
 
 
-def completed_ids(output: str | Path) -> set[str]:
-    """Ids whose latest row has status ``ok`` (others are tried again)."""
-    latest: dict[str, str] = {}
+def completed_ids(output: str | Path, generation: dict | None = None) -> set[str]:
+    """Ids whose latest row has status ``ok`` (others are tried again); with ``generation``, only rows written
+    with those generation settings count (a rerun with another ``--mcq_scoring``, lead or token limit answers
+    every record again, and the merge keeps the new rows)."""
+    wanted = None if generation is None else json.dumps(generation, sort_keys=True)
+    latest: dict[str, bool] = {}
     for row in _all_rows(output):
-        latest[str(row["id"])] = row.get("status", "ok")
-    return {rid for rid, status in latest.items() if status == "ok"}
+        same = wanted is None or json.dumps(row.get("generation"), sort_keys=True) == wanted
+        latest[str(row["id"])] = row.get("status", "ok") == "ok" and same
+    return {rid for rid, ok in latest.items() if ok}
 
 
 def merge_predictions(output: str | Path, records: Sequence[EvalRecord] | None = None) -> Path:
@@ -312,6 +317,7 @@ def run_inference(
     show_progress: bool = True,
     mcq_scoring: str = "generate",
     sort_by_length: bool = True,
+    loglik_lead: str = "",
 ) -> InferenceSummary:
     """Generate predictions for ``benchmark_records`` (see the module docstring).
 
@@ -319,14 +325,18 @@ def run_inference(
     benchmark's prompts (:meth:`TaskSpec.prompts`), or the record's question. Generation is through
     ``engine.generate(requests, max_new_tokens=, temperature=, top_p=, batch_size=)``; with ``mcq_scoring``
     ``loglik_norm`` / ``loglik_char`` / ``loglik`` through ``engine.score_options(requests, options,
-    batch_size=)`` (:mod:`llavidal.eval.loglik`). ``sort_by_length`` takes the records longest prompt text
-    first, so that batches hold prompts of similar length.
+    batch_size=)`` (:mod:`llavidal.eval.loglik`); with ``loglik_lead`` the choices are scored after the model's
+    own generated answer up to that lead (:func:`llavidal.eval.loglik.generated_leads`). ``sort_by_length``
+    takes the records longest prompt text first, so that batches hold prompts of similar length.
     """
-    from llavidal.eval.loglik import check_scoring, score_ready
+    from llavidal.eval.loglik import check_scoring, generated_leads, score_ready
 
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     scoring = check_scoring(mcq_scoring, benchmark)
+    if loglik_lead and scoring is None:
+        raise ValueError("loglik_lead scores the choices after a generated lead: it needs --mcq_scoring loglik_norm, "
+                         "loglik_char or loglik")
     start = time.time()
     shard_rank = dist.rank() if shard_rank is None else shard_rank
     num_shards = dist.world_size() if num_shards is None else num_shards
@@ -343,16 +353,18 @@ def run_inference(
     target = out_jsonl if num_shards == 1 else shard_path(out_jsonl, shard_rank)
     if num_shards > 1:
         dist.done_marker(out_jsonl, shard_rank).unlink(missing_ok=True)  # a stale marker from an earlier run
+    generation: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+    if scoring is not None:
+        generation = {"mcq_scoring": mcq_scoring, "loglik_continuation": benchmark.loglik_continuation}
+        if loglik_lead:
+            generation.update(loglik_lead=loglik_lead, max_new_tokens=max_new_tokens)
     repair_torn_tail(target)
-    done = completed_ids(out_jsonl)
+    done = completed_ids(out_jsonl, generation)
     shard = dist.shard(list(benchmark_records), shard_rank, num_shards)
     todo = [r for r in shard if r.id not in done]
     if sort_by_length:  # stable: records of equal length keep their order
         todo.sort(key=lambda r: -sum(len(text) for text in prompt_fn(r).values()))
     summary = InferenceSummary(output=str(target), total=len(shard), skipped_done=len(shard) - len(todo))
-    generation: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
-    if scoring is not None:
-        generation = {"mcq_scoring": mcq_scoring, "loglik_continuation": benchmark.loglik_continuation}
     identity = benchmark.identity if benchmark is not None else {}
 
     def row(
@@ -414,7 +426,11 @@ def run_inference(
                        _generate(engine, make_request, ready, generation, batch_size,
                                  getattr(benchmark, "answer_prompt", ""))]
         else:
-            results = score_ready(engine, make_request, ready, benchmark, mcq_scoring, batch_size)
+            leads = None
+            if loglik_lead:
+                leads = generated_leads(engine, make_request, ready, loglik_lead, max_new_tokens, batch_size,
+                                        getattr(benchmark, "answer_prompt", ""))
+            results = score_ready(engine, make_request, ready, benchmark, mcq_scoring, batch_size, leads)
         for (record, features, _), (outputs, error, extra) in zip(ready, results):
             if error:
                 append_jsonl(target, row(record, "generation_error", error=error, used=sorted(features)))

@@ -59,7 +59,8 @@ def record_turns(record: dict, where: str = "") -> list[tuple[str, str, str]]:
 
 
 def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple[list[dict], dict]:
-    """Training conversations from the TRAIN split: one per clip, plus reduced-modality MCQ copies.
+    """Training conversations from the TRAIN split: one per clip, plus reduced-modality MCQ copies, forecasting
+    variants and (``recipe.video_only_samples``) the one-turn video-only set.
 
     Each clip's conversation asks its ADLMCQ question (recognition, or forecasting for routine prefixes)
     with the exact prompt the benchmark uses at evaluation, answered as ``recipe.mcq_answer`` says, and the
@@ -99,6 +100,10 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
                                           if name != "all" and all(record.get(m) for m in s)]))
                 out.append(conversation(clip_id, record, subset, [(question, answer)], suffix=f"#m{index}"))
                 counts["reduced_copies"] += 1
+    if recipe.video_only_samples:
+        video_only, _ = build_video_only_records(paths, recipe, seed=seed)
+        out += video_only
+        counts["video_only"] = len(video_only)
     rng.shuffle(out)
     counts["samples"] = len(out)
     return out, counts
@@ -160,11 +165,16 @@ def _clip_last_label(paths: Paths, clip_id: str) -> str | None:
     return last_label(read_json(meta_path)) if meta_path.is_file() else None
 
 
+FORECAST_LEAD = "The answer is"
+"""The words a reasoned forecasting answer names its choice after; log-likelihood evaluation scores the choices
+after the model's own generated answer up to them (``llavidal eval infer --loglik_lead``)."""
+
+
 def forecast_answer(recipe: Recipe, answer: str, last: str | None) -> str:
     """A forecasting training answer; with ``recipe.forecast_reasoning`` it names the clip's last activity first."""
     if not recipe.forecast_reasoning or not last:
         return answer
-    return f"The video ends with {last}. The answer is {answer}."
+    return f"The video ends with {last}. {FORECAST_LEAD} {answer}."
 
 
 def mcq_answer(recipe: Recipe, mcq: Any) -> str:

@@ -278,11 +278,16 @@ def write_report(paths: Paths, recipe: Recipe, settings: dict, base_model: str) 
     return report
 
 
-def _mcq_section(results: dict) -> list[str]:
+def _mcq_section(results: dict, forecast_reasoning: bool = False) -> list[str]:
     lines = ["## Multiple-choice accuracy on held-out subjects", "",
              "Same trained model; modalities withheld at inference. Each cell: accuracy (correct/n; 95% Wilson "
              "interval). Object-dependent forecasting: the questions whose next activity only the object in "
              "hand allows (drink, read, phone call; the other two are always among the options).", ""]
+    if forecast_reasoning:
+        lines += [("Forecasting is trained as reasoning then answer (\"The video ends with X. The answer is Y.\"); "
+                   "by log-likelihood the model first writes its own answer greedily up to \"The answer is\" and the "
+                   "options are scored after it (`--loglik_lead`), the recognition and attribute options right "
+                   "after the question."), ""]
     for scoring, by_task in (results.get("mcq") or {}).items():
         columns = [c for c in COLUMNS if c[1] in by_task]
         rows = []
@@ -411,7 +416,7 @@ def render_markdown(report: dict) -> str:
          f"(seed {world['seed']}); trained on the {PROTOCOL.replace('_', '-')} train split "
          f"({world['train_clips']} clips), evaluated on held-out subjects ({world['test_clips']} clips)."),
         "",
-        *_mcq_section(report["results"]),
+        *_mcq_section(report["results"], bool((report.get("recipe") or {}).get("forecast_reasoning"))),
         *_descriptions_section(report["results"].get("descriptions")),
         *_alignment_section(report.get("alignment")),
         *_training_section(report),

@@ -324,6 +324,9 @@ def evaluation_commands(qs: Quickstart) -> list[Command]:
         if scoring != "generate":
             # one prompt cache copied per option row: smaller batches score faster (benchmarks/eval_inference.py)
             infer += ["--mcq_scoring", LOGLIK_MODE, "--batch_size", str(recipe.loglik_batch_size)]
+            if task == "forecasting" and recipe.forecast_reasoning:
+                # trained to name the last activity first: score the choices after the model's own reasoning
+                infer += ["--loglik_lead", curriculum.FORECAST_LEAD]
         for modality in modalities:
             infer += [f"--{modality}_folder", str(paths.folders()[modality])]
         if limit is not None:
@@ -351,7 +354,8 @@ def evaluate_step(qs: Quickstart, train: Step) -> Step:
         "evaluate", "Evaluate on held-out subjects (ADLMCQ x modality sets, descriptions)",
         lambda: (paths.eval / "report" / "report.json").is_file()
         and all(paths.scored(*entry).is_file() for entry in evaluation_plan(qs)),
-        {"train": train.settings, "evaluation": qs.recipe.evaluation_fields()},
+        {"train": train.settings, "evaluation": qs.recipe.evaluation_fields(),
+         "forecast_lead": curriculum.FORECAST_LEAD if qs.recipe.forecast_reasoning else None},
         commands=lambda: evaluation_commands(qs),
     )
 
