@@ -29,8 +29,8 @@ Scoring after a generated lead (``--loglik_lead "The answer is"``): a model trai
 its choice (the quickstart's forecasting answers read "The video ends with sitting down on a chair. The answer
 is reading a book.") would be scored on the bare choice text as if it answered at once, which is not the
 distribution it was trained on. With a lead, the model first generates its answer greedily up to the lead
-(:func:`generated_leads`; the text before the lead is the model's own, the lead is appended when the model
-did not write it), and every choice is then scored as the continuation of prompt + that lead. The generated
+(``run_inference``'s own generation, cut by :func:`cut_at_lead`; the text before the lead is the model's own,
+the lead is appended when the model did not write it), and every choice is then scored as the continuation of prompt + that lead. The generated
 lead is kept in each row (``lead``). Generation is greedy and batch-independent, so the choices are the same
 at any batch size.
 """
@@ -87,31 +87,6 @@ def cut_at_lead(text: str, lead: str) -> str:
     return f"{text} {lead}" if text else lead
 
 
-def generated_leads(
-    engine: Any,
-    make_request: Callable[..., Any],
-    ready: list[tuple[EvalRecord, dict[str, Any], dict[str, str]]],
-    lead: str,
-    max_new_tokens: int,
-    batch_size: int,
-    answer_prompt: str = "",
-) -> list[tuple[str, str]]:
-    """(answer prefix to score the choices after, error) per ready record: the greedy answer cut at ``lead``."""
-    if not ready:
-        return []
-    requests = [make_request(question=prompts["main"], features=features, history=[], request_id=record.id,
-                             **({"answer_prefix": answer_prompt} if answer_prompt else {}))
-                for record, features, prompts in ready]
-    try:
-        texts = engine.generate(requests, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size)
-    except Exception as err:  # noqa: BLE001 - isolate which record fails; errors are recorded per record
-        if len(ready) == 1:
-            return [("", f"record {ready[0][0].id!r}: generating the answer lead failed: {type(err).__name__}: {err}")]
-        return [result for item in ready for result in
-                generated_leads(engine, make_request, [item], lead, max_new_tokens, batch_size, answer_prompt)]
-    return [(answer_prompt + cut_at_lead(text, lead), "") for text in texts]
-
-
 def score_ready(
     engine: Any,
     make_request: Callable[..., Any],
@@ -123,8 +98,8 @@ def score_ready(
 ) -> list[tuple[dict[str, str], str, dict[str, Any]]]:
     """(outputs, error, extra row fields) per ready record; a failing batch is retried record by record.
 
-    ``leads``: per ready record, (the answer prefix the choices are scored after, error) from
-    :func:`generated_leads`; None scores them right after the prompt (or the task's ``answer_prompt``)."""
+    ``leads``: per ready record, (the answer prefix the choices are scored after, error): the model's generated
+    answer cut by :func:`cut_at_lead`; None scores them right after the prompt (or the task's ``answer_prompt``)."""
     normalization = check_scoring(mode, spec)
     if not ready:
         return []

@@ -326,10 +326,10 @@ def run_inference(
     ``engine.generate(requests, max_new_tokens=, temperature=, top_p=, batch_size=)``; with ``mcq_scoring``
     ``loglik_norm`` / ``loglik_char`` / ``loglik`` through ``engine.score_options(requests, options,
     batch_size=)`` (:mod:`llavidal.eval.loglik`); with ``loglik_lead`` the choices are scored after the model's
-    own generated answer up to that lead (:func:`llavidal.eval.loglik.generated_leads`). ``sort_by_length``
+    own greedy answer up to that lead (:func:`llavidal.eval.loglik.cut_at_lead`). ``sort_by_length``
     takes the records longest prompt text first, so that batches hold prompts of similar length.
     """
-    from llavidal.eval.loglik import check_scoring, generated_leads, score_ready
+    from llavidal.eval.loglik import check_scoring, cut_at_lead, score_ready
 
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -427,9 +427,13 @@ def run_inference(
                                  getattr(benchmark, "answer_prompt", ""))]
         else:
             leads = None
-            if loglik_lead:
-                leads = generated_leads(engine, make_request, ready, loglik_lead, max_new_tokens, batch_size,
-                                        getattr(benchmark, "answer_prompt", ""))
+            if loglik_lead:  # the model's own greedy answer up to the lead, then the choices after it
+                answer_prompt = getattr(benchmark, "answer_prompt", "")
+                greedy = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "top_p": 1.0}
+                main_only = [(record, features, {"main": prompts["main"]}) for record, features, prompts in ready]
+                leads = [("", error) if error else (answer_prompt + cut_at_lead(outputs["main"], loglik_lead), "")
+                         for outputs, error in _generate(engine, make_request, main_only, greedy, batch_size,
+                                                         answer_prompt)]
             results = score_ready(engine, make_request, ready, benchmark, mcq_scoring, batch_size, leads)
         for (record, features, _), (outputs, error, extra) in zip(ready, results):
             if error:

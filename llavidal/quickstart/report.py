@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llavidal.eval.report import format_value, load_results, markdown_table
+from llavidal.quickstart.curriculum import FORECAST_LEAD
 from llavidal.quickstart.layout import MCQ_FILES, MODALITY_SETS, PROTOCOL, SCORINGS, Paths, read_json, split_ids
 from llavidal.quickstart.recipes import Recipe
 from llavidal.utils.io import atomic_write_json, atomic_write_text
@@ -284,9 +285,9 @@ def _mcq_section(results: dict, forecast_reasoning: bool = False) -> list[str]:
              "interval). Object-dependent forecasting: the questions whose next activity only the object in "
              "hand allows (drink, read, phone call; the other two are always among the options).", ""]
     if forecast_reasoning:
-        lines += [("Forecasting is trained as reasoning then answer (\"The video ends with X. The answer is Y.\"); "
-                   "by log-likelihood the model first writes its own answer greedily up to \"The answer is\" and the "
-                   "options are scored after it (`--loglik_lead`), the recognition and attribute options right "
+        lines += [(f"Forecasting is trained as reasoning then answer (\"The video ends with X. {FORECAST_LEAD} Y.\"); "
+                   f"by log-likelihood the model first writes its own answer greedily up to \"{FORECAST_LEAD}\" and "
+                   "the options are scored after it (`--loglik_lead`), the recognition and attribute options right "
                    "after the question."), ""]
     for scoring, by_task in (results.get("mcq") or {}).items():
         columns = [c for c in COLUMNS if c[1] in by_task]
