@@ -92,7 +92,8 @@ class Recipe:
     recognition and forecasting MCQs and its "What is the person doing?" turns, each a one-turn sample with the
     video features alone. The video is the modality the LLM learns to read last (pose answers most questions
     of the mixed data), and these short samples are where it has to: on the medium world 150 steps of them take
-    held-out video-only recognition from 0.34 (50 steps) to 0.51 (docs/quickstart_report/notes.md)."""
+    held-out video-only recognition from 0.337 (70/208; 0.28-0.40; 50 steps) to 0.510 (106/208; 0.44-0.58)
+    (docs/quickstart_report/notes.md)."""
     description_fraction: float = 0.25
     """Share of the clips whose detailed description is trained on (descriptions are the longest turns;
     a quarter teaches their form and costs a fraction of the time)."""
