@@ -5,6 +5,7 @@ model is made to prefer wins through the CLI; sorted generation gives the same a
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -265,3 +266,22 @@ def test_loglik_after_a_generated_lead_is_batch_independent_and_resumes_by_setti
     with pytest.raises(ValueError, match="needs --mcq_scoring"):
         run_inference(engine, records, {"video": video}, tmp_path / "g.jsonl", benchmark=spec, loglik_lead=lead,
                       show_progress=False)
+
+
+def test_generation_stops_at_a_stop_string_row_by_row():
+    """engine.generate(stop=...): a row ends once its text holds a stop string (the lead of --loglik_lead is
+    generated no further than needed); its answer is a prefix of the unstopped greedy answer that holds the
+    string, and a row of the same batch that never writes it is unchanged."""
+    engine = tiny_engine()
+    rng = np.random.default_rng(5)
+    requests = [GenerationRequest(f"Question {i}: what happens next?", {"video": rng.standard_normal((6, 16)).astype(np.float32)},
+                                  request_id=f"r{i}") for i in range(4)]
+    full = engine.generate(requests, max_new_tokens=16, batch_size=4)
+    # an early word of one answer that another never writes
+    first, other, stop = next((i, j, word) for i in range(4) for j in range(4) if i != j
+                              for word in re.findall(r"[A-Za-z]{3,}", full[i][: len(full[i]) // 2]) if word not in full[j])
+    pair = [requests[first], requests[other]]
+    stopped = engine.generate(pair, max_new_tokens=16, batch_size=2, stop=[stop])
+    assert stop in stopped[0] and full[first].startswith(stopped[0]) and len(stopped[0]) < len(full[first])
+    assert stopped[1] == full[other]
+    assert engine.generate(pair[:1], max_new_tokens=16, batch_size=1, stop=[stop]) == stopped[:1]

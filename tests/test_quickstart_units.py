@@ -153,19 +153,32 @@ def _world_with_test_files(root: Path, files: tuple[str, ...]) -> None:
 
 
 def test_evaluation_runs_the_eval_cli_per_task_and_modality_set(tmp_path):
+    from llavidal.eval.commands import read_infer_jobs
     from llavidal.quickstart.layout import Paths
-    from llavidal.quickstart.stages import Quickstart, evaluation_commands
+    from llavidal.quickstart.stages import (
+        Quickstart,
+        evaluation_commands,
+        evaluation_runs,
+        infer_jobs_path,
+        shared_infer_flags,
+        write_infer_jobs,
+    )
 
     _world_with_test_files(tmp_path, ("mcq_action_recognition.json", "descriptions.json"))
     qs = Quickstart(paths=Paths(tmp_path), recipe=RECIPES["ci"], preset="small", llm="tiny", seed=0, workers=1)
     commands = [c.argv[3:] for c in evaluation_commands(qs)]  # after "python -m llavidal"
     words = [" ".join(argv[:2]) if argv[1] != "judge" else "eval judge " + argv[2] for argv in commands]
     sets = ("video", "pose", "object", "video+pose", "all")
-    # every modality set twice (log-likelihood, then generation), then the descriptions and the report
-    assert words == ["eval infer", "eval mcq"] * 2 * len(sets) + ["eval infer", "eval judge descriptions", "eval report"]
-    infers = {Path(a[a.index("--output") + 1]).name: a for a in commands if a[1] == "infer"}
-    assert set(infers) == ({f"recognition__{s}.jsonl" for s in sets} | {f"recognition__{s}__loglik.jsonl" for s in sets}
-                           | {"descriptions__all.jsonl"})
+    # one eval infer for every run (the model loaded once), then each modality set's scoring twice
+    # (log-likelihood, then generation), the descriptions' judge and the report
+    assert words == ["eval infer"] + ["eval mcq"] * 2 * len(sets) + ["eval judge descriptions", "eval report"]
+    assert commands[0][2:] == shared_infer_flags(qs) + ["--jobs", str(infer_jobs_path(qs))]
+    infers = {Path(a[a.index("--output") + 1]).name: a for _, a in evaluation_runs(qs)}
+    # the jobs file holds exactly these runs, and eval infer reads it back as they are
+    write_infer_jobs(qs)
+    parsed = read_infer_jobs(infer_jobs_path(qs), shared_infer_flags(qs))
+    assert [Path(job.output).name for _, job in parsed] == list(infers)
+    assert all(job.weights == str(qs.paths.train) and job.device == "cpu" for _, job in parsed)
     pose_only = infers["recognition__pose.jsonl"]
     assert "--video_folder" not in pose_only and "--allow_text_only" in pose_only and "--pose_folder" in pose_only
     assert pose_only[pose_only.index("--limit") + 1] == str(RECIPES["ci"].ablation_limit)
@@ -194,7 +207,7 @@ def test_forecasting_loglik_scores_the_choices_after_the_models_own_reasoning(tm
     from llavidal.quickstart.stages import (
         Quickstart,
         evaluate_step,
-        evaluation_commands,
+        evaluation_runs,
         train_step,
     )
 
@@ -203,8 +216,7 @@ def test_forecasting_loglik_scores_the_choices_after_the_models_own_reasoning(tm
     assert recipe.forecast_reasoning and f"{FORECAST_LEAD} reading a book." in forecast_answer(recipe, "reading a book",
                                                                                              "sitting down")
     qs = Quickstart(paths=Paths(tmp_path), recipe=recipe, preset="small", llm="tiny", seed=0, workers=1)
-    infers = {Path(a[a.index("--output") + 1]).name: a for a in (c.argv[3:] for c in evaluation_commands(qs))
-              if a[1] == "infer"}
+    infers = {Path(a[a.index("--output") + 1]).name: a for _, a in evaluation_runs(qs)}
     for name, argv in infers.items():
         if name.startswith("forecasting__") and name.endswith("__loglik.jsonl"):
             assert argv[argv.index("--loglik_lead") + 1] == FORECAST_LEAD
@@ -212,7 +224,7 @@ def test_forecasting_loglik_scores_the_choices_after_the_models_own_reasoning(tm
             assert "--loglik_lead" not in argv, name
     plain = Quickstart(paths=Paths(tmp_path), recipe=replace(recipe, forecast_reasoning=False), preset="small",
                        llm="tiny", seed=0, workers=1)
-    assert not any("--loglik_lead" in c.argv for c in evaluation_commands(plain))
+    assert not any("--loglik_lead" in argv for _, argv in evaluation_runs(plain))
     # the lead is part of the evaluation's settings: a folder evaluated without it is evaluated again
     train = train_step(qs, None)
     assert evaluate_step(qs, train).settings["forecast_lead"] == FORECAST_LEAD

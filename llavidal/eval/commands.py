@@ -141,8 +141,14 @@ class InferArguments:
                                    "trained with; Video-ChatGPT's video-chatgpt_v1 is llavidal_v1)")
     videochatgpt_json: bool = arg(False, "also write Video-ChatGPT's prediction file: --output with .json, a JSON "
                                   "list of {id, question, answer, pred} or the benchmark record + pred (pred1/pred2)")
+    jobs: Optional[str] = arg(None, "a file of runs of one model, one per line: the flags of one 'eval infer' (shell "
+                              "words; '#' starts a comment), after the flags of the command line, which every run "
+                              "shares. The model is loaded once: every line must give the same --weights, "
+                              "--base_model, --device, --dtype and --conv_mode. Each run resumes on its own")
 
     def __post_init__(self) -> None:
+        if self.jobs:
+            return  # each line is parsed, and checked, as a command line of its own
         if not self.output:
             if not (self.output_dir and self.output_name):
                 raise ValueError("pass --output FILE.jsonl (or --output_dir and --output_name)")
@@ -281,9 +287,85 @@ def _write_videochatgpt_json(args: InferArguments, kind: str) -> None:
 
 @command("llavidal eval infer")
 def cmd_infer(argv: list[str] | None = None) -> int:
-    """Generate predictions for a task's records (resumable; sharded under torchrun)."""
+    """Generate predictions for a task's records (resumable; sharded under torchrun); with --jobs FILE, several
+    runs of one model in this process."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     (args,) = parse((InferArguments,), argv, prog="llavidal eval infer", description=cmd_infer.__doc__)
     _setup_logging()
+    if not args.jobs:
+        return _infer(args, {})
+    jobs = read_infer_jobs(args.jobs, _without_flag(argv, "--jobs"))
+    engines: dict = {}
+    failed = [where for where, job in jobs if _infer(job, engines) != 0]
+    print(f"{len(jobs)} runs from {args.jobs}: {len(jobs) - len(failed)} complete"
+          + (f", {len(failed)} with failed records ({', '.join(failed)}); rerun the same command to retry them"
+             if failed else ""))
+    return 1 if failed else 0
+
+
+def _without_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == flag:
+            skip = True
+        elif not word.startswith(flag + "="):
+            out.append(word)
+    return out
+
+
+def read_infer_jobs(path: str | Path, shared: list[str]) -> list[tuple[str, InferArguments]]:
+    """("FILE line N", arguments) of each run of an ``eval infer --jobs FILE``: the shared flags, then the line's.
+
+    Every run must use the same model (weights, base model, device, dtype, template): a line that differs is an
+    error naming it, before anything runs; so is a line that ``eval infer`` would refuse, or a second line
+    writing the same output file.
+    """
+    import shlex
+
+    from llavidal.config import ConfigError
+
+    jobs: list[tuple[str, InferArguments]] = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise ValueError(f"--jobs {path}: cannot read it ({err})") from err
+    engine_keys = ("weights", "base_model", "device", "dtype", "conv_mode")
+    outputs: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        where = f"{path} line {number}"
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as err:
+            raise ValueError(f"{where}: not shell words ({err})") from err
+        if not words:
+            continue
+        if "--jobs" in words or any(w.startswith("--jobs=") for w in words):
+            raise ValueError(f"{where}: a run cannot name --jobs")
+        try:
+            (job,) = parse((InferArguments,), shared + words, prog=f"llavidal eval infer ({where})")
+        except (ValueError, ConfigError, SystemExit) as err:
+            raise ValueError(f"{where}: {err}") from err
+        if jobs:
+            first_where, first = jobs[0]
+            differ = [k for k in engine_keys if getattr(job, k) != getattr(first, k)]
+            if differ:
+                raise ValueError(f"{where}: --{', --'.join(differ)} differ from {first_where}; the runs of one --jobs "
+                                 "file share one model (put the other model's runs in a file of their own)")
+        output = str(Path(job.output).resolve())
+        if output in outputs:
+            raise ValueError(f"{where}: --output {job.output} is written by {outputs[output]} too")
+        outputs[output] = where
+        jobs.append((where, job))
+    if not jobs:
+        raise ValueError(f"--jobs {path}: no runs in it (one line of 'eval infer' flags per run)")
+    return jobs
+
+
+def _infer(args: InferArguments, engines: dict) -> int:
+    """One ``eval infer`` run; ``engines`` keeps the loaded model for the next run of the same weights."""
     from llavidal.eval.loglik import check_scoring
     from llavidal.eval.run_inference import merge_predictions, run_inference
     from llavidal.eval.tasks import load_task
@@ -309,9 +391,13 @@ def cmd_infer(argv: list[str] | None = None) -> int:
         if folder:
             refuse_video_files_folder(name, folder)  # before loading the model: a usage error
     check_feature_manifests(args.weights, folders, allow_mismatch=args.allow_feature_mismatch)
-    engine = InferenceEngine.from_pretrained(
-        args.weights, base_model=args.base_model, device=args.device, dtype=args.dtype, template=args.conv_mode
-    )
+    key = (args.weights, args.base_model, args.device, args.dtype, args.conv_mode)
+    if key not in engines:
+        engines.clear()  # one model in memory at a time
+        engines[key] = InferenceEngine.from_pretrained(
+            args.weights, base_model=args.base_model, device=args.device, dtype=args.dtype, template=args.conv_mode
+        )
+    engine = engines[key]
     summary = run_inference(
         engine,
         records,

@@ -429,7 +429,8 @@ def run_inference(
             leads = None
             if loglik_lead:  # the model's own greedy answer up to the lead, then the choices after it
                 answer_prompt = getattr(benchmark, "answer_prompt", "")
-                greedy = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "top_p": 1.0}
+                # generation ends at the lead (the text after it is not used)
+                greedy = {"max_new_tokens": max_new_tokens, "temperature": 0.0, "top_p": 1.0, "stop": [loglik_lead]}
                 main_only = [(record, features, {"main": prompts["main"]}) for record, features, prompts in ready]
                 leads = [("", error) if error else (answer_prompt + cut_at_lead(outputs["main"], loglik_lead), "")
                          for outputs, error in _generate(engine, make_request, main_only, greedy, batch_size,

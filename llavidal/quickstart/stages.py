@@ -31,6 +31,9 @@ from llavidal.quickstart.steps import Command, Step
 from llavidal.utils.io import atomic_write_json, atomic_write_text
 
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+VIDEO_THREADS = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+"""The frame encoder's threads: two, whatever the machine (the features are the same as with one; the decoding
+worker runs at a lower priority in the cycles they leave)."""
 TRAIN_MEM = Path(__file__).resolve().parents[1] / "train" / "train_mem.py"
 LOGLIK_MODE = "loglik_norm"
 """``llavidal eval infer --mcq_scoring`` mode of the log-likelihood evaluation (per-token normalised)."""
@@ -153,7 +156,7 @@ def video_step(qs: Quickstart) -> Step:
             "--encoder", recipe.video_encoder,
             "--num_frames", str(recipe.video_frames), "--temporal_tokens", str(recipe.video_temporal_tokens),
             "--spatial_grid", str(recipe.video_spatial_grid), "--workers", str(max(0, min(qs.workers, 2) - 1)),
-            "--no_progress"), SINGLE_THREAD)],
+            "--no_progress"), VIDEO_THREADS)],
     )
 
 
@@ -294,19 +297,14 @@ def evaluation_plan(qs: Quickstart) -> list[tuple[str, str, str]]:
     return plan
 
 
-def evaluation_commands(qs: Quickstart) -> list[Command]:
-    """``llavidal eval infer`` then ``eval mcq`` (or ``eval judge descriptions``, local judge) for each entry
-    of :func:`evaluation_plan`, then ``eval report`` over all their results."""
+def evaluation_runs(qs: Quickstart) -> list[tuple[tuple[str, str, str], list[str]]]:
+    """(plan entry, ``llavidal eval infer`` flags of its run) for each entry of :func:`evaluation_plan`; the flags
+    every run shares (:func:`shared_infer_flags`) are left out."""
     paths, recipe = qs.paths, qs.recipe
     test_dir = paths.annotations("test")
-    env = {"OMP_NUM_THREADS": str(max(1, os.cpu_count() or 1)), "TOKENIZERS_PARALLELISM": "false"}
-    for task, name in MCQ_FILES.items():
-        if not (test_dir / name).is_file():
-            print(f"  no {name} in the world: {task} not evaluated")
-    commands, results = [], []
+    runs = []
     for task, set_name, scoring in evaluation_plan(qs):
         modalities = MODALITY_SETS[set_name]
-        predictions, scored = paths.predictions(task, set_name, scoring), paths.scored(task, set_name, scoring)
         if task == "descriptions":
             benchmark, records, limit = DESCRIPTION_BENCHMARK, test_dir / "descriptions.json", recipe.description_limit
             max_new_tokens = recipe.description_max_new_tokens
@@ -317,34 +315,72 @@ def evaluation_commands(qs: Quickstart) -> list[Command]:
             else:
                 limit = None if set_name in recipe.full_eval_sets else recipe.ablation_limit
             max_new_tokens = recipe.mcq_max_new_tokens
-        infer = ["eval", "infer", "--benchmark", benchmark, "--records", str(records), "--weights", str(paths.train),
-                 "--output", str(predictions), "--batch_size", str(recipe.eval_batch_size),
-                 "--max_new_tokens", str(max_new_tokens), "--optional_modalities", "object",
-                 "--device", "cpu", "--dtype", "float32"]
+        flags = ["--benchmark", benchmark, "--records", str(records),
+                 "--output", str(paths.predictions(task, set_name, scoring)),
+                 "--batch_size", str(recipe.eval_batch_size), "--max_new_tokens", str(max_new_tokens)]
         if scoring != "generate":
             # one prompt cache copied per option row: smaller batches score faster (benchmarks/eval_inference.py)
-            infer += ["--mcq_scoring", LOGLIK_MODE, "--batch_size", str(recipe.loglik_batch_size)]
+            flags += ["--mcq_scoring", LOGLIK_MODE, "--batch_size", str(recipe.loglik_batch_size)]
             if task == "forecasting" and recipe.forecast_reasoning:
                 # trained to name the last activity first: score the choices after the model's own reasoning
-                infer += ["--loglik_lead", curriculum.FORECAST_LEAD]
+                flags += ["--loglik_lead", curriculum.FORECAST_LEAD]
         for modality in modalities:
-            infer += [f"--{modality}_folder", str(paths.folders()[modality])]
+            flags += [f"--{modality}_folder", str(paths.folders()[modality])]
         if limit is not None:
-            infer += ["--limit", str(limit)]
+            flags += ["--limit", str(limit)]
         if "video" not in modalities:
-            infer.append("--allow_text_only")
-        commands.append(Command(cli(*infer), env))
+            flags.append("--allow_text_only")
+        runs.append(((task, set_name, scoring), flags))
+    return runs
+
+
+def shared_infer_flags(qs: Quickstart) -> list[str]:
+    """The ``llavidal eval infer`` flags of every evaluation run: one model, loaded once for all of them."""
+    return ["--weights", str(qs.paths.train), "--optional_modalities", "object", "--device", "cpu", "--dtype", "float32"]
+
+
+def infer_jobs_path(qs: Quickstart) -> Path:
+    return qs.paths.eval / "infer_jobs.txt"
+
+
+def write_infer_jobs(qs: Quickstart) -> None:
+    """``eval/infer_jobs.txt``: one line of ``eval infer`` flags per evaluation run (``eval infer --jobs``)."""
+    import shlex
+
+    lines = ["# llavidal eval infer --jobs: one run per line, after the command line's shared flags"]
+    lines += [f"# {task} / {set_name} / {scoring}\n{shlex.join(flags)}" for (task, set_name, scoring), flags
+              in evaluation_runs(qs)]
+    qs.paths.eval.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(infer_jobs_path(qs), "\n".join(lines) + "\n")
+
+
+def evaluation_commands(qs: Quickstart) -> list[Command]:
+    """One ``llavidal eval infer --jobs`` for every entry of :func:`evaluation_plan` (the model loaded once; the
+    runs are the lines :func:`write_infer_jobs` writes), then ``eval mcq`` (or ``eval judge descriptions``, local
+    judge) for each, then ``eval report`` over all their results."""
+    paths = qs.paths
+    test_dir = paths.annotations("test")
+    env = {"OMP_NUM_THREADS": str(max(1, os.cpu_count() or 1)), "TOKENIZERS_PARALLELISM": "false"}
+    for task, name in MCQ_FILES.items():
+        if not (test_dir / name).is_file():
+            print(f"  no {name} in the world: {task} not evaluated")
+    runs = evaluation_runs(qs)
+    if not runs:
+        return []
+    commands = [Command(cli("eval", "infer", *shared_infer_flags(qs), "--jobs", str(infer_jobs_path(qs))), env)]
+    results = []
+    for (task, set_name, scoring), flags in runs:
+        predictions, scored = paths.predictions(task, set_name, scoring), paths.scored(task, set_name, scoring)
         if task == "descriptions":
             score = ["eval", "judge", "descriptions", "--pred_path", str(predictions), "--judge", "local"]
         else:
-            score = ["eval", "mcq", "--predictions", str(predictions), "--benchmark", benchmark]
+            score = ["eval", "mcq", "--predictions", str(predictions), "--benchmark", flags[flags.index("--benchmark") + 1]]
         score += ["--output_dir", str(scored.parent), "--video_root", str(paths.world / "videos")]
         commands.append(Command(cli(*score), env))
         results.append(str(scored))
-    if results:
-        commands.append(Command(cli("eval", "report", "--results", *results, "--output_dir", str(paths.eval / "report"),
-                                    "--video_root", str(paths.world / "videos"),
-                                    "--title", "LLAVIDAL quickstart evaluation (held-out subjects)"), env))
+    commands.append(Command(cli("eval", "report", "--results", *results, "--output_dir", str(paths.eval / "report"),
+                                "--video_root", str(paths.world / "videos"),
+                                "--title", "LLAVIDAL quickstart evaluation (held-out subjects)"), env))
     return commands
 
 
@@ -356,7 +392,8 @@ def evaluate_step(qs: Quickstart, train: Step) -> Step:
         and all(paths.scored(*entry).is_file() for entry in evaluation_plan(qs)),
         {"train": train.settings, "evaluation": qs.recipe.evaluation_fields(),
          "forecast_lead": curriculum.FORECAST_LEAD if qs.recipe.forecast_reasoning else None},
-        commands=lambda: evaluation_commands(qs),
+        commands=lambda: evaluation_commands(qs), prepare=lambda: write_infer_jobs(qs),
+        prepares=f"{infer_jobs_path(qs)} (the eval infer runs, one per line: llavidal.quickstart.stages)",
     )
 
 

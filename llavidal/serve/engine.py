@@ -272,15 +272,21 @@ class InferenceEngine:
         top_p: float = 1.0,
         batch_size: int = 8,
         sort_by_length: bool = True,
+        stop: Sequence[str] = (),
     ) -> list[str]:
         """Answers, one per request (greedy when temperature is 0), in batches of ``batch_size``.
 
         With ``sort_by_length`` the batches are made of requests of similar prompt length (longest first);
         the answers are returned in request order either way. ``generate`` stops a batch as soon as all of
         its rows have ended (transformers' own early exit), so similar rows also finish together more often.
+        ``stop``: strings that end a row's generation once its text contains one (transformers'
+        ``stop_strings``); the answer keeps the text up to and including the stop string (tokens past it in
+        the same token are kept too), so a caller that needs the text before it cuts there.
         """
         requests = list(requests)
         kwargs = self._generate_kwargs(max_new_tokens, temperature, top_p)
+        if stop:
+            kwargs.update(stop_strings=[str(s) for s in stop], tokenizer=self.tokenizer)
         size = max(1, batch_size)
         sort = sort_by_length and len(requests) > size  # one batch: nothing to sort
         order = _length_order(self.prompt_lengths(requests), True) if sort else list(range(len(requests)))
