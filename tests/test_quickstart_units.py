@@ -81,6 +81,30 @@ def test_every_world_question_carries_its_type_and_the_curriculum_uses_it(tmp_pa
     assert all(len(s["conversations"]) == 2 and "video" in s and "pose" not in s and "object" not in s
                and s["conversations"][0]["value"].endswith("\n<video>") for s in video_only)
 
+    # attribute variants: each train attribute MCQ asked again, redrawn with other seeds, alone, every modality
+    from llavidal.quickstart.curriculum import placeholder_text
+    from llavidal.sim.annotate import attribute_mcqs
+
+    twice = apply_recipe_settings(recipe, ["attribute_variants=2"])
+    extra, extra_counts = build_training_records(paths, twice)
+    variants = [s for s in extra if "#a" in s["id"]]
+    train_attributes = read_json(paths.annotations("train") / "mcq_attributes.json")
+    assert extra_counts["attribute_variants"] == len(variants) == 2 * len(train_attributes) > 0
+    by_clip = {r["id"]: r for r in records}
+    for sample in variants:
+        clip = sample["id"].split("#")[0]
+        question, answer = sample["conversations"][0]["value"], sample["conversations"][1]["value"]
+        assert len(sample["conversations"]) == 2
+        assert all(sample.get(m) == by_clip[clip].get(m) for m in ("video", "pose", "object"))
+        meta = read_json(paths.world / "meta" / f"{clip}.json")
+        task = {"h": "hand", "o": "object", "c": "colour"}[sample["id"][-1]]
+        truth = next(m for m in attribute_mcqs(meta, world_seed) if m["task"] == task)
+        assert answer == truth["answer_choices"][truth["ground_truth_letter"]]  # the same truth, redrawn question
+        shown = [m for m in ("video", "pose", "object") if by_clip[clip].get(m)]
+        assert "Choices are (" in question and question.split("\n")[-1] == placeholder_text(shown)
+    asked = {s["id"]: s["conversations"][0]["value"] for s in variants}
+    assert any(asked[key] != asked[key.replace("#a1", "#a2")] for key in asked if "#a1" in key)  # redrawn
+
 
 # --------------------------------------------------------------------------- steps runner
 def _touch(path: Path, text: str = "x") -> Command:

@@ -100,6 +100,10 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
                                           if name != "all" and all(record.get(m) for m in s)]))
                 out.append(conversation(clip_id, record, subset, [(question, answer)], suffix=f"#m{index}"))
                 counts["reduced_copies"] += 1
+    if recipe.attribute_variants > 0:
+        attributes = attribute_variants(paths, recipe, records)
+        out += attributes
+        counts["attribute_variants"] = len(attributes)
     if recipe.video_only_samples:
         video_only, _ = build_video_only_records(paths, recipe, seed=seed)
         out += video_only
@@ -204,6 +208,32 @@ def forecast_variants(paths: Paths, recipe: Recipe, records: dict) -> list[tuple
             mcq = normalise_record(raw, "mcq", where=f"{meta_path} (variant {variant})", default_task="action_forecasting")
             answer = forecast_answer(recipe, mcq_answer(recipe, mcq), last_label(meta))
             out.append((original.video_stem, spec.prompts(mcq)["main"], answer))
+    return out
+
+
+def attribute_variants(paths: Paths, recipe: Recipe, records: dict) -> list[dict]:
+    """``recipe.attribute_variants`` one-turn samples per train-split attribute MCQ (see Recipe), redrawn by
+    :func:`llavidal.sim.annotate.attribute_mcqs` with other seeds, every modality of the clip shown."""
+    from llavidal.eval.records import normalise_record
+    from llavidal.eval.tasks import load_task
+    from llavidal.sim.annotate import attribute_mcqs
+
+    spec = load_task(MCQ_BENCHMARKS["attributes"])
+    world_seed = int(read_json(paths.world / "world.json").get("seed", 0))
+    out = []
+    for clip_id in split_ids(paths, "train"):
+        meta_path = paths.world / "meta" / f"{clip_id}.json"
+        record = records.get(clip_id)
+        if record is None or not meta_path.is_file():
+            continue
+        meta = read_json(meta_path)
+        modalities = [m for m in ("video", "pose", "object") if record.get(m)]
+        for variant in range(1, recipe.attribute_variants + 1):
+            for raw in attribute_mcqs(meta, seed=world_seed + 7919 * variant):
+                mcq = normalise_record(raw, "mcq", where=f"{meta_path} (attribute variant {variant})",
+                                       default_task=raw.get("task", ""))
+                out.append(conversation(clip_id, record, modalities, [(spec.prompts(mcq)["main"], mcq_answer(recipe, mcq))],
+                                        suffix=f"#a{variant}{raw['task'][0]}"))
     return out
 
 

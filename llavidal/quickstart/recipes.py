@@ -68,6 +68,12 @@ class Recipe:
     whose answer is not what the features show; without enough of them the model answers with the activity
     it sees. One is enough now that every routine prefix is a forecasting clip (424 in the medium world's
     train split; three were needed when each routine gave one)."""
+    attribute_variants: int = 0
+    """Extra training samples per train-split attribute MCQ (which hand, which object, what colour), each the
+    question drawn again from the world's rules with another seed (other wording, other distractors, other
+    order), asked alone with every modality the clip has. The split has few of them (231 in the medium world,
+    against 4000 other samples), and the hand is read from the pose, the object and its colour from the object
+    crops: details the mixed data rarely asks for."""
     forecast_reasoning: bool = True
     """Forecasting training answers first name what the clip ends with, then the answer: "The video ends
     with sitting down on a chair. The answer is standing up from a chair." (the MCQ parser takes the
