@@ -31,9 +31,10 @@ from llavidal.quickstart.steps import Command, Step
 from llavidal.utils.io import atomic_write_json, atomic_write_text
 
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-VIDEO_THREADS = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
-"""The frame encoder's threads: two, whatever the machine (the features are the same as with one; the decoding
-worker runs at a lower priority in the cycles they leave)."""
+ENCODER_THREADS = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+"""The frame encoder's threads: two, whatever the machine, so that the features do not depend on it (they are
+the same as with one thread; the decoding worker runs at a lower priority in the cycles they leave). The object
+extractor stays on one: its crops' features change with the thread count."""
 TRAIN_MEM = Path(__file__).resolve().parents[1] / "train" / "train_mem.py"
 LOGLIK_MODE = "loglik_norm"
 """``llavidal eval infer --mcq_scoring`` mode of the log-likelihood evaluation (per-token normalised)."""
@@ -156,7 +157,7 @@ def video_step(qs: Quickstart) -> Step:
             "--encoder", recipe.video_encoder,
             "--num_frames", str(recipe.video_frames), "--temporal_tokens", str(recipe.video_temporal_tokens),
             "--spatial_grid", str(recipe.video_spatial_grid), "--workers", str(max(0, min(qs.workers, 2) - 1)),
-            "--no_progress"), VIDEO_THREADS)],
+            "--no_progress"), ENCODER_THREADS)],
     )
 
 
