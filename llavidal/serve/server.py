@@ -357,6 +357,11 @@ def sampling_params(body: dict[str, Any], settings: ServerSettings) -> SamplingP
     )
 
 
+def _stop_kwargs(params: Any) -> dict:
+    """The engine ends a row's generation at a stop string (no tokens past it); the text is cut by :func:`cut_at_stop`."""
+    return {"stop": list(params.stop)} if params.stop else {}
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """(``text`` up to the first stop string, whether one was found)."""
     cuts = [text.find(s) for s in stop if s in text]
@@ -649,7 +654,7 @@ class Scheduler:
         try:
             answers = self.engine.generate([job.request for job in batch], max_new_tokens=params.max_tokens,
                                            temperature=params.temperature, top_p=params.top_p,
-                                           batch_size=len(batch))
+                                           batch_size=len(batch), **_stop_kwargs(params))
         except Exception as err:  # noqa: BLE001 - handed to each request
             if len(batch) == 1:
                 batch[0].future.set_exception(err)
@@ -667,7 +672,8 @@ class Scheduler:
         self._count("generate_calls", 1)
         try:
             (answer,) = self.engine.generate([job.request], max_new_tokens=params.max_tokens,
-                                             temperature=params.temperature, top_p=params.top_p, batch_size=1)
+                                             temperature=params.temperature, top_p=params.top_p, batch_size=1,
+                                             **_stop_kwargs(params))
         except Exception as err:  # noqa: BLE001
             job.future.set_exception(err)
         else:
