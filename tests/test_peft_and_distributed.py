@@ -240,10 +240,12 @@ def test_deepspeed_without_the_package_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for runs without CUDA")
 def test_fsdp_on_two_cpu_ranks_is_refused_not_silently_ddp(tmp_path):
-    """torchrun --nproc_per_node=2 (gloo) with --fsdp: both ranks stop at once with the one-line reason.
+    """Two ranks (gloo) with --fsdp: each stops with the one-line reason, before any training.
 
     (FSDP2's fully_shard itself runs on CPU over gloo in torch 2.13, but accelerate applies FSDP only on
-    accelerators: a CPU run would train as DDP, so it is refused.)"""
+    accelerators: a CPU run would train as DDP, so it is refused.) The ranks are started with the environment
+    torchrun gives them, not by torchrun itself: torchrun stops the other ranks as soon as one fails, so
+    whether the second rank prints its line before that would depend on which one starts faster."""
     import os
     import socket
     import subprocess
@@ -252,15 +254,21 @@ def test_fsdp_on_two_cpu_ranks_is_refused_not_silently_ddp(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(port),
-               "-m", "llavidal.train.train", *_train_flags(tmp_path), "--fsdp", "full_shard auto_wrap",
+    command = [sys.executable, "-m", "llavidal.train.train", *_train_flags(tmp_path), "--fsdp", "full_shard auto_wrap",
                "--fsdp_config", "configs/fsdp/fsdp_full_shard.json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output[-3000:]
-    assert output.count("llavidal train: error: --fsdp") == 2, output[-3000:]  # each rank, one line
-    assert "MULTI_CPU" not in output and not (tmp_path / "out").exists()
+    ranks = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        ranks.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outputs = [process.communicate(timeout=200)[0] for process in ranks]
+    for process, output in zip(ranks, outputs):
+        assert process.returncode != 0, output[-3000:]
+        assert output.count("llavidal train: error: --fsdp") == 1, output[-3000:]  # its one line
+        assert "MULTI_CPU" not in output
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------------------- install hygiene
