@@ -358,7 +358,7 @@ def sampling_params(body: dict[str, Any], settings: ServerSettings) -> SamplingP
 
 
 def _stop_kwargs(params: Any) -> dict:
-    """The engine ends a row's generation at a stop string (no tokens past it); the text is cut by :func:`cut_at_stop`."""
+    """The engine ends a row's generation once it has written a stop string; the text is cut by :func:`cut_at_stop`."""
     return {"stop": list(params.stop)} if params.stop else {}
 
 
