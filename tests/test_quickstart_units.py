@@ -106,6 +106,29 @@ def test_every_world_question_carries_its_type_and_the_curriculum_uses_it(tmp_pa
     assert any(asked[key] != asked[key.replace("#a1", "#a2")] for key in asked if "#a1" in key)  # redrawn
 
 
+def test_object_names_follow_the_object_features_order_and_leave_out_what_the_extractor_does(tmp_path):
+    """``align_object_names``: each object of a clip's object features is named by its colour and class from the
+    world's metadata, in the extractor's order (object_id; objects whose boxes are all empty left out)."""
+    from llavidal.quickstart.curriculum import object_names
+    from llavidal.quickstart.layout import Paths
+
+    paths = Paths(tmp_path)
+    (paths.world / "tracks").mkdir(parents=True)
+    frame = {"frame": 0, "box": [1, 1, 9, 9]}
+    empty = {"frame": 0, "box": [4, 4, 4, 9]}
+    tracks = {"objects": [{"object_id": 2, "class": "bottle", "frames": [frame]},
+                          {"object_id": 0, "class": "table", "frames": [frame]},
+                          {"object_id": 1, "class": "chair", "frames": [empty]}]}
+    (paths.world / "tracks" / "c1.json").write_text(json.dumps(tracks))
+    meta = {"objects": [{"object_id": 0, "class": "table", "colour": "brown"},
+                        {"object_id": 1, "class": "chair", "colour": "white"},
+                        {"object_id": 2, "class": "bottle", "colour": "purple"}]}
+    assert object_names(paths, "c1", meta) == ["brown table", "purple bottle"]
+    assert object_names(paths, "c2", meta) is None  # no tracks file: the objects keep the clip's label
+    assert object_names(paths, "c1", {"objects": meta["objects"][:1]}) is None  # an object the metadata lacks
+    assert RECIPES["embedded"].align_object_names
+
+
 # --------------------------------------------------------------------------- steps runner
 def _touch(path: Path, text: str = "x") -> Command:
     return Command([sys.executable, "-c", f"open({str(path)!r}, 'w').write({text!r})"], {"QUICKSTART_TEST": "1"})

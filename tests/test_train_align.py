@@ -209,3 +209,47 @@ def test_wrong_feature_dim_names_the_record(tmp_path):
     with pytest.raises(ValueError, match=f"clip005.*{POSE_DIM}-d"):
         align.align_model(model, tokenizer, records, {"pose": FeatureFolder(folders["pose"], "pose")},
                           align.AlignArguments(output_dir=str(tmp_path / "o"), align_steps=2))
+
+
+def test_group_labels_fit_each_object_to_its_own_name(tmp_path):
+    """Object features planted by the object's class (not the clip's activity): with ``group_labels`` the
+    object tokens of held-out clips land nearest to their own object's name; a count that does not match the
+    feature file's groups is refused by record."""
+    rng = np.random.default_rng(2)
+    names = ["red cup", "blue book", "green phone"]
+    proto = rng.normal(size=(len(names), 8, OBJ_DIM)).astype(np.float32)
+    obj_dir = tmp_path / "object"
+    obj_dir.mkdir()
+    records = []
+    for index in range(90):
+        chosen = rng.choice(len(names), 1 + index % 2, replace=False)
+        save_features(obj_dir / f"c{index}_object.safetensors",
+                      np.stack([proto[c] + 0.3 * rng.normal(size=proto[c].shape) for c in chosen]))
+        records.append({"id": f"c{index}", "object": f"c{index}_object.pkl", "label": LABELS[index % len(LABELS)],
+                        "group_labels": {"object": [names[c] for c in chosen]}})
+    FeatureManifest("object", "test", OBJ_DIM, [-1, 8, OBJ_DIM]).save(obj_dir)
+    registry = ModalityRegistry.default(["object"], object_dim=OBJ_DIM, projector_type="mlp2x_gelu")
+    from llavidal.data.feature_store import FeatureFolder, load_feature_file
+
+    torch.manual_seed(0)
+    model, tokenizer = build_model(str(tiny_causal_lm_dir(tmp_path / "llm")), registry, template="chat")
+    args = align.AlignArguments(output_dir=str(tmp_path / "o"), align_steps=300, align_val_fraction=0.25, seed=0)
+    report = align.align_model(model, tokenizer, records, {"object": FeatureFolder(obj_dir, "object")}, args)
+    objects = report["modalities"]["object"]
+    assert objects["labels"] == len(names) and objects["chance"] == pytest.approx(1 / len(names))
+    assert objects["accuracy_after"]["held_out"] >= 0.95
+
+    targets = align.label_targets(tokenizer, model.llm.get_input_embeddings().weight.detach(), sorted(names), 8)
+    hits = total = 0
+    for record in (r for r in records if align._held_out(r["id"], 0.25)):
+        feats = torch.as_tensor(load_feature_file(obj_dir / f"{record['id']}_object.safetensors")).float()
+        with torch.no_grad():
+            distances = align._distances(model.projectors["object"](feats), targets).sum(1)  # (objects, L)
+        for row, name in zip(distances, record["group_labels"]["object"]):
+            hits += sorted(names)[int(row.argmin())] == name
+            total += 1
+    assert total > 10 and hits / total >= 0.95
+
+    bad = [dict(records[0], group_labels={"object": names[:1] * 3})] + records[1:]
+    with pytest.raises(ValueError, match="c0.*group_labels.*1 group"):
+        align.align_model(model, tokenizer, bad, {"object": FeatureFolder(obj_dir, "object")}, args)

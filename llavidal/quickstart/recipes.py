@@ -62,6 +62,11 @@ class Recipe:
     """Run ``llavidal align`` first: fit the projectors so that a train clip's feature tokens reproduce the
     LLM's embeddings of its activity's name (no LLM pass), and start training from them."""
     align_steps: int = 400
+    align_object_names: bool = True
+    """Fit each object's tokens to its own name ("purple bottle": colour and class, from the world's metadata)
+    instead of the clip's activity name. An object does not tell the activity (a cup is on the table of
+    many clips), but it tells which object and what colour, and what follows picking it up; fitted to the
+    activity, the object tokens carried none of that."""
     forecast_variants: int = 1
     """Extra training samples per train-split forecasting clip, each the same question with options drawn
     again from the world's rules (other distractors, other order). "What comes next" is the one question

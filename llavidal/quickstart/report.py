@@ -336,13 +336,15 @@ def _descriptions_section(desc: dict | None) -> list[str]:
 def _alignment_section(alignment: dict | None) -> list[str]:
     if not alignment:
         return []
-    rows = [[name, f"{figures['samples']} ({figures['held_out_samples']})",
+    rows = [[name, f"{figures['samples']} ({figures['held_out_samples']})", figures.get("labels", "n/a"),
              (figures["accuracy_before"] or {}).get("held_out"), (figures["accuracy_after"] or {}).get("held_out"),
              figures["chance"]] for name, figures in alignment.items() if figures.get("samples")]
     return ["## Projector alignment (before training)", "",
-            "Nearest-activity-name accuracy of each modality's projected tokens in the LLM's embedding space, "
-            "on train-split clips held out from the alignment fit.", "",
-            *markdown_table(["modality", "clips (held out)", "before", "after", "chance"], rows, DIGITS), ""]
+            "Nearest-label accuracy of each modality's projected tokens in the LLM's embedding space, on train-split "
+            "clips held out from the alignment fit. Video and pose tokens are fitted to the activity names; object "
+            "tokens, one sample per object, to the object's own name (colour and class) when the recipe's "
+            "`align_object_names` is on, else to the clip's activity.", "",
+            *markdown_table(["modality", "samples (held out)", "labels", "before", "after", "chance"], rows, DIGITS), ""]
 
 
 def _ablation_section(ablation: dict | None) -> list[str]:

@@ -234,9 +234,10 @@ def align_step(qs: Quickstart) -> Step:
     labels_path = paths.data / "align_labels.json"
 
     def write_labels() -> None:
-        labels, counts = curriculum.build_alignment_labels(paths)
+        labels, counts = curriculum.build_alignment_labels(paths, recipe)
         atomic_write_json(labels_path, labels)
-        print(f"  {counts['records']} labelled train clips, {counts['labels']} activities")
+        named = f", {counts['object_names']} object names" if counts["object_names"] else ""
+        print(f"  {counts['records']} labelled train clips, {counts['labels']} activities{named}")
 
     def commands() -> list[Command]:
         settings = recipe.train_settings(qs.train_flags)

@@ -19,6 +19,13 @@ that shows several activities: the tokens of time-ordered modalities (``--align_
 default pose) are then fitted, each, to the activity at its time, so that a routine's tokens name its
 activities in order and the last tokens the one it ends with.
 
+A record may also name each object (or other grouped modality's group) with ``"group_labels"``:
+``{"object": ["purple bottle", "brown table"]}``, one text per group of its feature file, in the file's
+order. Those groups are fitted to their own name instead of the clip's ``label``, so that object tokens
+spell what the object is (the clip's activity is what the video and pose say). Labels compete within a
+modality: each projector's contrastive term and nearest-label accuracy are over the texts its tokens are
+fitted to.
+
 Output: ``trainable.safetensors`` + ``llavidal_config.json`` (projectors and token rows), which
 ``train_mem.py --pretrain_mm_mlp_adapter DIR`` starts from, and ``align_report.json`` (per modality:
 samples, labels, loss and nearest-label accuracy on held-out samples before and after).
@@ -124,10 +131,27 @@ def label_targets(tokenizer: Any, embeddings: Tensor, labels: Sequence[str], num
 
 
 def record_labels(record: dict) -> list[str]:
-    """Every label text a record uses: its ``label`` and those of its ``segments``."""
+    """Every label text a record uses: its ``label``, those of its ``segments`` and its ``group_labels``."""
     out = [str(record["label"]).strip()]
     out += [str(seg["label"]).strip() for seg in record.get("segments") or [] if seg.get("label")]
+    for texts in (record.get("group_labels") or {}).values():
+        out += [str(text).strip() for text in texts]
     return out
+
+
+def group_labels(record: dict, modality: str, groups: int, where: str) -> list[str] | None:
+    """The texts of a record's ``groups`` groups (objects) of ``modality`` from its ``group_labels``, or None
+    when it gives none for that modality (every group then takes the record's ``label``)."""
+    given = (record.get("group_labels") or {}).get(modality)
+    if given is None:
+        return None
+    if not isinstance(given, list) or len(given) != groups or not all(isinstance(t, str) and t.strip() for t in given):
+        raise ValueError(
+            f"{where}: record {record.get('id')} gives group_labels[{modality!r}] = {given!r}, but its {modality} "
+            f"feature file has {groups} group(s); give one non-empty text per group, in the file's order "
+            f"(or leave the key out to fit every group to the record's label)"
+        )
+    return [text.strip() for text in given]
 
 
 def token_labels(record: dict, k: int, temporal: bool) -> list[str]:
@@ -158,15 +182,17 @@ def token_labels(record: dict, k: int, temporal: bool) -> list[str]:
 @dataclass
 class _ModalityData:
     features: Tensor  # (S, k, D): one row per sample (per object for grouped modalities)
-    label_index: Tensor  # (S, k): the label of every token
+    label_index: Tensor  # (S, k): the label of every token, an index into ``labels``
     held_out: Tensor  # (S,) bool
+    labels: list[str] = field(default_factory=list)  # the texts this modality's tokens are fitted to, sorted
 
 
 def collect(
-    records: Sequence[dict], modality: Any, folder: Any, labels: list[str], val_fraction: float, temporal: bool = False
+    records: Sequence[dict], modality: Any, folder: Any, val_fraction: float, temporal: bool = False
 ) -> _ModalityData | None:
-    """Features of one modality for every record that names a file of it (objects: one row per object)."""
-    feats, label_index, held = [], [], []
+    """Features of one modality for every record that names a file of it (objects: one row per object, fitted
+    to the record's ``group_labels`` for the modality when it gives them)."""
+    feats, token_texts, held = [], [], []
     k = modality.group_size if modality.variable else modality.num_tokens
     for index, record in enumerate(records):
         name = record.get(modality.name)
@@ -193,14 +219,18 @@ def collect(
                 f"{expected}; re-extract them with the settings this model uses"
             )
         groups = tensor.reshape(-1, k, modality.feature_dim)
-        per_token = [labels.index(text) for text in token_labels(record, k, temporal and not modality.variable)]
-        for group in groups:
+        per_token = token_labels(record, k, temporal and not modality.variable)
+        named = group_labels(record, modality.name, len(groups), str(folder.folder)) if modality.variable else None
+        for number, group in enumerate(groups):
             feats.append(group)
-            label_index.append(per_token)
+            token_texts.append([named[number]] * k if named else per_token)
             held.append(_held_out(rid, val_fraction))
     if not feats:
         return None
-    return _ModalityData(torch.stack(feats), torch.as_tensor(label_index), torch.as_tensor(held, dtype=torch.bool))
+    labels = sorted({text for texts in token_texts for text in texts})
+    position = {text: index for index, text in enumerate(labels)}
+    label_index = torch.as_tensor([[position[text] for text in texts] for texts in token_texts])
+    return _ModalityData(torch.stack(feats), label_index, torch.as_tensor(held, dtype=torch.bool), labels)
 
 
 # ---------------------------------------------------------------------------- fitting
@@ -284,17 +314,16 @@ def align_model(model: Any, tokenizer: Any, records: Sequence[dict], folders: di
     for spec in model.modalities:
         if spec.name not in folders:
             continue
-        data = collect(records, spec, folders[spec.name], labels, args.align_val_fraction,
-                       temporal=spec.name in args.temporal())
+        data = collect(records, spec, folders[spec.name], args.align_val_fraction, temporal=spec.name in args.temporal())
         if data is None:
             logger.info("%s: no labelled samples with features; projector left as initialised", spec.name)
             report["modalities"][spec.name] = {"samples": 0}
             continue
         k = data.features.shape[1]
-        targets = label_targets(tokenizer, embeddings, labels, k)
+        targets = label_targets(tokenizer, embeddings, data.labels, k)
         projector = model.projectors[spec.name]
         device = next(projector.parameters()).device
-        data = _ModalityData(data.features.to(device), data.label_index.to(device), data.held_out.to(device))
+        data = _ModalityData(data.features.to(device), data.label_index.to(device), data.held_out.to(device), data.labels)
         start = time.perf_counter()
         figures = fit_projector(projector, data, targets.to(device), args, generator)
         figures["seconds"] = round(time.perf_counter() - start, 2)
