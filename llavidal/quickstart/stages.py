@@ -250,11 +250,11 @@ def align_step(qs: Quickstart) -> Step:
             {"OMP_NUM_THREADS": str(max(1, qs.workers)), "TOKENIZERS_PARALLELISM": "false"})]
 
     return Step(
-        "align", "Align the projectors to the LLM's embeddings of the activity names",
+        "align", "Align the projectors to the LLM's embeddings of the activity names (objects: their own names)",
         lambda: (paths.align / "trainable.safetensors").is_file() and (paths.align / "align_report.json").is_file(),
         {"recipe": recipe.training_fields(), "llm": qs.base_model, "seed": qs.seed, "extra": qs.train_flags},
         commands=commands, prepare=write_labels,
-        prepares=f"{labels_path} (train clips and their activity names, llavidal.quickstart.curriculum)",
+        prepares=f"{labels_path} (train clips, their activity and object names, llavidal.quickstart.curriculum)",
     )
 
 

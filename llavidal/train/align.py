@@ -22,9 +22,9 @@ activities in order and the last tokens the one it ends with.
 A record may also name each object (or other grouped modality's group) with ``"group_labels"``:
 ``{"object": ["purple bottle", "brown table"]}``, one text per group of its feature file, in the file's
 order. Those groups are fitted to their own name instead of the clip's ``label``, so that object tokens
-spell what the object is (the clip's activity is what the video and pose say). Labels compete within a
-modality: each projector's contrastive term and nearest-label accuracy are over the texts its tokens are
-fitted to.
+spell what the object is (the clip's activity is what the video and pose say). Each projector's
+contrastive term and nearest-label accuracy are over the texts its tokens can be fitted to: every
+record's ``label`` and segment labels when some of its tokens take them, plus the group names it uses.
 
 Output: ``trainable.safetensors`` + ``llavidal_config.json`` (projectors and token rows), which
 ``train_mem.py --pretrain_mm_mlp_adapter DIR`` starts from, and ``align_report.json`` (per modality:
@@ -130,11 +130,12 @@ def label_targets(tokenizer: Any, embeddings: Tensor, labels: Sequence[str], num
     return torch.stack(rows)
 
 
-def record_labels(record: dict) -> list[str]:
-    """Every label text a record uses: its ``label``, those of its ``segments`` and its ``group_labels``."""
+def record_labels(record: dict, groups: bool = True) -> list[str]:
+    """Every label text a record uses: its ``label``, those of its ``segments`` and (``groups``) its
+    ``group_labels``."""
     out = [str(record["label"]).strip()]
     out += [str(seg["label"]).strip() for seg in record.get("segments") or [] if seg.get("label")]
-    for texts in (record.get("group_labels") or {}).values():
+    for texts in (record.get("group_labels") or {}).values() if groups else ():
         out += [str(text).strip() for text in texts]
     return out
 
@@ -193,6 +194,8 @@ def collect(
     """Features of one modality for every record that names a file of it (objects: one row per object, fitted
     to the record's ``group_labels`` for the modality when it gives them)."""
     feats, token_texts, held = [], [], []
+    named_texts: set[str] = set()
+    takes_record_labels = False
     k = modality.group_size if modality.variable else modality.num_tokens
     for index, record in enumerate(records):
         name = record.get(modality.name)
@@ -221,13 +224,18 @@ def collect(
         groups = tensor.reshape(-1, k, modality.feature_dim)
         per_token = token_labels(record, k, temporal and not modality.variable)
         named = group_labels(record, modality.name, len(groups), str(folder.folder)) if modality.variable else None
+        named_texts.update(named or ())
+        takes_record_labels = takes_record_labels or not named
         for number, group in enumerate(groups):
             feats.append(group)
             token_texts.append([named[number]] * k if named else per_token)
             held.append(_held_out(rid, val_fraction))
     if not feats:
         return None
-    labels = sorted({text for texts in token_texts for text in texts})
+    # the texts the tokens compete over: every record's label (and segment labels) when tokens take them,
+    # as a clip's tokens may take any of them, and the group names in use
+    record_texts = {text for record in records for text in record_labels(record, groups=False)}
+    labels = sorted(named_texts | (record_texts if takes_record_labels else set()))
     position = {text: index for index, text in enumerate(labels)}
     label_index = torch.as_tensor([[position[text] for text in texts] for texts in token_texts])
     return _ModalityData(torch.stack(feats), label_index, torch.as_tensor(held, dtype=torch.bool), labels)
