@@ -291,14 +291,14 @@ def object_names(paths: Paths, clip_id: str, meta: dict) -> list[str] | None:
     """The name ("purple bottle": colour and class, from the world's metadata) of each object of a clip's object
     features, in their order: the tracks' objects that have a non-empty box, by ``object_id``, as the object
     extractor keeps them. None when the clip has no tracks file or an object the metadata does not describe."""
+    from llavidal.features.objects.extract import kept_objects, load_tracks
+
     tracks_path = paths.world / "tracks" / f"{clip_id}.json"
     if not tracks_path.is_file():
         return None
     described = {obj.get("object_id"): obj for obj in meta.get("objects") or []}
     names = []
-    for obj in sorted(read_json(tracks_path).get("objects") or [], key=lambda o: o.get("object_id", 0)):
-        if not any(e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1] for e in obj.get("frames") or []):
-            continue  # the extractor leaves it out
+    for obj in kept_objects(load_tracks(tracks_path)):
         info = described.get(obj.get("object_id"))
         if info is None or not info.get("class"):
             return None
@@ -306,13 +306,13 @@ def object_names(paths: Paths, clip_id: str, meta: dict) -> list[str] | None:
     return names
 
 
-def build_alignment_labels(paths: Paths, recipe: Recipe | None = None) -> tuple[list[dict], dict]:
+def build_alignment_labels(paths: Paths, recipe: Recipe) -> tuple[list[dict], dict]:
     """Records for ``llavidal align`` from the TRAIN split: each clip's feature files and the name of the
     activity it shows (for a routine or a forecasting prefix, the activity it ends with), as the world's
     metadata gives it; the same names are the ADLMCQ options. With ``recipe.align_object_names`` each object
     is fitted to its own name instead ("purple bottle", ``group_labels``; :func:`object_names`)."""
     records = {r["id"]: r for r in read_json(paths.annotations("train") / "records.json")}
-    name_objects = recipe is not None and recipe.align_object_names
+    name_objects = recipe.align_object_names
     out, labels, objects = [], set(), set()
     for clip_id in split_ids(paths, "train"):
         record = records.get(clip_id)

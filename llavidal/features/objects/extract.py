@@ -155,6 +155,18 @@ def read_video_frames(path: str | os.PathLike, indices: Sequence[int]) -> tuple[
     return frames, decoded
 
 
+def boxed_frames(obj: dict) -> list[dict]:
+    """An object's track entries whose box is not empty, in frame order (the frames its crops come from)."""
+    return sorted((e for e in obj["frames"] if e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1]),
+                  key=lambda e: e["frame"])
+
+
+def kept_objects(tracks: dict) -> list[dict]:
+    """The objects whose features :func:`object_features_for_video` writes, in its order: by ``object_id``,
+    those with at least one non-empty box."""
+    return [obj for obj in sorted(tracks["objects"], key=lambda o: o.get("object_id", 0)) if boxed_frames(obj)]
+
+
 def _sample_entries(entries: list[dict], count: int) -> list[dict]:
     """``count`` entries evenly spaced over a track (repeats when the track is shorter)."""
     positions = np.linspace(0, len(entries) - 1, count)
@@ -180,11 +192,9 @@ def object_features_for_video(
     else:
         validate_tracks(tracks)
     size = int(vision_encoder.image_size)
-    objects = sorted(tracks["objects"], key=lambda o: o.get("object_id", 0))
     chosen: list[list[dict]] = []  # per object, the entries of the crops
-    for obj in objects:
-        entries = sorted((e for e in obj["frames"] if e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1]),
-                         key=lambda e: e["frame"])
+    for obj in sorted(tracks["objects"], key=lambda o: o.get("object_id", 0)):
+        entries = boxed_frames(obj)
         if entries:
             chosen.append(_sample_entries(entries, tokens_per_object))
         else:
@@ -324,8 +334,7 @@ class ObjectExtractor:
             return Extracted(None, f"not used: {err}")
         if features.shape[0] == 0:
             return Extracted(None, f"no objects found ({source})")
-        names = [str(obj.get("class", "?")) for obj in sorted(tracks["objects"], key=lambda o: o.get("object_id", 0))
-                 if any(e["box"][2] > e["box"][0] and e["box"][3] > e["box"][1] for e in obj["frames"])]
+        names = [str(obj.get("class", "?")) for obj in kept_objects(tracks)]
         return Extracted(features, f"{', '.join(names)} ({len(names)} objects, from {source})")
 
     def describe(self) -> str:
