@@ -33,6 +33,7 @@ from llavidal.data.collator import PaddedCollator
 from llavidal.data.mixture import build_training_dataset
 from llavidal.train.args import (
     DataArguments,
+    ModelArguments,
     TrainingArguments,
     build_registry,
     describe_registry,
@@ -214,6 +215,33 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
     model_args, data_args, training_args = parse_args(argv)
     configure_logging(training_args)
     exit_with_launcher()
+    train(model_args, data_args, training_args, fastest_attention)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        leave_process_group()
+    return 0
+
+
+def leave_process_group() -> None:
+    """Tear torch.distributed down after training (``train`` has returned), every rank together.
+
+    Every rank destroys the group itself: one exiting with the group alive can abort in the C++ destructor
+    ("terminate called without an active exception", exit -6). And the trainer goes first. The group's
+    destructor joins gloo's worker threads, and a worker may still be releasing a finished collective whose
+    tensors belong to Python, which takes the GIL; when DDP's reducer held the group's last reference, its
+    deallocation (GIL held) ran that join and the rank hung after saving (about one run in ten). With the
+    trainer collected before the group is destroyed, the last reference is the group's Python handle, whose
+    destructor releases the GIL.
+    """
+    import gc
+
+    gc.collect()  # the trainer, the DDP wrapper and its reducer (reference cycles)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments,
+          fastest_attention: bool) -> None:
+    """Build the model and data, train, and save to ``--output_dir`` (resuming from its last checkpoint)."""
     from llavidal.model.builder import best_attn_implementation, build_model
 
     registry = build_registry(model_args, data_args)
@@ -291,12 +319,6 @@ def main(argv: list[str] | None = None, *, fastest_attention: bool = False) -> i
     trainer.save_model(training_args.output_dir)
     if dist.is_main_process():
         logger.info("saved %s (trainable.safetensors, llavidal_config.json, trainer_state.json)", training_args.output_dir)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Every rank leaves together and tears gloo down itself: a rank exiting with the group alive can
-        # abort in the C++ destructor ("terminate called without an active exception", exit -6).
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    return 0
 
 
 def feature_manifests(folders: dict) -> dict[str, dict]:
