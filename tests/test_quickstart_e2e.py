@@ -21,7 +21,7 @@ pytest.importorskip("pybullet")
 pytest.importorskip("av")
 pytest.importorskip("sentence_transformers")
 
-STEPS = ["world", "llm", "video", "pose_pretrain", "pose", "object", "data", "align", "train", "evaluate", "report"]
+STEPS = ["world", "llm", "video", "pose_pretrain", "pose", "object", "mirror", "data", "align", "train", "evaluate", "report"]
 
 
 def _run(out: Path) -> subprocess.CompletedProcess:
@@ -82,6 +82,12 @@ def test_quickstart_small_tiny_runs_every_step_then_skips_them(tmp_path):
     assert set(report["alignment"]) >= {"video", "pose"}
     # training started from the aligned projectors
     assert f"--pretrain_mm_mlp_adapter {out / 'align'}" in first.stdout
+    # ... on the training conversations and the mirrored clips' hand questions, with the mirror's features
+    mirror_features = out / "mirror" / "features"
+    assert f"--data_mixture {out / 'data' / 'train.json'}:1,{out / 'data' / 'mirror.json'}:1:video={mirror_features / 'video'}" in first.stdout
+    mirrored = json.loads((out / "data" / "mirror.json").read_text())
+    assert mirrored and {s["id"].split("#")[0] for s in mirrored} <= set(splits["train"])
+    assert all((mirror_features / "pose" / f"{s['id'].split('#')[0]}_pose.safetensors").is_file() for s in mirrored)
     # MCQ answers are trained as the option's text, which the parser maps back to the letter
     samples = json.loads((out / "data" / "train.json").read_text())
     mcq_answers = [s["conversations"][1]["value"] for s in samples if "Choices are" in s["conversations"][0]["value"]]

@@ -105,6 +105,25 @@ def test_every_world_question_carries_its_type_and_the_curriculum_uses_it(tmp_pa
     asked = {s["id"]: s["conversations"][0]["value"] for s in variants}
     assert any(asked[key] != asked[key.replace("#a1", "#a2")] for key in asked if "#a1" in key)  # redrawn
 
+    # hand mirrors: each train clip whose hand is asked, its hand questions as the world writes them for the
+    # mirror image, so answered with the other hand (the clip's MCQ and record question; a reduced copy of the MCQ)
+    from llavidal.quickstart.curriculum import build_mirror_records, hand_mirror_clips
+
+    mirrored, mirror_counts = build_mirror_records(paths, apply_recipe_settings(recipe, ["reduced_modality_copies=true"]))
+    clips = hand_mirror_clips(paths)
+    assert clips and mirror_counts["clips"] == len(clips) == mirror_counts["left"] + mirror_counts["right"]
+    assert set(clips) <= set(read_json(paths.world / "annotations" / "splits.json")["cross_subject"]["train"])
+    for sample in mirrored:
+        clip = sample["id"].split("#")[0]
+        original = read_json(paths.world / "meta" / f"{clip}.json")["segments"][0]["hand"]
+        other = {"left": "right", "right": "left"}[original]
+        answers = [turn["value"] for turn in sample["conversations"][1::2]]
+        assert all(f"{other} hand" in a and f"{original} hand" not in a for a in answers), sample
+        assert all(sample.get(m) == by_clip[clip].get(m) for m in ("video", "pose", "object") if m in sample)
+    full = [s for s in mirrored if s["id"].endswith("#mirror")]
+    assert len(full) == len(clips) and all(len(s["conversations"]) == 4 for s in full)
+    assert len(mirrored) == 2 * len(clips) == mirror_counts["samples"]
+
 
 def test_object_names_follow_the_object_features_order_and_leave_out_what_the_extractor_does(tmp_path):
     """``align_object_names``: each object of a clip's object features is named by its colour and class from the

@@ -4,7 +4,8 @@
   ADLMCQ question (with the benchmark's own prompt) plus the recipe's kinds of question from the world's
   training record, reduced-modality copies of the MCQs, and extra forecasting questions;
 - :func:`build_alignment_labels`: ``llavidal align``'s records (each clip's feature files and activity);
-- :func:`pose_text_pairs`: ``llavidal pose-pretrain``'s skeleton/text pairs.
+- :func:`pose_text_pairs`: ``llavidal pose-pretrain``'s skeleton/text pairs;
+- :func:`build_mirror_records`: the hand questions of the mirrored train clips (``data/mirror.json``).
 
 A question of a world record is classified by the ``type`` the world writes on its human turn
 (:func:`llavidal.sim.annotate.training_record`), never by its wording.
@@ -235,6 +236,70 @@ def attribute_variants(paths: Paths, recipe: Recipe, records: dict) -> list[dict
                 out.append(conversation(clip_id, record, modalities, [(spec.prompts(mcq)["main"], mcq_answer(recipe, mcq))],
                                         suffix=f"#a{variant}{raw['task'][0]}"))
     return out
+
+
+def hand_mirror_clips(paths: Paths) -> list[str]:
+    """TRAIN clips whose hand is asked (single-activity clips done with one hand), in split order: the clips
+    :mod:`llavidal.sim.mirror` mirrors for ``recipe.hand_mirrors``."""
+    out = []
+    for clip_id in split_ids(paths, "train"):
+        meta_path = paths.world / "meta" / f"{clip_id}.json"
+        if not meta_path.is_file():
+            continue
+        meta = read_json(meta_path)
+        segments = meta.get("segments") or []
+        if meta.get("kind") == "single" and segments and segments[0].get("hand") in ("left", "right"):
+            out.append(clip_id)
+    return out
+
+
+def build_mirror_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple[list[dict], dict]:
+    """Training samples of the mirrored hand clips (``recipe.hand_mirrors``; features in the mirror's folders):
+    per clip, its hand questions as the world writes them for the mirrored metadata (the attribute MCQ with the
+    benchmark's prompt, and the record's "Which hand does the person use?" when ``recipe.record_turns`` has
+    ``hand``) with every modality, plus the MCQ with a reduced modality set as the other MCQs get
+    (``recipe.reduced_modality_copies``). Counts give the answers' hands."""
+    from llavidal.eval.records import normalise_record
+    from llavidal.eval.tasks import load_task
+    from llavidal.sim.annotate import attribute_mcqs, clip_questions
+    from llavidal.sim.mirror import mirror_meta
+
+    rng = random.Random(seed)
+    records_path = paths.annotations("train") / "records.json"
+    records = {r["id"]: r for r in read_json(records_path)}
+    spec = load_task(MCQ_BENCHMARKS["attributes"])
+    world_seed = int(read_json(paths.world / "world.json").get("seed", 0))
+    out: list[dict] = []
+    counts = {"clips": 0, "left": 0, "right": 0, "samples": 0}
+    for clip_id in hand_mirror_clips(paths):
+        record = records.get(clip_id)
+        if record is None:
+            continue
+        meta_path = paths.world / "meta" / f"{clip_id}.json"
+        meta = mirror_meta(read_json(meta_path))
+        modalities = [m for m in ("video", "pose", "object") if record.get(m)]
+        mcqs = []
+        for raw in attribute_mcqs(meta, seed=world_seed):
+            if raw["task"] == "hand":
+                mcq = normalise_record(raw, "mcq", where=f"{meta_path} (mirrored)", default_task="hand")
+                mcqs.append((spec.prompts(mcq)["main"], mcq_answer(recipe, mcq)))
+        turns = [(q, a) for kind, q, a in clip_questions(meta, world_seed)
+                 if kind == "hand" and "hand" in recipe.record_turns]
+        pairs = mcqs + turns
+        if not pairs:
+            continue
+        rng.shuffle(pairs)
+        out.append(conversation(clip_id, record, modalities, pairs, suffix="#mirror"))
+        if recipe.reduced_modality_copies:
+            for index, pair in enumerate(mcqs):
+                subset = list(rng.choice([s for name, s in MODALITY_SETS.items()
+                                          if name != "all" and all(record.get(m) for m in s)]))
+                out.append(conversation(clip_id, record, subset, [pair], suffix=f"#mirror-m{index}"))
+        counts["clips"] += 1
+        counts[meta["segments"][0]["hand"]] += 1
+    rng.shuffle(out)
+    counts["samples"] = len(out)
+    return out, counts
 
 
 def successor_questions(paths: Paths, recipe: Recipe, records: dict, rng: random.Random) -> list[tuple[str, str, str]]:

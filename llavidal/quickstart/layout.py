@@ -35,6 +35,10 @@ class Paths:
         self.video = self.features / "video"
         self.pose = self.features / "pose"
         self.object = self.features / "object"
+        self.mirror = self.out / "mirror"
+        """Mirror images of the train clips whose hand is asked (``recipe.hand_mirrors``): ``mirror/world`` (clips)
+        and ``mirror/features/{video,pose,object}``."""
+        self.mirror_world = self.mirror / "world"
         self.pose_encoder = self.out / "pose_encoder"
         self.data = self.out / "data"
         self.align = self.out / "align"
@@ -49,6 +53,9 @@ class Paths:
 
     def folders(self) -> dict[str, Path]:
         return {"video": self.video, "pose": self.pose, "object": self.object}
+
+    def mirror_folders(self) -> dict[str, Path]:
+        return {name: self.mirror / "features" / name for name in ("video", "pose", "object")}
 
     def predictions(self, task: str, set_name: str, scoring: str = "generate") -> Path:
         """``llavidal eval infer``'s output for one task, modality set and MCQ scoring (``generate``: free

@@ -152,13 +152,19 @@ def video_step(qs: Quickstart) -> Step:
         lambda: features_complete(paths.video, "*.safetensors", _clips(qs)),
         {"frames": recipe.video_frames, "temporal": recipe.video_temporal_tokens, "grid": recipe.video_spatial_grid,
          "encoder": recipe.video_encoder},
-        commands=lambda: [Command(cli(
-            "extract", "video", "--video_dir_path", str(paths.world / "videos"), "--clip_feat_path", str(paths.video),
-            "--encoder", recipe.video_encoder,
-            "--num_frames", str(recipe.video_frames), "--temporal_tokens", str(recipe.video_temporal_tokens),
-            "--spatial_grid", str(recipe.video_spatial_grid), "--workers", str(max(0, min(qs.workers, 2) - 1)),
-            "--no_progress"), ENCODER_THREADS)],
+        commands=lambda: [video_command(qs, paths.world, paths.video)],
     )
+
+
+def video_command(qs: Quickstart, world: Path, out: Path) -> Command:
+    """``llavidal extract video`` of a world folder's videos with the recipe's encoder and pooling."""
+    recipe = qs.recipe
+    return Command(cli(
+        "extract", "video", "--video_dir_path", str(world / "videos"), "--clip_feat_path", str(out),
+        "--encoder", recipe.video_encoder,
+        "--num_frames", str(recipe.video_frames), "--temporal_tokens", str(recipe.video_temporal_tokens),
+        "--spatial_grid", str(recipe.video_spatial_grid), "--workers", str(max(0, min(qs.workers, 2) - 1)),
+        "--no_progress"), ENCODER_THREADS)
 
 
 def pose_pretrain_step(qs: Quickstart) -> Step:
@@ -193,10 +199,15 @@ def pose_step(qs: Quickstart, pretrain: Step) -> Step:
     return Step(
         "pose", "Extract pose features", lambda: features_complete(paths.pose, "*_pose.safetensors", _clips(qs)),
         {"encoder": pretrain.settings},
-        commands=lambda: [Command(cli(
-            "extract", "pose", "--skeleton_dir", str(paths.world / "skeletons"), "--out", str(paths.pose),
-            "--encoder", str(paths.pose_encoder), "--device", "cpu", "--no_progress"), SINGLE_THREAD)],
+        commands=lambda: [pose_command(qs, paths.world, paths.pose)],
     )
+
+
+def pose_command(qs: Quickstart, world: Path, out: Path) -> Command:
+    """``llavidal extract pose`` of a world folder's skeletons with the pretrained pose encoder."""
+    return Command(cli(
+        "extract", "pose", "--skeleton_dir", str(world / "skeletons"), "--out", str(out),
+        "--encoder", str(qs.paths.pose_encoder), "--device", "cpu", "--no_progress"), SINGLE_THREAD)
 
 
 def object_step(qs: Quickstart) -> Step:
@@ -204,10 +215,48 @@ def object_step(qs: Quickstart) -> Step:
     return Step(
         "object", f"Extract object features (ground-truth tracks, {recipe.object_encoder})",
         lambda: features_complete(paths.object, "*_object.safetensors", 1), {"encoder": recipe.object_encoder},
-        commands=lambda: [Command(cli(
-            "extract", "object", "--video_dir", str(paths.world / "videos"), "--tracks_dir", str(paths.world / "tracks"),
-            "--encoder", recipe.object_encoder,
-            "--out", str(paths.object), "--device", "cpu", "--no_progress"), SINGLE_THREAD)],
+        commands=lambda: [object_command(qs, paths.world, paths.object)],
+    )
+
+
+def object_command(qs: Quickstart, world: Path, out: Path) -> Command:
+    """``llavidal extract object`` of a world folder's videos and ground-truth tracks."""
+    return Command(cli(
+        "extract", "object", "--video_dir", str(world / "videos"), "--tracks_dir", str(world / "tracks"),
+        "--encoder", qs.recipe.object_encoder, "--out", str(out), "--device", "cpu", "--no_progress"), SINGLE_THREAD)
+
+
+def mirror_step(qs: Quickstart, video: Step, pose: Step, obj: Step) -> Step:
+    """Mirror images of the train clips whose hand is asked (``recipe.hand_mirrors``), and their features, made
+    as the world's are (the same three extractors, into ``mirror/features``)."""
+    paths = qs.paths
+    folders = paths.mirror_folders()
+
+    def write_clips() -> None:
+        from llavidal.sim.mirror import mirror_clip
+
+        clips = curriculum.hand_mirror_clips(paths)
+        for clip_id in clips:
+            if not (paths.mirror_world / "meta" / f"{clip_id}.json").is_file():  # meta is written last
+                mirror_clip(paths.world, clip_id, paths.mirror_world)
+        print(f"  {len(clips)} mirrored train clips in {paths.mirror_world}")
+
+    def valid() -> bool:
+        if not (paths.world / "annotations" / "splits.json").is_file():
+            return False
+        count = len(curriculum.hand_mirror_clips(paths))
+        return (features_complete(folders["video"], "*.safetensors", count)
+                and features_complete(folders["pose"], "*_pose.safetensors", count)
+                and features_complete(folders["object"], "*_object.safetensors", 1))
+
+    return Step(
+        "mirror", "Mirror the train clips whose hand is asked, and extract their features", valid,
+        {"video": video.settings, "pose": pose.settings, "object": obj.settings, "mirror": "hands"},
+        prepare=write_clips, prepares=f"{paths.mirror_world} (mirror images of the train clips whose hand is asked, "
+                                      "llavidal.sim.mirror)",
+        commands=lambda: [video_command(qs, paths.mirror_world, folders["video"]),
+                          pose_command(qs, paths.mirror_world, folders["pose"]),
+                          object_command(qs, paths.mirror_world, folders["object"])],
     )
 
 
@@ -217,13 +266,18 @@ def data_step(qs: Quickstart) -> Step:
 
     def make_data() -> None:
         samples, counts = curriculum.build_training_records(paths, recipe, seed=qs.seed)
+        if recipe.hand_mirrors:
+            mirrored, mirror_counts = curriculum.build_mirror_records(paths, recipe, seed=qs.seed)
+            atomic_write_json(paths.data / "mirror.json", mirrored)
+            counts["hand_mirrors"] = mirror_counts
         atomic_write_json(paths.data / "train.json", samples)
         atomic_write_json(paths.data / "summary.json", counts)
         print(f"  {counts['samples']} training samples: {json.dumps(counts)}")
 
     return Step(
         "data", "Build training conversations (train split: records + ADLMCQ)",
-        lambda: (paths.data / "train.json").is_file() and (paths.data / "summary.json").is_file(),
+        lambda: all((paths.data / name).is_file() for name in
+                    ("train.json", "summary.json", *(["mirror.json"] if recipe.hand_mirrors else []))),
         {"recipe": recipe.training_fields(), "seed": qs.seed},
         prepare=make_data, prepares=f"{paths.data / 'train.json'} (the curriculum, llavidal.quickstart.curriculum)",
     )
@@ -258,6 +312,16 @@ def align_step(qs: Quickstart) -> Step:
     )
 
 
+def training_data_flags(qs: Quickstart) -> list[str]:
+    """``--data_path data/train.json``, or with ``recipe.hand_mirrors`` a ``--data_mixture`` of it and
+    ``data/mirror.json`` on the mirror's feature folders (each sample once per epoch)."""
+    paths = qs.paths
+    if not qs.recipe.hand_mirrors:
+        return ["--data_path", str(paths.data / "train.json")]
+    folders = ":".join(f"{name}={folder}" for name, folder in paths.mirror_folders().items())
+    return ["--data_mixture", f"{paths.data / 'train.json'}:1,{paths.data / 'mirror.json'}:1:{folders}"]
+
+
 def train_step(qs: Quickstart, align: Step | None) -> Step:
     paths, recipe = qs.paths, qs.recipe
 
@@ -266,7 +330,7 @@ def train_step(qs: Quickstart, align: Step | None) -> Step:
         argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(recipe.train_procs),
                 "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(TRAIN_MEM),
                 "--config", str(recipe.config_path()), "--model_name_or_path", qs.base_model,
-                "--data_path", str(paths.data / "train.json"), "--video_folder", str(paths.video),
+                *training_data_flags(qs), "--video_folder", str(paths.video),
                 "--pose_folder", str(paths.pose), "--object_folder", str(paths.object),
                 "--output_dir", str(paths.train), "--seed", str(qs.seed)]
         if align is not None and "pretrain_mm_mlp_adapter" not in flags:
@@ -412,10 +476,13 @@ def report_step(qs: Quickstart, evaluate: Step) -> Step:
 
 
 def build_steps(qs: Quickstart) -> list[Step]:
-    """world, llm, video, pose_pretrain, pose, object, data, align (when the recipe aligns), train, evaluate, report."""
+    """world, llm, video, pose_pretrain, pose, object, mirror (with ``recipe.hand_mirrors``), data, align (when the
+    recipe aligns), train, evaluate, report."""
     pretrain = pose_pretrain_step(qs)
+    video, pose, obj = video_step(qs), pose_step(qs, pretrain), object_step(qs)
+    mirror = [mirror_step(qs, video, pose, obj)] if qs.recipe.hand_mirrors else []
     align = align_step(qs) if qs.recipe.align else None
     train = train_step(qs, align)
     evaluate = evaluate_step(qs, train)
-    return [world_step(qs), llm_step(qs), video_step(qs), pretrain, pose_step(qs, pretrain), object_step(qs),
+    return [world_step(qs), llm_step(qs), video, pretrain, pose, obj, *mirror,
             data_step(qs), *([align] if align is not None else []), train, evaluate, report_step(qs, evaluate)]
