@@ -75,6 +75,9 @@ def test_mixed_video_image_text_data_trains_under_torchrun(tmp_path):
     assert result.returncode == 0, log[-6000:]
 
     assert "world size 2 (DistributedType.MULTI_CPU, backend gloo)" in log
+    # the DDP model is gone before the process group is destroyed (else its reducer's deallocation could join
+    # gloo's threads with the GIL held and hang a rank after saving, about one run in ten)
+    assert "outlived training" not in log
     # per-source counts at the start (rank 0 only): each file, its weight, and the epoch's totals
     assert log.count("data mixture: 21 samples per epoch from 3 files") == 1
     assert f"{mixed}: 12 usable samples (video 4, image 4, text 4) x 1 -> 12 per epoch" in log

@@ -235,6 +235,10 @@ def leave_process_group() -> None:
     import gc
 
     gc.collect()  # the trainer, the DDP wrapper and its reducer (reference cycles)
+    alive = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+    if alive:
+        logger.warning("rank %d: %d DistributedDataParallel model(s) outlived training; their reducer may hold the "
+                       "process group and hang this rank at exit", dist.rank(), alive)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
