@@ -86,6 +86,8 @@ def test_quickstart_small_tiny_runs_every_step_then_skips_them(tmp_path):
     mirror_features = out / "mirror" / "features"
     assert f"--data_mixture {out / 'data' / 'train.json'}:1,{out / 'data' / 'mirror.json'}:1:video={mirror_features / 'video'}" in first.stdout
     mirrored = json.loads((out / "data" / "mirror.json").read_text())
+    trained = len(json.loads((out / "data" / "train.json").read_text()))
+    assert f"{trained + len(mirrored)} samples ({trained} + {len(mirrored)} of mirrored clips;" in markdown
     assert mirrored and {s["id"].split("#")[0] for s in mirrored} <= set(splits["train"])
     assert all((mirror_features / "pose" / f"{s['id'].split('#')[0]}_pose.safetensors").is_file() for s in mirrored)
     # MCQ answers are trained as the option's text, which the parser maps back to the letter

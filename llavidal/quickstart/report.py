@@ -389,8 +389,12 @@ def _ablation_section(ablation: dict | None) -> list[str]:
 
 def _training_section(report: dict) -> list[str]:
     training, recipe = report["training"], report["recipe"]
+    data = report["training_data"]
+    mirrored = (data.get("hand_mirrors") or {}).get("samples", 0)
+    total = f"{data['samples'] + mirrored} samples ({data['samples']} + {mirrored} of mirrored clips; " if (
+        mirrored and isinstance(data.get("samples"), int)) else f"{data.get('samples', 'n/a')} samples ("
     lines = ["## Training", "",
-             (f"{report['training_data'].get('samples', 'n/a')} samples ({json.dumps(report['training_data'])}); "
+             (f"{total}{json.dumps(data)}); "
               f"{training['global_steps']} optimizer steps ({_fmt(training['epochs'])} epochs); loss "
               f"{_fmt(training['first_loss'])} -> {_fmt(training['last_loss'])}; "
               f"{recipe['train_procs']} torchrun rank(s) x {recipe['train_threads']} thread(s)."), ""]
