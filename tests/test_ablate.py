@@ -97,6 +97,7 @@ def make_quickstart_folder(root: Path) -> Paths:
     paths.data.mkdir()
     (paths.data / "train.json").write_text(json.dumps(records))
     (paths.data / "summary.json").write_text(json.dumps({"samples": len(records)}))
+    (paths.data / "mirror.json").write_text("[]")  # the mirrored hand clips' samples (the ablation trains without them)
 
     # the alignment: projectors of the recipe's type for these folders, saved as `llavidal align` saves them
     registry = build_registry(ModelArguments(model_name_or_path=str(paths.tiny_llm), mm_projector_type="mlp2x_gelu"),
