@@ -8,8 +8,22 @@ import json
 import numpy as np
 import pytest
 
-from llavidal.features.pose.ntu import JOINT_INDEX, Body, SkeletonSequence, read_skeleton, sequence_from_arrays, write_skeleton
-from llavidal.sim.mirror import MIRRORED_JOINTS, mirror_body, mirror_clip, mirror_meta, mirror_skeleton, mirror_tracks
+from llavidal.features.pose.ntu import (
+    JOINT_INDEX,
+    Body,
+    SkeletonSequence,
+    read_skeleton,
+    sequence_from_arrays,
+    write_skeleton,
+)
+from llavidal.sim.mirror import (
+    MIRRORED_JOINTS,
+    mirror_body,
+    mirror_clip,
+    mirror_meta,
+    mirror_skeleton,
+    mirror_tracks,
+)
 
 WIDTH = HEIGHT = 64
 

@@ -96,10 +96,8 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
         counts["clips"] += 1
         if recipe.reduced_modality_copies:
             for index, (question, answer) in enumerate(mcq_turns.get(clip_id, [])):
-                # a reduced set the clip has every modality of (a clip without objects is never "object" only)
-                subset = list(rng.choice([s for name, s in MODALITY_SETS.items()
-                                          if name != "all" and all(record.get(m) for m in s)]))
-                out.append(conversation(clip_id, record, subset, [(question, answer)], suffix=f"#m{index}"))
+                out.append(conversation(clip_id, record, reduced_modality_set(record, rng), [(question, answer)],
+                                        suffix=f"#m{index}"))
                 counts["reduced_copies"] += 1
     if recipe.attribute_variants > 0:
         attributes = attribute_variants(paths, recipe, records)
@@ -112,6 +110,12 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
     rng.shuffle(out)
     counts["samples"] = len(out)
     return out, counts
+
+
+def reduced_modality_set(record: dict, rng: random.Random) -> list[str]:
+    """A random reduced modality set (not ``all``) the record has every modality of (a clip without objects is
+    never "object" only): what a reduced-modality copy of an MCQ shows."""
+    return list(rng.choice([s for name, s in MODALITY_SETS.items() if name != "all" and all(record.get(m) for m in s)]))
 
 
 def train_mcq_turns(paths: Paths, recipe: Recipe, counts: dict | None = None,
@@ -239,16 +243,15 @@ def attribute_variants(paths: Paths, recipe: Recipe, records: dict) -> list[dict
 
 
 def hand_mirror_clips(paths: Paths) -> list[str]:
-    """TRAIN clips whose hand is asked (single-activity clips done with one hand), in split order: the clips
+    """TRAIN clips whose hand is asked (the world writes them a "which hand" MCQ), in split order: the clips
     :mod:`llavidal.sim.mirror` mirrors for ``recipe.hand_mirrors``."""
+    from llavidal.sim.annotate import attribute_mcqs
+
+    world_seed = int(read_json(paths.world / "world.json").get("seed", 0))
     out = []
     for clip_id in split_ids(paths, "train"):
         meta_path = paths.world / "meta" / f"{clip_id}.json"
-        if not meta_path.is_file():
-            continue
-        meta = read_json(meta_path)
-        segments = meta.get("segments") or []
-        if meta.get("kind") == "single" and segments and segments[0].get("hand") in ("left", "right"):
+        if meta_path.is_file() and any(m["task"] == "hand" for m in attribute_mcqs(read_json(meta_path), world_seed)):
             out.append(clip_id)
     return out
 
@@ -292,9 +295,8 @@ def build_mirror_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple[l
         out.append(conversation(clip_id, record, modalities, pairs, suffix="#mirror"))
         if recipe.reduced_modality_copies:
             for index, pair in enumerate(mcqs):
-                subset = list(rng.choice([s for name, s in MODALITY_SETS.items()
-                                          if name != "all" and all(record.get(m) for m in s)]))
-                out.append(conversation(clip_id, record, subset, [pair], suffix=f"#mirror-m{index}"))
+                out.append(conversation(clip_id, record, reduced_modality_set(record, rng), [pair],
+                                        suffix=f"#mirror-m{index}"))
         counts["clips"] += 1
         counts[meta["segments"][0]["hand"]] += 1
     rng.shuffle(out)

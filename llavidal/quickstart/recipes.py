@@ -87,10 +87,10 @@ class Recipe:
     object boxes reflected, the metadata's hands swapped) and train on their hand questions too. The medium
     world's train subjects answer "the right hand" to 85% of the hand questions (88 of 103) while two of the
     five test subjects are left-handed, so the model had learnt the prior: held-out "which hand" with every
-    modality was 0.453 (29/64), left-handed clips 3/28. The mirrors make the hand 50/50 in training, with real
+    modality was 0.453 (29/64; 0.34-0.57). The mirrors make the hand 50/50 in training, with real
     pixels and poses; only the hand questions are asked of them. Measured (docs/quickstart_report/notes.md):
-    left-handed clips 3/28 -> 20/28, right-handed 26/36 -> 16/36, all 0.562 (36/64; 0.44-0.68): the prior is
-    gone, the hand is not yet read."""
+    left-handed clips 3/28 (0.04-0.27) -> 20/28 (0.53-0.85), right-handed 26/36 (0.56-0.84) -> 16/36
+    (0.30-0.60), all 0.562 (36/64; 0.44-0.68): the prior is gone, the hand is not yet read."""
     forecast_reasoning: bool = True
     """Forecasting training answers first name what the clip ends with, then the answer: "The video ends
     with sitting down on a chair. The answer is standing up from a chair." (the MCQ parser takes the

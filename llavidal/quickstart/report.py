@@ -391,8 +391,8 @@ def _training_section(report: dict) -> list[str]:
     training, recipe = report["training"], report["recipe"]
     data = report["training_data"]
     mirrored = (data.get("hand_mirrors") or {}).get("samples", 0)
-    total = f"{data['samples'] + mirrored} samples ({data['samples']} + {mirrored} of mirrored clips; " if (
-        mirrored and isinstance(data.get("samples"), int)) else f"{data.get('samples', 'n/a')} samples ("
+    total = (f"{data['samples'] + mirrored} samples ({data['samples']} + {mirrored} of mirrored clips; " if mirrored
+             else f"{data.get('samples', 'n/a')} samples (")
     lines = ["## Training", "",
              (f"{total}{json.dumps(data)}); "
               f"{training['global_steps']} optimizer steps ({_fmt(training['epochs'])} epochs); loss "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 from dataclasses import asdict, dataclass, field
@@ -226,19 +227,20 @@ def object_command(qs: Quickstart, world: Path, out: Path) -> Command:
         "--encoder", qs.recipe.object_encoder, "--out", str(out), "--device", "cpu", "--no_progress"), SINGLE_THREAD)
 
 
-def mirror_step(qs: Quickstart, video: Step, pose: Step, obj: Step) -> Step:
+def mirror_step(qs: Quickstart, world: Step, video: Step, pose: Step, obj: Step) -> Step:
     """Mirror images of the train clips whose hand is asked (``recipe.hand_mirrors``), and their features, made
-    as the world's are (the same three extractors, into ``mirror/features``)."""
+    as the world's are (the same three extractors, into ``mirror/features``). The step owns ``OUT/mirror`` and
+    remakes it whole when it runs (45 s for the medium world), so nothing of an earlier world or recipe stays."""
     paths = qs.paths
     folders = paths.mirror_folders()
 
     def write_clips() -> None:
         from llavidal.sim.mirror import mirror_clip
 
+        shutil.rmtree(paths.mirror, ignore_errors=True)
         clips = curriculum.hand_mirror_clips(paths)
         for clip_id in clips:
-            if not (paths.mirror_world / "meta" / f"{clip_id}.json").is_file():  # meta is written last
-                mirror_clip(paths.world, clip_id, paths.mirror_world)
+            mirror_clip(paths.world, clip_id, paths.mirror_world)
         print(f"  {len(clips)} mirrored train clips in {paths.mirror_world}")
 
     def valid() -> bool:
@@ -251,7 +253,8 @@ def mirror_step(qs: Quickstart, video: Step, pose: Step, obj: Step) -> Step:
 
     return Step(
         "mirror", "Mirror the train clips whose hand is asked, and extract their features", valid,
-        {"video": video.settings, "pose": pose.settings, "object": obj.settings, "mirror": "hands"},
+        {"world": world.settings, "video": video.settings, "pose": pose.settings, "object": obj.settings,
+         "mirror": "hands"},
         prepare=write_clips, prepares=f"{paths.mirror_world} (mirror images of the train clips whose hand is asked, "
                                       "llavidal.sim.mirror)",
         commands=lambda: [video_command(qs, paths.mirror_world, folders["video"]),
@@ -478,11 +481,11 @@ def report_step(qs: Quickstart, evaluate: Step) -> Step:
 def build_steps(qs: Quickstart) -> list[Step]:
     """world, llm, video, pose_pretrain, pose, object, mirror (with ``recipe.hand_mirrors``), data, align (when the
     recipe aligns), train, evaluate, report."""
-    pretrain = pose_pretrain_step(qs)
+    world, pretrain = world_step(qs), pose_pretrain_step(qs)
     video, pose, obj = video_step(qs), pose_step(qs, pretrain), object_step(qs)
-    mirror = [mirror_step(qs, video, pose, obj)] if qs.recipe.hand_mirrors else []
+    mirror = [mirror_step(qs, world, video, pose, obj)] if qs.recipe.hand_mirrors else []
     align = align_step(qs) if qs.recipe.align else None
     train = train_step(qs, align)
     evaluate = evaluate_step(qs, train)
-    return [world_step(qs), llm_step(qs), video, pretrain, pose, obj, *mirror,
+    return [world, llm_step(qs), video, pretrain, pose, obj, *mirror,
             data_step(qs), *([align] if align is not None else []), train, evaluate, report_step(qs, evaluate)]

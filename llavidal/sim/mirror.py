@@ -25,7 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from llavidal.features.pose.ntu import COLOUR_SIZE, JOINT_INDEX, JOINT_NAMES, Body, SkeletonSequence, read_skeleton, write_skeleton
+from llavidal.features.pose.ntu import (
+    COLOUR_SIZE,
+    JOINT_INDEX,
+    JOINT_NAMES,
+    Body,
+    SkeletonSequence,
+    read_skeleton,
+    write_skeleton,
+)
 from llavidal.sim.camera import DEPTH_SIZE
 from llavidal.sim.video import read_mp4, write_mp4
 from llavidal.utils.io import atomic_write_json
