@@ -106,10 +106,12 @@ def test_every_world_question_carries_its_type_and_the_curriculum_uses_it(tmp_pa
     assert any(asked[key] != asked[key.replace("#a1", "#a2")] for key in asked if "#a1" in key)  # redrawn
 
     # hand mirrors: each train clip whose hand is asked, its hand questions as the world writes them for the
-    # mirror image, so answered with the other hand (the clip's MCQ and record question; a reduced copy of the MCQ)
+    # mirror image, so answered with the other hand (the clip's MCQ and record question; a reduced copy of the MCQ;
+    # as many redrawn hand MCQs as the original clip gets, so that the variants keep both hands as frequent)
     from llavidal.quickstart.curriculum import build_mirror_records, hand_mirror_clips
 
-    mirrored, mirror_counts = build_mirror_records(paths, apply_recipe_settings(recipe, ["reduced_modality_copies=true"]))
+    mirrored, mirror_counts = build_mirror_records(
+        paths, apply_recipe_settings(recipe, ["reduced_modality_copies=true", "attribute_variants=2"]))
     clips = hand_mirror_clips(paths)
     assert clips and mirror_counts["clips"] == len(clips) == mirror_counts["left"] + mirror_counts["right"]
     assert set(clips) <= set(read_json(paths.world / "annotations" / "splits.json")["cross_subject"]["train"])
@@ -122,7 +124,9 @@ def test_every_world_question_carries_its_type_and_the_curriculum_uses_it(tmp_pa
         assert all(sample.get(m) == by_clip[clip].get(m) for m in ("video", "pose", "object") if m in sample)
     full = [s for s in mirrored if s["id"].endswith("#mirror")]
     assert len(full) == len(clips) and all(len(s["conversations"]) == 4 for s in full)
-    assert len(mirrored) == 2 * len(clips) == mirror_counts["samples"]
+    redrawn = [s for s in mirrored if "#mirror#a" in s["id"]]
+    assert len(redrawn) == 2 * len(clips) and all(s["id"].endswith("h") for s in redrawn)
+    assert len(mirrored) == 4 * len(clips) == mirror_counts["samples"]
 
 
 def test_object_names_follow_the_object_features_order_and_leave_out_what_the_extractor_does(tmp_path):

@@ -219,11 +219,6 @@ def forecast_variants(paths: Paths, recipe: Recipe, records: dict) -> list[tuple
 def attribute_variants(paths: Paths, recipe: Recipe, records: dict) -> list[dict]:
     """``recipe.attribute_variants`` one-turn samples per train-split attribute MCQ (see Recipe), redrawn by
     :func:`llavidal.sim.annotate.attribute_mcqs` with other seeds, every modality of the clip shown."""
-    from llavidal.eval.records import normalise_record
-    from llavidal.eval.tasks import load_task
-    from llavidal.sim.annotate import attribute_mcqs
-
-    spec = load_task(MCQ_BENCHMARKS["attributes"])
     world_seed = int(read_json(paths.world / "world.json").get("seed", 0))
     out = []
     for clip_id in split_ids(paths, "train"):
@@ -231,14 +226,29 @@ def attribute_variants(paths: Paths, recipe: Recipe, records: dict) -> list[dict
         record = records.get(clip_id)
         if record is None or not meta_path.is_file():
             continue
-        meta = read_json(meta_path)
-        modalities = [m for m in ("video", "pose", "object") if record.get(m)]
-        for variant in range(1, recipe.attribute_variants + 1):
-            for raw in attribute_mcqs(meta, seed=world_seed + 7919 * variant):
-                mcq = normalise_record(raw, "mcq", where=f"{meta_path} (attribute variant {variant})",
-                                       default_task=raw.get("task", ""))
-                out.append(conversation(clip_id, record, modalities, [(spec.prompts(mcq)["main"], mcq_answer(recipe, mcq))],
-                                        suffix=f"#a{variant}{raw['task'][0]}"))
+        out += redrawn_attribute_samples(clip_id, record, read_json(meta_path), recipe, world_seed, str(meta_path))
+    return out
+
+
+def redrawn_attribute_samples(clip_id: str, record: dict, meta: dict, recipe: Recipe, world_seed: int, where: str,
+                              tasks: tuple[str, ...] = ("hand", "object", "colour"), suffix: str = "") -> list[dict]:
+    """One-turn samples of a clip's attribute MCQs (of ``tasks``) redrawn ``recipe.attribute_variants`` times with
+    other seeds (other wording, distractors and order), every modality of the clip shown."""
+    from llavidal.eval.records import normalise_record
+    from llavidal.eval.tasks import load_task
+    from llavidal.sim.annotate import attribute_mcqs
+
+    spec = load_task(MCQ_BENCHMARKS["attributes"])
+    modalities = [m for m in ("video", "pose", "object") if record.get(m)]
+    out = []
+    for variant in range(1, recipe.attribute_variants + 1):
+        for raw in attribute_mcqs(meta, seed=world_seed + 7919 * variant):
+            if raw["task"] not in tasks:
+                continue
+            mcq = normalise_record(raw, "mcq", where=f"{where} (attribute variant {variant})",
+                                   default_task=raw.get("task", ""))
+            out.append(conversation(clip_id, record, modalities, [(spec.prompts(mcq)["main"], mcq_answer(recipe, mcq))],
+                                    suffix=f"{suffix}#a{variant}{raw['task'][0]}"))
     return out
 
 
@@ -261,7 +271,8 @@ def build_mirror_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple[l
     per clip, its hand questions as the world writes them for the mirrored metadata (the attribute MCQ with the
     benchmark's prompt, and the record's "Which hand does the person use?" when ``recipe.record_turns`` has
     ``hand``) with every modality, plus the MCQ with a reduced modality set as the other MCQs get
-    (``recipe.reduced_modality_copies``). Counts give the answers' hands."""
+    (``recipe.reduced_modality_copies``) and its ``recipe.attribute_variants`` redrawn copies, as the original
+    clip's get. Counts give the answers' hands."""
     from llavidal.eval.records import normalise_record
     from llavidal.eval.tasks import load_task
     from llavidal.sim.annotate import attribute_mcqs, clip_questions
@@ -297,6 +308,9 @@ def build_mirror_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple[l
             for index, pair in enumerate(mcqs):
                 out.append(conversation(clip_id, record, reduced_modality_set(record, rng), [pair],
                                         suffix=f"#mirror-m{index}"))
+        # as many redrawn hand questions as the original clip gets (attribute_variants), so both hands stay as frequent
+        out += redrawn_attribute_samples(clip_id, record, meta, recipe, world_seed, f"{meta_path} (mirrored)",
+                                         tasks=("hand",), suffix="#mirror")
         counts["clips"] += 1
         counts[meta["segments"][0]["hand"]] += 1
     rng.shuffle(out)
@@ -373,35 +387,84 @@ def object_names(paths: Paths, clip_id: str, meta: dict) -> list[str] | None:
     return names
 
 
+def hand_label(label: str, hand: str | None) -> str:
+    """The text a one-handed activity's pose tokens are fitted to with ``recipe.align_hands``: the hand first
+    ("right hand, waving"), so that it is within the pose tokens' count however long the activity's name."""
+    return f"{hand} hand, {label}" if hand in ("left", "right") else label
+
+
+def alignment_record(clip_id: str, meta: dict, record: dict, hands: bool) -> dict | None:
+    """One ``llavidal align`` record of a clip: its activity (the last one, for a routine or prefix), its
+    segments, its feature files; with ``hands`` the pose tokens of each one-handed segment are fitted to
+    :func:`hand_label` (``modality_labels``)."""
+    label = last_label(meta)
+    if not label:
+        return None
+    segments = [seg for seg in meta.get("segments") or [] if seg.get("label")]
+    item: dict[str, Any] = {
+        "id": clip_id, "label": label, "duration": meta.get("duration"),
+        "segments": [{"start": seg["start"], "end": seg["end"], "label": seg["label"]} for seg in segments]}
+    if hands:
+        for out, seg in zip(item["segments"], segments):
+            if seg.get("hand") in ("left", "right"):
+                out["modality_labels"] = {"pose": hand_label(seg["label"], seg["hand"])}
+        if segments and segments[-1]["label"] == label and segments[-1].get("hand") in ("left", "right"):
+            item["modality_labels"] = {"pose": hand_label(label, segments[-1]["hand"])}
+    item.update({m: record[m] for m in ("video", "pose", "object") if record.get(m)})
+    return item
+
+
 def build_alignment_labels(paths: Paths, recipe: Recipe) -> tuple[list[dict], dict]:
     """Records for ``llavidal align`` from the TRAIN split: each clip's feature files and the name of the
     activity it shows (for a routine or a forecasting prefix, the activity it ends with), as the world's
     metadata gives it; the same names are the ADLMCQ options. With ``recipe.align_object_names`` each object
-    is fitted to its own name instead ("purple bottle", ``group_labels``; :func:`object_names`)."""
+    is fitted to its own name instead ("purple bottle", ``group_labels``; :func:`object_names`). With
+    ``recipe.align_hands`` the pose tokens of a one-handed activity are fitted to its hand and name
+    (:func:`hand_label`), and with ``recipe.hand_mirrors`` the mirrored clips' pose features (the other hand;
+    their files named by absolute path) are fitted too, so that both hands are as frequent."""
+    from llavidal.data.feature_store import FeatureFolder
+    from llavidal.sim.mirror import mirror_meta
+    from llavidal.train.align import record_labels
+
     records = {r["id"]: r for r in read_json(paths.annotations("train") / "records.json")}
-    name_objects = recipe.align_object_names
     out, labels, objects = [], set(), set()
+    metas = {}
     for clip_id in split_ids(paths, "train"):
         record = records.get(clip_id)
         meta_path = paths.world / "meta" / f"{clip_id}.json"
         if record is None or not meta_path.is_file():
             continue
-        meta = read_json(meta_path)
-        label = last_label(meta)
-        if not label:
+        metas[clip_id] = meta = read_json(meta_path)
+        item = alignment_record(clip_id, meta, record, recipe.align_hands)
+        if item is None:
             continue
-        item = {"id": clip_id, "label": label, "duration": meta.get("duration"),
-                "segments": [{"start": seg["start"], "end": seg["end"], "label": seg["label"]}
-                             for seg in meta.get("segments") or [] if seg.get("label")]}
-        item.update({m: record[m] for m in ("video", "pose", "object") if record.get(m)})
-        if name_objects and item.get("object"):
+        if recipe.align_object_names and item.get("object"):
             names = object_names(paths, clip_id, meta)
             if names:
                 item["group_labels"] = {"object": names}
                 objects.update(names)
         out.append(item)
-        labels.add(label)
-    return out, {"records": len(out), "labels": len(labels), "object_names": len(objects)}
+        labels.add(item["label"])
+    mirrored = 0
+    if recipe.align_hands and recipe.hand_mirrors:
+        folder = FeatureFolder(paths.mirror_folders()["pose"], modality="pose")
+        for clip_id in hand_mirror_clips(paths):
+            record = records.get(clip_id)
+            if record is None or clip_id not in metas or not record.get("pose"):
+                continue
+            found = folder.resolve(str(record["pose"]))
+            if found is None:
+                raise FileNotFoundError(
+                    f"{folder.folder}: no pose features of the mirrored clip {clip_id} ({record['pose']}); "
+                    "rerun the quickstart's mirror step (it extracts them)")
+            item = alignment_record(f"{clip_id}#mirror", mirror_meta(metas[clip_id]), {"pose": str(found.resolve())},
+                                    hands=True)
+            if item is not None:
+                out.append(item)
+                mirrored += 1
+    hands = {text for item in out for text in record_labels(item, groups=False, modality="pose")} - labels
+    return out, {"records": len(out), "labels": len(labels), "object_names": len(objects),
+                 "hand_labels": len(hands), "mirrored": mirrored}
 
 
 def pose_text_pairs(paths: Paths, recipe: Recipe) -> list[dict]:

@@ -294,7 +294,9 @@ def align_step(qs: Quickstart) -> Step:
         labels, counts = curriculum.build_alignment_labels(paths, recipe)
         atomic_write_json(labels_path, labels)
         named = f", {counts['object_names']} object names" if counts["object_names"] else ""
-        print(f"  {counts['records']} labelled train clips, {counts['labels']} activities{named}")
+        hands = (f", {counts['hand_labels']} hand-and-activity pose labels ({counts['mirrored']} of mirrored clips)"
+                 if counts["hand_labels"] else "")
+        print(f"  {counts['records']} labelled train clips, {counts['labels']} activities{named}{hands}")
 
     def commands() -> list[Command]:
         settings = recipe.train_settings(qs.train_flags)

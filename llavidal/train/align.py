@@ -22,7 +22,12 @@ activities in order and the last tokens the one it ends with.
 A record may also name each object (or other grouped modality's group) with ``"group_labels"``:
 ``{"object": ["purple bottle", "brown table"]}``, one text per group of its feature file, in the file's
 order. Those groups are fitted to their own name instead of the clip's ``label``, so that object tokens
-spell what the object is (the clip's activity is what the video and pose say). Each projector's
+spell what the object is (the clip's activity is what the video and pose say).
+
+A record (and each of its ``segments``) may give one modality another text than its ``label`` with
+``"modality_labels"``: ``{"label": "drinking from a cup or bottle", "modality_labels": {"pose": "right hand,
+drinking from a cup or bottle"}}`` fits the pose tokens to the second text and the other modalities to the
+first, for what one modality shows and the others do not (the hand, from the skeleton). Each projector's
 contrastive term and nearest-label accuracy are over the texts its tokens can be fitted to: every
 record's ``label`` and segment labels when some of its tokens take them, plus the group names it uses.
 
@@ -108,6 +113,14 @@ def load_label_records(path: str | Path) -> list[dict]:
                 f"{path}: record {rid} has no 'label' text; every alignment record needs one "
                 f"(e.g. the activity name the clip shows)"
             )
+        for item in [record] + list(record.get("segments") or []):
+            given = item.get("modality_labels") if isinstance(item, dict) else None
+            if given is not None and not (isinstance(given, dict) and all(
+                    isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in given.items())):
+                raise ValueError(
+                    f"{path}: record {record.get('id', f'#{index}')} gives modality_labels = {given!r}; give a "
+                    f"mapping of modality name to a non-empty text (e.g. {{\"pose\": \"right hand, waving\"}})"
+                )
     return records
 
 
@@ -130,11 +143,22 @@ def label_targets(tokenizer: Any, embeddings: Tensor, labels: Sequence[str], num
     return torch.stack(rows)
 
 
-def record_labels(record: dict, groups: bool = True) -> list[str]:
-    """Every label text a record uses: its ``label``, those of its ``segments`` and (``groups``) its
+def modality_label(item: dict, modality: str) -> str:
+    """The text a record's (or segment's) tokens of ``modality`` are fitted to: its ``modality_labels`` entry
+    for the modality, else its ``label``."""
+    given = (item.get("modality_labels") or {}).get(modality) if modality else None
+    return str(given if given is not None else item["label"]).strip()
+
+
+def record_labels(record: dict, groups: bool = True, modality: str | None = None) -> list[str]:
+    """The label texts a record uses: its ``label`` and those of its ``segments``, with their
+    ``modality_labels`` (every modality's, or only ``modality``'s in place of the label), and (``groups``) its
     ``group_labels``."""
-    out = [str(record["label"]).strip()]
-    out += [str(seg["label"]).strip() for seg in record.get("segments") or [] if seg.get("label")]
+    items = [record] + [seg for seg in record.get("segments") or [] if seg.get("label")]
+    if modality is not None:
+        return [modality_label(item, modality) for item in items]
+    out = [str(item["label"]).strip() for item in items]
+    out += [str(text).strip() for item in items for text in (item.get("modality_labels") or {}).values()]
     for texts in (record.get("group_labels") or {}).values() if groups else ():
         out += [str(text).strip() for text in texts]
     return out
@@ -155,15 +179,15 @@ def group_labels(record: dict, modality: str, groups: int, where: str) -> list[s
     return [text.strip() for text in given]
 
 
-def token_labels(record: dict, k: int, temporal: bool) -> list[str]:
-    """The label each of ``k`` tokens is fitted to.
+def token_labels(record: dict, k: int, temporal: bool, modality: str = "") -> list[str]:
+    """The label each of ``k`` tokens (of ``modality``: its ``modality_labels`` where given) is fitted to.
 
     Tokens of a temporal modality cover equal spans of the clip in order (as the pose encoder pools its
     time-major sequence); when the record gives ``segments`` ({start, end, label}, seconds) and
     ``duration``, token i takes the label of the segment at the middle of its span, so that the tokens
     of a clip showing several activities spell them in order. Otherwise every token takes ``label``.
     """
-    label = str(record["label"]).strip()
+    label = modality_label(record, modality)
     segments = [seg for seg in record.get("segments") or [] if seg.get("label") is not None]
     duration = float(record.get("duration") or 0.0)
     if not temporal or not segments or duration <= 0:
@@ -176,7 +200,7 @@ def token_labels(record: dict, k: int, temporal: bool) -> list[str]:
         for seg in segments:
             if float(seg["start"]) <= time_point:
                 current = seg
-        out.append(str(current["label"]).strip())
+        out.append(modality_label(current, modality))
     return out
 
 
@@ -222,7 +246,7 @@ def collect(
                 f"{expected}; re-extract them with the settings this model uses"
             )
         groups = tensor.reshape(-1, k, modality.feature_dim)
-        per_token = token_labels(record, k, temporal and not modality.variable)
+        per_token = token_labels(record, k, temporal and not modality.variable, modality.name)
         named = group_labels(record, modality.name, len(groups), str(folder.folder)) if modality.variable else None
         named_texts.update(named or ())
         takes_record_labels = takes_record_labels or not named
@@ -234,7 +258,7 @@ def collect(
         return None
     # the texts the tokens compete over: every record's label (and segment labels) when tokens take them,
     # as a clip's tokens may take any of them, and the group names in use
-    record_texts = {text for record in records for text in record_labels(record, groups=False)}
+    record_texts = {text for record in records for text in record_labels(record, groups=False, modality=modality.name)}
     labels = sorted(named_texts | (record_texts if takes_record_labels else set()))
     position = {text: index for index, text in enumerate(labels)}
     label_index = torch.as_tensor([[position[text] for text in texts] for texts in token_texts])
