@@ -78,7 +78,12 @@ def test_quickstart_small_tiny_runs_every_step_then_skips_them(tmp_path):
     windowed = [p for p in pairs if "start_frame" in p]
     assert windowed and all("#" in p["id"] and 0 <= p["start_frame"] < p["end_frame"] for p in windowed)
     labels = json.loads((out / "data" / "align_labels.json").read_text())
-    assert labels and {r["id"] for r in labels} <= set(splits["train"])
+    assert labels and {r["id"].split("#")[0] for r in labels} <= set(splits["train"])
+    # ... the mirrored train clips' pose features among them, fitted to the other hand (align_hands)
+    mirror_labels = [r for r in labels if r["id"].endswith("#mirror")]
+    assert mirror_labels and all(r["pose"].startswith(str(out / "mirror" / "features" / "pose")) and
+                                 r["modality_labels"]["pose"].split(" hand, ")[0] in ("left", "right")
+                                 for r in mirror_labels)
     assert set(report["alignment"]) >= {"video", "pose"}
     # training started from the aligned projectors
     assert f"--pretrain_mm_mlp_adapter {out / 'align'}" in first.stdout

@@ -128,6 +128,42 @@ def test_every_world_question_carries_its_type_and_the_curriculum_uses_it(tmp_pa
     assert len(redrawn) == 2 * len(clips) and all(s["id"].endswith("h") for s in redrawn)
     assert len(mirrored) == 4 * len(clips) == mirror_counts["samples"]
 
+    # alignment labels (align_hands): a one-handed activity's pose tokens are fitted to "<hand> hand, <activity>",
+    # the other modalities to the activity; the mirrored clips' pose features (by absolute path) to the other hand
+    from llavidal.quickstart.curriculum import build_alignment_labels
+
+    hands_only = apply_recipe_settings(recipe, ["align_hands=true", "hand_mirrors=false"])
+    aligned, align_counts = build_alignment_labels(paths, hands_only)
+    assert align_counts["mirrored"] == 0 and align_counts["hand_labels"] > 0
+    for item in aligned:
+        last = read_json(paths.world / "meta" / f"{item['id']}.json")["segments"][-1]
+        expected = f"{last['hand']} hand, {item['label']}" if last.get("hand") in ("left", "right") else None
+        assert (item.get("modality_labels") or {}).get("pose") == expected
+    assert any(item.get("modality_labels") for item in aligned) and not all(item.get("modality_labels") for item in aligned)
+    plain, _ = build_alignment_labels(paths, apply_recipe_settings(hands_only, ["align_hands=false"]))
+    assert not any("modality_labels" in item or "modality_labels" in seg for item in plain for seg in item["segments"])
+
+    with_mirrors = apply_recipe_settings(hands_only, ["hand_mirrors=true"])
+    with pytest.raises(FileNotFoundError, match="mirrored clip.*mirror step"):
+        build_alignment_labels(paths, with_mirrors)
+    mirror_pose = paths.mirror_folders()["pose"]
+    mirror_pose.mkdir(parents=True)
+    for clip in clips:
+        (mirror_pose / f"{clip}_pose.safetensors").write_bytes(b"")  # only the file's presence is read here
+    aligned, align_counts = build_alignment_labels(paths, with_mirrors)
+    mirrors = [item for item in aligned if item["id"].endswith("#mirror")]
+    assert align_counts["mirrored"] == len(mirrors) == len(clips)
+    for item in mirrors:
+        clip = item["id"].split("#")[0]
+        original = read_json(paths.world / "meta" / f"{clip}.json")["segments"][-1]["hand"]
+        other = {"left": "right", "right": "left"}[original]
+        assert item["modality_labels"]["pose"] == f"{other} hand, {item['label']}"
+        assert set(item) & {"video", "pose", "object"} == {"pose"}
+        assert Path(item["pose"]).is_absolute() and Path(item["pose"]).parent == mirror_pose.resolve()
+    (mirror_pose / f"{clips[0]}_pose.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=f"mirrored clip {clips[0]}.*mirror step"):
+        build_alignment_labels(paths, with_mirrors)
+
 
 def test_object_names_follow_the_object_features_order_and_leave_out_what_the_extractor_does(tmp_path):
     """``align_object_names``: each object of a clip's object features is named by its colour and class from the

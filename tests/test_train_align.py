@@ -253,3 +253,73 @@ def test_group_labels_fit_each_object_to_its_own_name(tmp_path):
     bad = [dict(records[0], group_labels={"object": names[:1] * 3})] + records[1:]
     with pytest.raises(ValueError, match="c0.*group_labels.*1 group"):
         align.align_model(model, tokenizer, bad, {"object": FeatureFolder(obj_dir, "object")}, args)
+
+
+def test_modality_labels_fit_one_modality_to_its_own_text(tmp_path):
+    """``modality_labels``: pose features that carry the hand as well as the activity, with the pose fitted to
+    "<hand> hand, <activity>" (16 tokens: the tiny tokenizer spells words in pieces) and the objects to the activity: held-out pose tokens land nearest to their own
+    hand's text (the contrast is over the pose texts: activity x hand), the objects' labels stay the activities;
+    segments take their own; a malformed entry is refused by record."""
+    rng = np.random.default_rng(3)
+    tokens = 16
+    proto = rng.normal(size=(len(LABELS), tokens, POSE_DIM)).astype(np.float32)
+    hand_proto = rng.normal(size=(2, tokens, POSE_DIM)).astype(np.float32)
+    obj_proto = rng.normal(size=(len(LABELS), 8, OBJ_DIM)).astype(np.float32)
+    pose_dir, obj_dir = tmp_path / "pose", tmp_path / "object"
+    pose_dir.mkdir()
+    obj_dir.mkdir()
+    records, hands = [], ("left", "right")
+    for index in range(160):
+        label, hand = index % len(LABELS), (index // len(LABELS)) % 2
+        clip = f"h{index:03d}"
+        save_features(pose_dir / f"{clip}_pose.safetensors",
+                      proto[label] + hand_proto[hand] + 0.3 * rng.normal(size=proto[label].shape))
+        save_features(obj_dir / f"{clip}_object.safetensors", obj_proto[label][None] + 0.3 * rng.normal(size=(1, 8, OBJ_DIM)))
+        records.append({"id": clip, "pose": f"{clip}_pose.pkl", "object": f"{clip}_object.pkl", "label": LABELS[label],
+                        "modality_labels": {"pose": f"{hands[hand]} hand, {LABELS[label]}"}})
+    FeatureManifest("pose", "test", POSE_DIM, [tokens, POSE_DIM]).save(pose_dir)
+    FeatureManifest("object", "test", OBJ_DIM, [-1, 8, OBJ_DIM]).save(obj_dir)
+    data = tmp_path / "labels.json"
+    data.write_text(json.dumps(records))
+    assert align.load_label_records(data) == records
+
+    from llavidal.data.feature_store import FeatureFolder, load_feature_file
+
+    torch.manual_seed(0)
+    registry = ModalityRegistry.default(["pose", "object"], pose_dim=POSE_DIM, pose_tokens=tokens, object_dim=OBJ_DIM,
+                                        projector_type="mlp2x_gelu")
+    model, tokenizer = build_model(str(tiny_causal_lm_dir(tmp_path / "llm")), registry, template="chat")
+    args = align.AlignArguments(output_dir=str(tmp_path / "o"), align_steps=400, align_learning_rate=3e-3, align_val_fraction=0.25, seed=0)
+    folders = {"pose": FeatureFolder(pose_dir, "pose"), "object": FeatureFolder(obj_dir, "object")}
+    report = align.align_model(model, tokenizer, records, folders, args)
+    pose_texts = sorted({r["modality_labels"]["pose"] for r in records})
+    assert report["modalities"]["pose"]["labels"] == len(pose_texts) == 2 * len(LABELS)
+    assert report["modalities"]["object"]["labels"] == len(LABELS)
+    assert report["modalities"]["pose"]["accuracy_after"]["held_out"] >= 0.9
+
+    # the hand, read from the tokens: nearer to their own hand's text than to the other hand's, same activity
+    emb = model.llm.get_input_embeddings().weight.detach()
+    hits = total = 0
+    for record in (r for r in records if align._held_out(r["id"], 0.25)):
+        texts = [f"{hand} hand, {record['label']}" for hand in hands]
+        targets = align.label_targets(tokenizer, emb, texts, tokens)
+        feats = torch.as_tensor(load_feature_file(pose_dir / f"{record['id']}_pose.safetensors")).float()
+        with torch.no_grad():
+            distances = align._distances(model.projectors["pose"](feats)[None], targets)[0].sum(0)
+        hits += texts[int(distances.argmin())] == record["modality_labels"]["pose"]
+        total += 1
+    assert total > 20 and hits / total >= 0.9
+
+    # segments: each token takes its segment's text for its modality, the label for the others
+    routine = {"label": "b", "duration": 2.0, "segments": [
+        {"start": 0.0, "end": 1.0, "label": "a", "modality_labels": {"pose": "left hand, a"}},
+        {"start": 1.0, "end": 2.0, "label": "b"}], "modality_labels": {"pose": "right hand, b"}}
+    assert align.token_labels(routine, 4, temporal=True, modality="pose") == ["left hand, a"] * 2 + ["b"] * 2
+    assert align.token_labels(routine, 2, temporal=False, modality="pose") == ["right hand, b"] * 2
+    assert align.token_labels(routine, 2, temporal=False, modality="video") == ["b"] * 2
+    assert set(align.record_labels(routine)) == {"a", "b", "left hand, a", "right hand, b"}
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([dict(records[0], modality_labels={"pose": ""})]))
+    with pytest.raises(ValueError, match="h000.*modality_labels"):
+        align.load_label_records(bad)

@@ -447,7 +447,11 @@ def build_alignment_labels(paths: Paths, recipe: Recipe) -> tuple[list[dict], di
         labels.add(item["label"])
     mirrored = 0
     if recipe.align_hands and recipe.hand_mirrors:
-        folder = FeatureFolder(paths.mirror_folders()["pose"], modality="pose")
+        pose_folder = paths.mirror_folders()["pose"]
+        if not pose_folder.is_dir():
+            raise FileNotFoundError(f"{pose_folder}: no pose features of the mirrored clips; rerun the quickstart's "
+                                    "mirror step (it extracts them)")
+        folder = FeatureFolder(pose_folder, modality="pose")
         for clip_id in hand_mirror_clips(paths):
             record = records.get(clip_id)
             if record is None or clip_id not in metas or not record.get("pose"):
