@@ -377,3 +377,56 @@ def test_evaluation_fields_rerun_evaluation_not_training(tmp_path):
     assert after_eval["evaluate"] != before["evaluate"]
     after_train = settings(replace(base, forecast_variants=base.forecast_variants + 1))
     assert after_train["train"] != before["train"] and after_train["data"] != before["data"]
+
+
+
+def test_object_questions_ask_the_clips_the_world_does_not_about_their_objects(tmp_path):
+    """object_questions: the train clips that are not single activities and have object features are asked what
+    colour each object in view is and which object the person handles (when exactly one), the truth from the
+    metadata, every modality shown; none for single clips (the world asks those), none with object_questions=0."""
+    from llavidal.quickstart.curriculum import object_questions, placeholder_text
+    from llavidal.quickstart.layout import PROTOCOL, Paths
+
+    def meta(clip, kind, objects):
+        return {"clip_id": clip, "kind": kind, "segments": [], "objects": [
+            {"object_id": i, "class": c, "colour": colour, "used": used} for i, (c, colour, used) in enumerate(objects)]}
+
+    metas = [
+        meta("R1", "routine", [("mug", "red", True), ("table", "brown", True)]),  # one object handled: both questions
+        meta("F1", "forecast", [("book", "teal", False), ("chair", "brown", False)]),  # in view, not handled: colour
+        meta("F2", "forecast", [("mug", "blue", True), ("phone", "pink", True)]),  # two handled: colours only
+        meta("S1", "single", [("bottle", "green", True)]),  # the world's own attribute questions
+        meta("R2", "routine", [("apple", "red", True)]),  # no object features
+        meta("V1", "single", [("box", "white", True)]),  # a test clip
+    ]
+    world = tmp_path / "world"
+    (world / "meta").mkdir(parents=True)
+    (world / "annotations").mkdir()
+    (world / "world.json").write_text(json.dumps({"seed": 3}))
+    (world / "annotations" / "splits.json").write_text(json.dumps(
+        {PROTOCOL: {"train": ["R1", "F1", "F2", "S1", "R2"], "test": ["V1"]}}))
+    for m in metas:
+        (world / "meta" / f"{m['clip_id']}.json").write_text(json.dumps(m))
+    records = {c: {"id": c, "video": f"{c}.pkl", "pose": f"{c}_pose.pkl", **({} if c == "R2" else {"object": f"{c}_object.pkl"})}
+               for c in ("R1", "F1", "F2", "S1", "R2", "V1")}
+    paths = Paths(tmp_path)
+    recipe = apply_recipe_settings(RECIPES["ci"], ["object_questions=2"])
+    samples = object_questions(paths, recipe, records)
+    asked = {}
+    for sample in samples:
+        clip, _, rest = sample["id"].partition("#o")
+        question, answer = sample["conversations"][0]["value"], sample["conversations"][1]["value"]
+        assert len(sample["conversations"]) == 2 and question.split("\n")[-1] == placeholder_text(["video", "pose", "object"])
+        assert all(sample[m] == records[clip][m] for m in ("video", "pose", "object"))
+        asked.setdefault((clip, rest[1:]), []).append((rest[0], question, answer))
+    assert sorted(asked) == [("F1", "colour-book"), ("F2", "colour-mug"), ("F2", "colour-phone"),
+                             ("R1", "colour-mug"), ("R1", "object")]
+    truth = {("F1", "colour-book"): "teal", ("F2", "colour-mug"): "blue", ("F2", "colour-phone"): "pink",
+             ("R1", "colour-mug"): "red", ("R1", "object"): "a mug"}
+    for key, draws in asked.items():
+        assert [d for d, _, _ in draws] == ["1", "2"]  # object_questions draws, each redrawn
+        assert all(answer == truth[key] for _, _, answer in draws), (key, draws)
+        if key[1].startswith("colour-"):
+            assert all(key[1][len("colour-"):] in q.split("?")[0] for _, q, _ in draws)
+    assert any(len({q for _, q, _ in draws}) == 2 for draws in asked.values())  # the draws differ
+    assert object_questions(paths, apply_recipe_settings(recipe, ["object_questions=0"]), records) == []

@@ -234,6 +234,40 @@ def test_attribute_mcqs_match_metadata(small_world, metas):
     assert all(count >= 1 for count in seen.values()), seen
 
 
+def test_object_mcqs_ask_any_clip_what_its_metadata_answers(metas):
+    """object_mcqs: a colour question per hand object in view (used or not), the object question only when the
+    person handles exactly one, the truth from the metadata; single clips keep the world's own questions."""
+    from llavidal.sim.annotate import HAND_OBJECTS, attribute_mcqs, object_mcqs
+
+    seen = {"object": 0, "colour": 0, "kinds": set()}
+    for meta in metas.values():
+        questions = object_mcqs(meta, 0)
+        assert object_mcqs(meta, 0) == questions  # deterministic
+        in_view = {o["class"] for o in meta["objects"] if o["class"] in HAND_OBJECTS}
+        used = {o["class"] for o in meta["objects"] if o["class"] in HAND_OBJECTS and o.get("used")}
+        assert used == {c for s in meta["segments"] for c in s["objects"] if c in HAND_OBJECTS}
+        objects = [q for q in questions if q["task"] == "object"]
+        colours = [q for q in questions if q["task"] == "colour"]
+        assert len(objects) == (len(used) == 1)
+        for question in objects:
+            assert question["id"] == f"{meta['clip_id']}:object" and question["label"] in used
+            assert question["answer_choices"][question["ground_truth_letter"]].endswith(f" {question['label']}")
+        assert {q["id"].split(":")[2] for q in colours} <= in_view and len(colours) == len(
+            {c for c in in_view if any(o["class"] == c and o.get("colour") for o in meta["objects"])})
+        for question in colours:
+            kind = question["id"].split(":")[2]
+            colour = next(o["colour"] for o in meta["objects"] if o["class"] == kind)
+            assert question["label"] == colour == question["answer_choices"][question["ground_truth_letter"]]
+            assert f" {kind} " in f" {question['question'].rstrip('?')} " and len(set(question["answer_choices"].values())) == 4
+        if meta["kind"] == "single" and objects:
+            world = next(q for q in attribute_mcqs(meta, 0) if q["task"] == "object")
+            assert world["label"] == objects[0]["label"]
+        seen["object"] += len(objects)
+        seen["colour"] += len(colours)
+        seen["kinds"] |= {meta["kind"] for _ in objects}
+    assert seen["object"] >= 2 and seen["colour"] >= 2 and seen["kinds"] - {"single"}, seen
+
+
 def test_training_records_are_valid(small_world, metas):
     root, _ = small_world
     for protocol in PROTOCOLS:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from typing import Any
 
 from llavidal.quickstart.layout import (
@@ -103,6 +104,10 @@ def build_training_records(paths: Paths, recipe: Recipe, seed: int = 0) -> tuple
         attributes = attribute_variants(paths, recipe, records)
         out += attributes
         counts["attribute_variants"] = len(attributes)
+    if recipe.object_questions > 0:
+        objects = object_questions(paths, recipe, records)
+        out += objects
+        counts["object_questions"] = len(objects)
     if recipe.video_only_samples:
         video_only, _ = build_video_only_records(paths, recipe, seed=seed)
         out += video_only
@@ -234,21 +239,53 @@ def redrawn_attribute_samples(clip_id: str, record: dict, meta: dict, recipe: Re
                               tasks: tuple[str, ...] = ("hand", "object", "colour"), suffix: str = "") -> list[dict]:
     """One-turn samples of a clip's attribute MCQs (of ``tasks``) redrawn ``recipe.attribute_variants`` times with
     other seeds (other wording, distractors and order), every modality of the clip shown."""
+    from llavidal.sim.annotate import attribute_mcqs
+
+    out = []
+    for variant in range(1, recipe.attribute_variants + 1):
+        raws = [raw for raw in attribute_mcqs(meta, seed=world_seed + 7919 * variant) if raw["task"] in tasks]
+        out += attribute_samples(clip_id, record, raws, recipe, f"{where} (attribute variant {variant})",
+                                 lambda raw: f"{suffix}#a{variant}{raw['task'][0]}")
+    return out
+
+
+def attribute_samples(clip_id: str, record: dict, raws: list[dict], recipe: Recipe, where: str,
+                      suffix: Callable[[dict], str]) -> list[dict]:
+    """One-turn samples of attribute MCQs in the world's format (``raws``), every modality of the clip shown, each
+    asked with the benchmark's prompt and answered as the recipe writes MCQ answers."""
     from llavidal.eval.records import normalise_record
     from llavidal.eval.tasks import load_task
-    from llavidal.sim.annotate import attribute_mcqs
 
     spec = load_task(MCQ_BENCHMARKS["attributes"])
     modalities = [m for m in ("video", "pose", "object") if record.get(m)]
     out = []
-    for variant in range(1, recipe.attribute_variants + 1):
-        for raw in attribute_mcqs(meta, seed=world_seed + 7919 * variant):
-            if raw["task"] not in tasks:
-                continue
-            mcq = normalise_record(raw, "mcq", where=f"{where} (attribute variant {variant})",
-                                   default_task=raw.get("task", ""))
-            out.append(conversation(clip_id, record, modalities, [(spec.prompts(mcq)["main"], mcq_answer(recipe, mcq))],
-                                    suffix=f"{suffix}#a{variant}{raw['task'][0]}"))
+    for raw in raws:
+        mcq = normalise_record(raw, "mcq", where=where, default_task=raw.get("task", ""))
+        out.append(conversation(clip_id, record, modalities, [(spec.prompts(mcq)["main"], mcq_answer(recipe, mcq))],
+                                suffix=suffix(raw)))
+    return out
+
+
+def object_questions(paths: Paths, recipe: Recipe, records: dict) -> list[dict]:
+    """``recipe.object_questions`` draws of :func:`llavidal.sim.annotate.object_mcqs` per train-split clip that is not
+    a single activity (the world asks those itself) and has object features: what colour each object in view is,
+    and which object the person handles when there is one (see Recipe)."""
+    from llavidal.sim.annotate import object_mcqs
+
+    world_seed = int(read_json(paths.world / "world.json").get("seed", 0))
+    out = []
+    for clip_id in split_ids(paths, "train"):
+        meta_path = paths.world / "meta" / f"{clip_id}.json"
+        record = records.get(clip_id)
+        if record is None or not record.get("object") or not meta_path.is_file():
+            continue
+        meta = read_json(meta_path)
+        if meta.get("kind") == "single":
+            continue
+        for draw in range(1, recipe.object_questions + 1):
+            raws = object_mcqs(meta, seed=world_seed + 104729 * draw)
+            out += attribute_samples(clip_id, record, raws, recipe, f"{meta_path} (object question, draw {draw})",
+                                     lambda raw: f"#o{draw}{raw['id'].partition(':')[2].replace(':', '-')}")
     return out
 
 

@@ -381,15 +381,47 @@ def attribute_mcqs(meta: dict, seed: int) -> list[dict]:
                         text=lambda name: f"the {name} hand"))
     used = [c for c in segment["objects"] if c in HAND_OBJECTS]
     if used:
-        kind = used[0]
-        out.append(_mcq(meta, seed, "object", _pick(rng, OBJECT_QUESTIONS), kind,
-                        [k for k in HAND_OBJECTS if k != kind], 4, text=lambda name: f"{_article(name)} {name}"))
+        out.append(_object_mcq(meta, seed, rng, used[0]))
+        out += _colour_mcqs(meta, seed, rng, [used[0]])
+    for record in out:
+        record["id"] = f"{meta['clip_id']}:{record['task']}"
+    return out
+
+
+def _object_mcq(meta: dict, seed: int, rng: np.random.Generator, kind: str) -> dict:
+    return _mcq(meta, seed, "object", _pick(rng, OBJECT_QUESTIONS), kind, [k for k in HAND_OBJECTS if k != kind], 4,
+                text=lambda name: f"{_article(name)} {name}")
+
+
+def _colour_mcqs(meta: dict, seed: int, rng: np.random.Generator, kinds: list[str]) -> list[dict]:
+    """"What colour is the {kind}?" for each of ``kinds`` whose colour has a name (the first object of that kind)."""
+    out = []
+    for kind in kinds:
         colours = [o["colour"] for o in meta["objects"] if o["class"] == kind and o.get("colour") in COLOURS]
         if colours:
             out.append(_mcq(meta, seed, "colour", _pick(rng, COLOUR_QUESTIONS).format(kind=kind), colours[0],
                             [c for c in COLOURS if c != colours[0]], 4, text=str))
-    for record in out:
-        record["id"] = f"{meta['clip_id']}:{record['task']}"
+    return out
+
+
+def object_mcqs(meta: dict, seed: int) -> list[dict]:
+    """Which object and what colour for a clip of any kind (a routine, a forecasting prefix, a single activity), in
+    the format of :func:`attribute_mcqs`: "What colour is the {kind}?" for every hand object in view (used or not),
+    and the object question when the person handles exactly one (``used`` in the metadata), so that its answer
+    is not ambiguous. The world does not write these (its attribute questions are those of the single-activity
+    clips); they are training data for reading objects, drawn from a clip's metadata. Ids ``{clip}:{task}``
+    (``{clip}:colour:{kind}`` for the colours)."""
+    rng = _rng(seed, "objects", meta["clip_id"])
+    in_view = sorted({o["class"] for o in meta["objects"] if o["class"] in HAND_OBJECTS})
+    used = sorted({o["class"] for o in meta["objects"] if o["class"] in HAND_OBJECTS and o.get("used")})
+    out = []
+    if len(used) == 1:
+        out.append(_object_mcq(meta, seed, rng, used[0]))
+        out[-1]["id"] = f"{meta['clip_id']}:object"
+    for kind in in_view:
+        for record in _colour_mcqs(meta, seed, rng, [kind]):
+            record["id"] = f"{meta['clip_id']}:colour:{kind}"
+            out.append(record)
     return out
 
 
