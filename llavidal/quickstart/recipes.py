@@ -93,13 +93,15 @@ class Recipe:
     the object and its colour from the object crops: details the mixed data rarely asks for. Measured with
     ``align_hands`` (held-out, all modalities, docs/quickstart_report/notes.md): which object 0.400 (16/40;
     0.26-0.55) -> 0.525 (21/40; 0.37-0.67), what colour 0.325 (13/40; 0.20-0.48) -> 0.400 (16/40; 0.26-0.55)."""
-    object_questions: int = 1
+    object_questions: int = 0
     """Draws per train-split clip of :func:`llavidal.sim.annotate.object_mcqs` for the clips the world asks no
     attribute question of (routines, forecasting prefixes): what colour each object in view is, and which object
-    the person handles when it handles one. The world asks which object and what colour of its single-activity
-    clips only (64 of each in the medium world's train split), and held out the model read them no better than a
-    linear probe on 64 clips (object 0.525, colour 0.400). The other train clips show the same objects: in the medium
-    world 279 colour and 229 object questions more (508 samples; 128 before, 384 with ``attribute_variants=2``)."""
+    the person handles when it handles one (in the medium world 279 colour and 229 object questions per draw,
+    against 64 of each the world asks of its single-activity clips). Off: measured with 1 draw and 360 steps
+    (the same world, features and alignment as the committed run; docs/quickstart_report/notes.md), held out,
+    all modalities, it read the object and its colour no better (which object 0.475, 19/40, 0.33-0.63; what
+    colour 0.425, 17/40, 0.29-0.58; committed 0.525 and 0.400) and lost elsewhere: recognition 0.793 (165/208;
+    0.73-0.84) against 0.889 (185/208; 0.84-0.93), which hand 0.484 (31/64) against 0.625 (40/64)."""
     hand_mirrors: bool = True
     """Mirror the train clips whose hand is asked (:mod:`llavidal.sim.mirror`: frames flipped, skeleton and
     object boxes reflected, the metadata's hands swapped) and train on their hand questions too. The medium
