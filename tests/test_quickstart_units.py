@@ -218,6 +218,29 @@ def test_a_done_step_is_skipped_and_rerun_when_its_settings_change(tmp_path, cap
     assert [r.status for r in StepRunner(out).run([_step(out, {"size": 2}, "four")])] == ["done"]
 
 
+def test_the_steps_after_one_that_ran_again_run_again(tmp_path):
+    """A step whose own settings are unchanged still reruns when a step before it ran again (e.g. the world with
+    another preset: the features and everything after must be rebuilt from its clips)."""
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def steps(world_size: int, tag: str) -> list[Step]:
+        world, features = out / "world.txt", out / "features.txt"
+        return [Step("world", "World", world.is_file, {"size": world_size}, commands=lambda: [_touch(world, tag)]),
+                Step("features", "Features", features.is_file, {"encoder": "e"},
+                     commands=lambda: [_touch(features, tag)])]
+
+    assert [r.status for r in StepRunner(out).run(steps(1, "one"))] == ["done", "done"]
+    assert [r.status for r in StepRunner(out).run(steps(1, "two"))] == ["skipped", "skipped"]
+    assert [r.status for r in StepRunner(out).run(steps(2, "three"))] == ["done", "done"]
+    assert (out / "features.txt").read_text() == "three"
+    assert [r.status for r in StepRunner(out).run(steps(2, "four"))] == ["skipped", "skipped"]
+    # the later step alone changed: the earlier one stays skipped
+    (out / "features.txt").unlink()
+    assert [r.status for r in StepRunner(out).run(steps(2, "five"))] == ["skipped", "done"]
+    assert [r.status for r in StepRunner(out).run(steps(2, "six"))] == ["skipped", "skipped"]
+
+
 def test_commands_sh_lists_every_steps_commands_and_reruns_them(tmp_path):
     out = tmp_path / "run"
     out.mkdir()

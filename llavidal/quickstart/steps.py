@@ -3,8 +3,10 @@
 A step is some in-process preparation (``prepare``: files its commands read) and then commands of the
 public CLI, each run as a child process whose output streams to the console and to ``logs/<step>.log``.
 Its completion is recorded as ``OUT/.steps/<name>.json`` (written atomically after the step's own
-validation passes) with the step's settings and the command lines it ran; a rerun skips a step whose
-record exists, whose settings are unchanged and whose outputs still validate. ``OUT/commands.sh`` lists
+validation passes) with the step's settings, when it finished and the command lines it ran; a rerun skips a
+step whose record exists, whose settings are unchanged, which finished after every step before it (a step
+that ran again, e.g. the world with another preset, makes every later one run again) and whose outputs still
+validate. ``OUT/commands.sh`` lists
 every step's command lines, so that any one can be rerun by hand.
 """
 
@@ -82,19 +84,28 @@ class StepRunner:
         except (OSError, json.JSONDecodeError):
             return None
 
-    def is_done(self, step: Step) -> bool:
+    def is_done(self, step: Step, after: float = 0.0) -> bool:
+        """Whether ``step`` is recorded with its current settings, finished no earlier than ``after`` (the latest
+        finish of the steps before it: one that ran again since makes this one stale, whatever its own settings),
+        and its output still validates."""
         saved = self._record(step)
         if saved is None or saved.get("settings") != json.loads(json.dumps(step.settings)):
+            return False
+        if float(saved.get("finished", 0.0)) < after:
             return False
         return bool(step.validate())
 
     def run(self, steps: list[Step]) -> list[StepResult]:
+        """Run ``steps`` in order, skipping each that is done (:meth:`is_done`); the steps after one that runs
+        run too, since they may read what it wrote (a new world's clips, new features)."""
         total = len(steps)
+        latest = 0.0  # when the last step so far finished (as recorded)
         for index, step in enumerate(steps, 1):
             prefix = f"[{index}/{total}] {step.title}"
-            if self.is_done(step):
+            if self.is_done(step, after=latest):
                 self.log(f"{prefix}: done already, skipped")
                 self.results.append(StepResult(step.name, step.title, "skipped", 0.0))
+                latest = max(latest, float((self._record(step) or {}).get("finished", 0.0)))
                 continue
             self.log(f"{prefix} ...")
             start = time.perf_counter()
@@ -111,8 +122,9 @@ class StepRunner:
                 self.write_script(steps, running=(step, ran))
                 raise
             seconds = time.perf_counter() - start
+            latest = max(latest, time.time())
             atomic_write_json(self.record_path(step), {"settings": step.settings, "seconds": seconds,
-                                                       "finished": time.time(),
+                                                       "finished": latest,
                                                        "commands": [c.shell() for c in ran]})
             self.log(f"{prefix}: done in {seconds:.0f} s")
             self.results.append(StepResult(step.name, step.title, "done", seconds))
