@@ -219,8 +219,8 @@ def test_a_done_step_is_skipped_and_rerun_when_its_settings_change(tmp_path, cap
 
 
 def test_the_steps_after_one_that_ran_again_run_again(tmp_path):
-    """A step whose own settings are unchanged still reruns when a step before it ran again (e.g. the world with
-    another preset: the features and everything after must be rebuilt from its clips)."""
+    """A step whose own settings are unchanged still reruns when a step before it ran again (e.g. alignment and
+    training after new features)."""
     out = tmp_path / "run"
     out.mkdir()
 

@@ -5,9 +5,9 @@ public CLI, each run as a child process whose output streams to the console and 
 Its completion is recorded as ``OUT/.steps/<name>.json`` (written atomically after the step's own
 validation passes) with the step's settings, when it finished and the command lines it ran; a rerun skips a
 step whose record exists, whose settings are unchanged, which finished after every step before it (a step
-that ran again, e.g. the world with another preset, makes every later one run again) and whose outputs still
-validate. ``OUT/commands.sh`` lists
-every step's command lines, so that any one can be rerun by hand.
+that ran again makes every later one run again) and whose outputs still validate. A rerun step's own commands
+decide what they redo: the feature extractors keep each clip's existing file, so a world made again with
+another preset or seed under the same OUT keeps the features of the clip ids both worlds have. ``OUT/commands.sh`` lists every step's command lines, so that any one can be rerun by hand.
 """
 
 from __future__ import annotations

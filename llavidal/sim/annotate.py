@@ -382,7 +382,9 @@ def attribute_mcqs(meta: dict, seed: int) -> list[dict]:
     used = [c for c in segment["objects"] if c in HAND_OBJECTS]
     if used:
         out.append(_object_mcq(meta, seed, rng, used[0]))
-        out += _colour_mcqs(meta, seed, rng, [used[0]])
+        colour = _colour_mcq(meta, seed, rng, used[0])
+        if colour is not None:
+            out.append(colour)
     for record in out:
         record["id"] = f"{meta['clip_id']}:{record['task']}"
     return out
@@ -393,15 +395,13 @@ def _object_mcq(meta: dict, seed: int, rng: np.random.Generator, kind: str) -> d
                 text=lambda name: f"{_article(name)} {name}")
 
 
-def _colour_mcqs(meta: dict, seed: int, rng: np.random.Generator, kinds: list[str]) -> list[dict]:
-    """"What colour is the {kind}?" for each of ``kinds`` whose colour has a name (the first object of that kind)."""
-    out = []
-    for kind in kinds:
-        colours = [o["colour"] for o in meta["objects"] if o["class"] == kind and o.get("colour") in COLOURS]
-        if colours:
-            out.append(_mcq(meta, seed, "colour", _pick(rng, COLOUR_QUESTIONS).format(kind=kind), colours[0],
-                            [c for c in COLOURS if c != colours[0]], 4, text=str))
-    return out
+def _colour_mcq(meta: dict, seed: int, rng: np.random.Generator, kind: str) -> dict | None:
+    """"What colour is the {kind}?" (the first object of that kind), or None when its colour has no name."""
+    colours = [o["colour"] for o in meta["objects"] if o["class"] == kind and o.get("colour") in COLOURS]
+    if not colours:
+        return None
+    return _mcq(meta, seed, "colour", _pick(rng, COLOUR_QUESTIONS).format(kind=kind), colours[0],
+                [c for c in COLOURS if c != colours[0]], 4, text=str)
 
 
 def object_mcqs(meta: dict, seed: int) -> list[dict]:
@@ -419,9 +419,9 @@ def object_mcqs(meta: dict, seed: int) -> list[dict]:
         out.append(_object_mcq(meta, seed, rng, used[0]))
         out[-1]["id"] = f"{meta['clip_id']}:object"
     for kind in in_view:
-        for record in _colour_mcqs(meta, seed, rng, [kind]):
-            record["id"] = f"{meta['clip_id']}:colour:{kind}"
-            out.append(record)
+        colour = _colour_mcq(meta, seed, rng, kind)
+        if colour is not None:
+            out.append({**colour, "id": f"{meta['clip_id']}:colour:{kind}"})
     return out
 
 
