@@ -106,3 +106,34 @@ def test_a_jobs_file_that_mixes_models_or_outputs_is_refused_before_anything_run
     assert main(["eval", "infer", *shared(setup), "--jobs", str(jobs)]) == 2
     assert "no runs in it" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_jobs_under_torchrun_share_every_run_between_the_ranks_as_one_process_would(setup, tmp_path):
+    """``eval infer --jobs`` with two torchrun ranks (the quickstart's ``eval_procs``): each run's records are split
+    between the ranks and merged by rank 0 after each run, all in one process group (one made per run would
+    rendezvous again on the torchrun store and hang); the rows are those of one process."""
+    import os
+    import subprocess
+    import sys
+
+    for index, run in enumerate(RUNS):
+        assert main(["eval", "infer", *shared(setup), *run, "--output", str(tmp_path / f"alone{index}.jsonl")]) == 0
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("".join(shlex.join([*run, "--output", str(tmp_path / f"job{index}.jsonl")]) + "\n"
+                            for index, run in enumerate(RUNS)))
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "llavidal",
+         "eval", "infer", *shared(setup), "--jobs", str(jobs)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "3 runs from" in result.stdout and "3 complete" in result.stdout
+    for index in range(len(RUNS)):
+        alone, job = comparable(tmp_path / f"alone{index}.jsonl"), comparable(tmp_path / f"job{index}.jsonl")
+        assert [row["id"] for row in job] == [row["id"] for row in alone] and len(job) == (3 if index == 1 else 5)
+        for mine, theirs in zip(job, alone):
+            scores, expected = mine.pop("option_scores"), theirs.pop("option_scores")
+            assert mine == theirs  # predictions, leads, generations
+            if expected is not None:
+                assert {k: v["loglik"] for k, v in scores.items()} == pytest.approx(
+                    {k: v["loglik"] for k, v in expected.items()}, abs=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir() if "rank" in p.name) == []  # rank files merged away

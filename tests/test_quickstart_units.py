@@ -326,6 +326,39 @@ def test_evaluation_runs_the_eval_cli_per_task_and_modality_set(tmp_path):
     assert len(report[report.index("--results") + 1:report.index("--output_dir")]) == 2 * len(sets) + 1
 
 
+def test_per_sample_extractors_and_the_evaluation_run_as_torchrun_ranks(tmp_path):
+    """The pose and object extractors run one single-threaded torchrun rank per worker (each clip's features are
+    those of one thread, so the same at any worker count), the evaluation ``eval_procs`` ranks with the cores
+    split between them; one worker / one eval process runs the plain CLI."""
+    import os
+    from dataclasses import replace
+
+    from llavidal.quickstart.layout import Paths
+    from llavidal.quickstart.stages import SINGLE_THREAD, Quickstart, evaluation_commands, object_command, pose_command
+
+    _world_with_test_files(tmp_path, ("mcq_action_recognition.json",))
+    world, out = tmp_path / "world", tmp_path / "features"
+    for workers in (1, 3):
+        qs = Quickstart(paths=Paths(tmp_path), recipe=RECIPES["ci"], preset="small", llm="tiny", seed=0, workers=workers)
+        for command, name in ((pose_command(qs, world, out), "pose"), (object_command(qs, world, out), "object")):
+            assert command.env == SINGLE_THREAD
+            if workers == 1:
+                assert command.argv[1:5] == ["-m", "llavidal", "extract", name]
+            else:
+                assert command.argv[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "3"]
+                at = command.argv.index("-m", 2)
+                assert command.argv[at:at + 4] == ["-m", "llavidal", "extract", name]
+    cores = os.cpu_count() or 1
+    for procs in (1, 2):
+        qs = Quickstart(paths=Paths(tmp_path), recipe=replace(RECIPES["ci"], eval_procs=procs), preset="small",
+                        llm="tiny", seed=0, workers=1)
+        infer = evaluation_commands(qs)[0]
+        assert infer.env["OMP_NUM_THREADS"] == str(max(1, cores // procs))
+        assert ("torch.distributed.run" in infer.argv) == (procs > 1)
+        assert infer.argv[-2:] == ["--jobs", str(tmp_path / "eval" / "infer_jobs.txt")]
+        assert "eval_procs" in qs.recipe.evaluation_fields()  # changing it reruns the evaluation, not training
+
+
 def test_forecasting_loglik_scores_the_choices_after_the_models_own_reasoning(tmp_path):
     """The recipe trains forecasting answers "The video ends with X. The answer is Y.": its log-likelihood
     evaluation generates up to the lead and scores the choices after it; recognition scores them at once."""

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from llavidal.config import arg, command, parse
+from llavidal.utils import dist
 
 logger = logging.getLogger("llavidal.eval")
 
@@ -296,7 +297,10 @@ def cmd_infer(argv: list[str] | None = None) -> int:
         return _infer(args, {})
     jobs = read_infer_jobs(args.jobs, _without_flag(argv, "--jobs"))
     engines: dict = {}
-    failed = [where for where, job in jobs if _infer(job, engines) != 0]
+    # under torchrun, one process group for every run: each run's merge meets the other ranks in it (a group made
+    # and destroyed per run would rendezvous again on the same store, which hangs)
+    with dist.process_group(timeout=args.merge_timeout):
+        failed = [where for where, job in jobs if _infer(job, engines) != 0]
     print(f"{len(jobs)} runs from {args.jobs}: {len(jobs) - len(failed)} complete"
           + (f", {len(failed)} with failed records ({', '.join(failed)}); rerun the same command to retry them"
              if failed else ""))

@@ -18,7 +18,7 @@ from llavidal.config import PROJECT_ROOT
 CONFIG_DIR = PROJECT_ROOT / "configs"
 NOT_SETTABLE = ("name", "description")
 EVALUATION_FIELDS = ("mcq_scorings", "mcq_max_new_tokens", "description_limit", "description_max_new_tokens",
-                     "ablation_limit", "full_eval_sets", "generate_limit", "eval_batch_size", "loglik_batch_size")
+                     "ablation_limit", "full_eval_sets", "generate_limit", "eval_batch_size", "loglik_batch_size", "eval_procs")
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,9 @@ class Recipe:
     """Held-out MCQs per task answered by generation with all modalities (None: all)."""
     eval_batch_size: int = 16
     loglik_batch_size: int = 8
+    eval_procs: int = 1
+    """torchrun ranks of the evaluation (``eval infer --jobs``), each scoring its share of every run's records with
+    the cores it is left (cores / ranks threads); 1: one process with every core."""
     train_procs: int = 2
     train_threads: int = 1
 

@@ -35,7 +35,9 @@ SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PAR
 ENCODER_THREADS = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
 """The frame encoder's threads: two, whatever the machine, so that the features do not depend on it (they are
 the same as with one thread; the decoding worker runs at a lower priority in the cycles they leave). The object
-extractor stays on one: its crops' features change with the thread count."""
+extractor stays on one thread per process (its crops' features change with the thread count) and runs as one
+torchrun rank per worker (``--workers``), each extracting its share of the clips: the same features, in a
+fraction of the time."""
 TRAIN_MEM = Path(__file__).resolve().parents[1] / "train" / "train_mem.py"
 LOGLIK_MODE = "loglik_norm"
 """``llavidal eval infer --mcq_scoring`` mode of the log-likelihood evaluation (per-token normalised)."""
@@ -76,6 +78,14 @@ class Quickstart:
 def cli(*words: str) -> list[str]:
     """Our own CLI in a child process of this interpreter (works without the console script on PATH)."""
     return [sys.executable, "-m", "llavidal", *words]
+
+
+def ranks_cli(procs: int, *words: str) -> list[str]:
+    """Our CLI under torchrun with ``procs`` ranks on this machine (:func:`cli` when ``procs`` is 1)."""
+    if procs <= 1:
+        return cli(*words)
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), "-m", "llavidal", *words]
 
 
 def free_port() -> int:
@@ -205,9 +215,10 @@ def pose_step(qs: Quickstart, pretrain: Step) -> Step:
 
 
 def pose_command(qs: Quickstart, world: Path, out: Path) -> Command:
-    """``llavidal extract pose`` of a world folder's skeletons with the pretrained pose encoder."""
-    return Command(cli(
-        "extract", "pose", "--skeleton_dir", str(world / "skeletons"), "--out", str(out),
+    """``llavidal extract pose`` of a world folder's skeletons with the pretrained pose encoder (one rank per
+    worker)."""
+    return Command(ranks_cli(
+        qs.workers, "extract", "pose", "--skeleton_dir", str(world / "skeletons"), "--out", str(out),
         "--encoder", str(qs.paths.pose_encoder), "--device", "cpu", "--no_progress"), SINGLE_THREAD)
 
 
@@ -221,9 +232,9 @@ def object_step(qs: Quickstart) -> Step:
 
 
 def object_command(qs: Quickstart, world: Path, out: Path) -> Command:
-    """``llavidal extract object`` of a world folder's videos and ground-truth tracks."""
-    return Command(cli(
-        "extract", "object", "--video_dir", str(world / "videos"), "--tracks_dir", str(world / "tracks"),
+    """``llavidal extract object`` of a world folder's videos and ground-truth tracks (one rank per worker)."""
+    return Command(ranks_cli(
+        qs.workers, "extract", "object", "--video_dir", str(world / "videos"), "--tracks_dir", str(world / "tracks"),
         "--encoder", qs.recipe.object_encoder, "--out", str(out), "--device", "cpu", "--no_progress"), SINGLE_THREAD)
 
 
@@ -438,7 +449,10 @@ def evaluation_commands(qs: Quickstart) -> list[Command]:
     runs = evaluation_runs(qs)
     if not runs:
         return []
-    commands = [Command(cli("eval", "infer", *shared_infer_flags(qs), "--jobs", str(infer_jobs_path(qs))), env)]
+    procs = max(1, qs.recipe.eval_procs)
+    infer_env = {**env, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
+    commands = [Command(ranks_cli(procs, "eval", "infer", *shared_infer_flags(qs), "--jobs", str(infer_jobs_path(qs))),
+                        infer_env)]
     results = []
     for (task, set_name, scoring), flags in runs:
         predictions, scored = paths.predictions(task, set_name, scoring), paths.scored(task, set_name, scoring)

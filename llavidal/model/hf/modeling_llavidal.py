@@ -142,7 +142,7 @@ def compose_token_embeddings(
     table = torch.cat([token_rows[name] for name in token_ids], dim=0)  # (3M, H)
     table = table[permutation.to(table.device)]  # rows in sorted-id order
     sorted_ids = sorted_ids.to(input_ids.device)
-    position = torch.searchsorted(sorted_ids, input_ids).clamp_(max=sorted_ids.numel() - 1)  # (B, T)
+    position = torch.searchsorted(sorted_ids, input_ids.contiguous()).clamp_(max=sorted_ids.numel() - 1)  # (B, T)
     is_new = sorted_ids[position] == input_ids  # (B, T)
     return torch.where(is_new.unsqueeze(-1), table.to(embeds.device)[position].to(embeds.dtype), embeds)
 
