@@ -97,11 +97,21 @@ def main(argv: list[str] | None = None) -> int:
             seconds[way] = time.perf_counter() - start
         first = args.ways[0]
         same = all(rows(a) == rows(b) for way in args.ways[1:] for a, b in zip(outputs[first], outputs[way]))
+        differ = {}
+        for way in args.ways[1:]:
+            theirs = [(rows(a), rows(b)) for a, b in zip(outputs[first], outputs[way])]
+            total = sum(len(a) for a, _ in theirs)
+            answers = sum(a[key][:2] != b.get(key, (None, None))[:2] for a, b in theirs for key in a)
+            scores = sum(a[key] != b.get(key) for a, b in theirs for key in a)
+            differ[way] = (total, answers, scores)
     print(f"{len(runs)} runs of {jobs_file}, at most {args.limit} records each; {cores} cores\n")
     print("| way | seconds | ratio |\n|---|---|---|")
     for way in args.ways:
         label = WAYS[way] + (f", {args.ranks} ranks x {max(1, cores // args.ranks)} thread(s)" if way == "ranks" else "")
         print(f"| {label} | {seconds[way]:.1f} | {seconds[first] / seconds[way]:.2f}x |")
+    for way, (total, answers, scores) in differ.items():
+        print(f"{way} against {first}: {answers} of {total} rows with another prediction or lead, {scores} with another "
+              "prediction, lead or option score (4 decimals)")
     print(f"\nsame predictions every way: {'yes' if same else 'NO'}")
     return 0 if same else 1
 

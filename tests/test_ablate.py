@@ -16,6 +16,7 @@ from fixtures.tiny_adl_data import VIDEO_DIM, VIDEO_TOKENS, write_features
 
 from llavidal.data.feature_store import FeatureManifest, save_features
 from llavidal.quickstart.layout import PROTOCOL, Paths
+from llavidal.quickstart.recipes import RECIPES
 
 TRAIN = [f"S001C001P001R001A{index:03d}" for index in range(1, 5)]
 TEST = ["S001C001P003R001A001", "S001C001P003R001A002", "S001C001P003R001Q001K1"]
@@ -150,7 +151,11 @@ def test_ablate_two_designs_table_then_resume(tmp_path, capsys):
     assert report["designs"]["pllava"]["video_features"] == "grid"
     pllava_config = json.loads((paths.out / "ablation" / "pllava" / "train" / "llavidal_config.json").read_text())
     assert pllava_config["modalities"][0]["design"]["pool"] == [2, 2, 2]
-    assert "--pretrain_mm_mlp_adapter" in (paths.out / "ablation" / "commands.sh").read_text()
+    commands = (paths.out / "ablation" / "commands.sh").read_text()
+    assert "--pretrain_mm_mlp_adapter" in commands
+    # every design on padded rows, though the preset packs (PLLaVA's pooling reads whole clips)
+    assert "packing: true" in RECIPES["ci"].config_path().read_text()
+    assert commands.count("--packing False") == 2
 
     table = (output / "ablation.md").read_text()
     for name in ("upstream", "pllava"):

@@ -426,16 +426,22 @@ def test_text_context_select():
     assert not chosen.pooled()[0].any()  # a row without question tokens gives zeros
 
 
-def test_packing_is_refused_with_a_whole_clip_design(base, tmp_path):
+def test_packing_is_refused_with_a_whole_clip_design_or_conditioning(base, tmp_path):
+    """A packed row holds several samples: a design that reads whole clips would pool their frames together, and
+    the conditioning blocks (one video per row) would let each sample attend to the others' videos."""
     from llavidal.train.args import DataArguments, ModelArguments, build_registry
 
     folder = tmp_path / "video"
     folder.mkdir()
-    model_args = ModelArguments(model_name_or_path=str(base), video_design="pe")
-    with pytest.raises(ValueError, match="--packing"):
-        build_registry(model_args, DataArguments(data_path="x.json", video_folder=str(folder), packing=True))
-    conditioning_only = ModelArguments(model_name_or_path=str(base), video_design="xattn")
-    assert build_registry(conditioning_only, DataArguments(data_path="x.json", video_folder=str(folder), packing=True))
+    packed = DataArguments(data_path="x.json", video_folder=str(folder), packing=True)
+    with pytest.raises(ValueError, match="--packing cannot be used with a video design"):
+        build_registry(ModelArguments(model_name_or_path=str(base), video_design="pe"), packed)
+    for mode in ("xattn", "inject"):
+        with pytest.raises(ValueError, match=f"--packing cannot be used with video conditioning inside the LLM \\({mode}"):
+            build_registry(ModelArguments(model_name_or_path=str(base), video_design=mode), packed)
+        assert build_registry(ModelArguments(model_name_or_path=str(base), video_design=mode),
+                              DataArguments(data_path="x.json", video_folder=str(folder)))
+    assert build_registry(ModelArguments(model_name_or_path=str(base), video_design="upstream"), packed)
 
 
 def test_sampler_flow_motion_is_refused_until_feature_files_carry_it():

@@ -428,6 +428,9 @@ class Ablation:
         if self.max_steps:
             flags["max_steps"] = int(self.max_steps)
         flags.update(self.design_flags(name))
+        # every design on padded rows, whatever the preset's config says: the designs that read whole clips or
+        # condition the LLM on one video per row cannot pack, and the comparison changes nothing but the design
+        flags["packing"] = False
         if ABLATION_DESIGNS[name].images:
             data = ["--data_mixture", f"{self.data_path()}:1,{self.image_records}:{self.image_weight:g}",
                     "--image_folder", str(self.image_folder)]

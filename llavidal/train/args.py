@@ -461,6 +461,10 @@ def build_registry(model_args: ModelArguments, data_args: DataArguments) -> Moda
             # a packed row concatenates its samples' features: their frames would become one clip
             raise ValueError("--packing cannot be used with a video design that reads whole clips (pooling, "
                              "positional encodings, sampler, Q-Former); train without --packing")
+    if data_args.packing and conditioning:
+        # the conditioning blocks read one video per row: a packed row's samples would share one
+        raise ValueError(f"--packing cannot be used with video conditioning inside the LLM "
+                         f"({conditioning.get('mode', 'conditioning')}: one video per row); train without --packing")
     return registry
 
 
