@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                                         for words, output in zip(runs, outputs[way])), encoding="utf-8")
                 command, run_env = [*cli, *shared, "--jobs", str(jobs)], env
                 if way == "ranks":
-                    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.ranks),
-                               "--master_addr", "127.0.0.1", "--master_port", "29517", "-m", "llavidal",
-                               *command[3:]]
+                    from llavidal.quickstart.stages import ranks_cli
+
+                    command = ranks_cli(args.ranks, *command[3:])
                     run_env = {**env, "OMP_NUM_THREADS": str(max(1, cores // args.ranks))}
                 subprocess.run(command, env=run_env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             seconds[way] = time.perf_counter() - start

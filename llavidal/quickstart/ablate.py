@@ -419,7 +419,7 @@ class Ablation:
         write_weights(kept, target, metadata={"producer": "llavidal ablate"})
 
     def train_command(self, name: str):
-        from llavidal.quickstart.stages import TRAIN_MEM, cli, flag_value, free_port
+        from llavidal.quickstart.stages import TRAIN_MEM, cli, flag_value, torchrun
         from llavidal.quickstart.steps import Command
 
         qs, recipe = self.qs, self.qs.recipe
@@ -446,8 +446,7 @@ class Ablation:
         for key, value in flags.items():
             main_args += [f"--{key}", flag_value(value)]
         if recipe.train_procs > 1:
-            argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(recipe.train_procs),
-                    "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(TRAIN_MEM), *main_args]
+            argv = torchrun(recipe.train_procs, str(TRAIN_MEM), *main_args)
         else:
             argv = cli("train", *main_args)
         return Command(argv, {"OMP_NUM_THREADS": str(recipe.train_threads), "TOKENIZERS_PARALLELISM": "false"})

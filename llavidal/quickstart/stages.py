@@ -80,12 +80,16 @@ def cli(*words: str) -> list[str]:
     return [sys.executable, "-m", "llavidal", *words]
 
 
-def ranks_cli(procs: int, *words: str) -> list[str]:
-    """Our CLI under torchrun with ``procs`` ranks on this machine (:func:`cli` when ``procs`` is 1)."""
-    if procs <= 1:
-        return cli(*words)
+def torchrun(procs: int, *program: str) -> list[str]:
+    """``program`` (a script and its arguments, or ``-m module ...``) under torchrun with ``procs`` ranks on this
+    machine, on a free port."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_addr", "127.0.0.1",
-            "--master_port", str(free_port()), "-m", "llavidal", *words]
+            "--master_port", str(free_port()), *program]
+
+
+def ranks_cli(procs: int, *words: str) -> list[str]:
+    """Our CLI under torchrun with ``procs`` ranks (:func:`cli` when ``procs`` is 1)."""
+    return cli(*words) if procs <= 1 else torchrun(procs, "-m", "llavidal", *words)
 
 
 def free_port() -> int:
@@ -343,8 +347,7 @@ def train_step(qs: Quickstart, align: Step | None) -> Step:
 
     def commands() -> list[Command]:
         flags = {**recipe.train_overrides, **qs.train_flags}
-        argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(recipe.train_procs),
-                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(TRAIN_MEM),
+        argv = [*torchrun(recipe.train_procs, str(TRAIN_MEM)),
                 "--config", str(recipe.config_path()), "--model_name_or_path", qs.base_model,
                 *training_data_flags(qs), "--video_folder", str(paths.video),
                 "--pose_folder", str(paths.pose), "--object_folder", str(paths.object),
