@@ -215,6 +215,28 @@ def test_second_run_does_no_work(first_run, corpus, tiny_clip):
     assert len((out / "failed.jsonl").read_text().splitlines()) == 2  # this run's failures, not appended twice
 
 
+def test_a_video_replaced_under_the_same_name_is_extracted_again(corpus, tiny_clip, tmp_path):
+    """Another world under the same clip names: only the replaced video is redone, and its features are a
+    fresh extraction's (the file records the sha256 of the video it was made from)."""
+    folder, out = tmp_path / "videos", tmp_path / "features"
+    for stem in ("drink", "sit"):
+        copy_file(corpus["good"][stem], folder / corpus["good"][stem].name)
+    first = extract_video_features(sorted(folder.iterdir()), out, str(tiny_clip), workers=0, progress=False)
+    assert (first.done, first.skipped, first.changed) == (2, 0, 0)
+    kept, old = (out / "sit.safetensors").stat().st_mtime_ns, load_feature_file(out / "drink.safetensors")
+    replaced = folder / "drink.mp4"
+    write_synthetic_video(replaced, 30, 160, 120, codec="libx264", seed=11)
+    again = extract_video_features(sorted(folder.iterdir()), out, str(tiny_clip), workers=0, progress=False)
+    assert (again.done, again.skipped, again.changed) == (1, 1, 1)
+    assert "1 done (1 of them replacing features of another video)" in again.line()
+    assert (out / "sit.safetensors").stat().st_mtime_ns == kept
+    fresh = extract_video_features([replaced], tmp_path / "fresh", str(tiny_clip), workers=0, progress=False)
+    assert fresh.done == 1
+    np.testing.assert_array_equal(load_feature_file(out / "drink.safetensors"),
+                                  load_feature_file(tmp_path / "fresh" / "drink.safetensors"))
+    assert not np.array_equal(load_feature_file(out / "drink.safetensors"), old)
+
+
 def test_a_different_encoder_refuses_the_folder(first_run, corpus, capsys):
     from llavidal.features.video import main
 

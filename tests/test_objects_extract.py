@@ -175,6 +175,14 @@ def test_folder_extraction_is_resumable_and_records_failures(tmp_path):
     third = extract_object_features(videos, out, encoder, tracks_dir=tracks, progress=False)
     assert (third.done, third.skipped) == (1, 1)
 
+    # Tracks (or the video) replaced under the same name: that clip is extracted again, the others kept.
+    boxes = json.loads((tracks / "b.json").read_text())
+    boxes["objects"] = boxes["objects"][:1]
+    (tracks / "b.json").write_text(json.dumps(boxes))
+    fourth = extract_object_features(videos, out, encoder, tracks_dir=tracks, progress=False)
+    assert (fourth.done, fourth.changed, fourth.skipped) == (1, 1, 1)
+    assert load_feature_file(out / "b_object.safetensors").shape == (1, 8, 3)
+
     # A different recipe in the same folder is refused.
     with pytest.raises(ValueError, match="made differently"):
         extract_object_features(videos, out, encoder, tracks_dir=tracks, margin=0.3, progress=False)

@@ -193,3 +193,25 @@ def test_kill_mid_run_then_rerun_completes_with_valid_outputs(tmp_path):
     outputs = sorted(out.glob("*_pose.safetensors"))
     assert len(outputs) == 40 and all(load_feature_file(p).shape == (256, 216) for p in outputs)
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "stale temporary files were removed"
+
+
+def test_a_skeleton_replaced_under_the_same_name_is_extracted_again(tmp_path, capsys):
+    """Another world (preset, seed) written under the same clip names: the rerun redoes exactly the clips whose
+    source changed, and their features are those of a fresh extraction of the new source."""
+    skeletons, out = tmp_path / "skeletons", tmp_path / "pose"
+    written = write_skeletons(skeletons, 3, seed=0)
+    flags = ["--skeleton_dir", str(skeletons), "--out", str(out), "--encoder", "seeded", "--no_progress"]
+    assert extract_main(flags) == 0
+    capsys.readouterr()
+    changed = written[1][0]
+    old = load_feature_file(out / f"{changed.stem}_pose.safetensors")
+    replacement = write_skeletons(tmp_path / "other", 3, seed=7)[1][0]
+    changed.write_bytes(replacement.read_bytes())
+    assert extract_main(flags) == 0
+    assert "1 extracted (1 of them from changed sources), 2 already done" in capsys.readouterr().out
+    new = load_feature_file(out / f"{changed.stem}_pose.safetensors")
+    fresh = tmp_path / "fresh"
+    assert extract_main(["--skeleton_dir", str(tmp_path / "other"), "--out", str(fresh), "--encoder", "seeded",
+                         "--no_progress"]) == 0
+    np.testing.assert_array_equal(new, load_feature_file(fresh / f"{changed.stem}_pose.safetensors"))
+    assert not np.array_equal(new, old)

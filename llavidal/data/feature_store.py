@@ -19,7 +19,7 @@ import os
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -203,6 +203,12 @@ def weights_sha256(paths: list[str | os.PathLike] | str | os.PathLike | None = N
         return digest.hexdigest()
     if paths is None:
         return ""
+    return files_sha256(paths)
+
+
+def files_sha256(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> str:
+    """sha256 of the files' bytes, in the order of their sorted paths (model weights, a sample's sources)."""
+    digest = hashlib.sha256()
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     for p in sorted(str(p) for p in paths):
@@ -210,6 +216,32 @@ def weights_sha256(paths: list[str | os.PathLike] | str | os.PathLike | None = N
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+SOURCE_KEY = "source_sha256"
+"""safetensors metadata key of a feature file: :func:`files_sha256` of the files its features were computed
+from (the video; its tracks; the skeleton), so that a resumed extraction redoes a sample whose source changed."""
+
+
+def stored_source_digest(path: str | os.PathLike) -> str | None:
+    """The :data:`SOURCE_KEY` a safetensors feature file records, or None (another format, an older file)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as handle:
+            return (handle.metadata() or {}).get(SOURCE_KEY)
+    except Exception:  # unreadable: the caller's validation decides
+        return None
+
+
+def source_unchanged(path: str | os.PathLike, sources: Sequence[str | os.PathLike]) -> bool:
+    """Whether feature file ``path`` was computed from ``sources`` as they are now: True when it records the
+    same digest, or records none (pickles and files written before digests were kept cannot tell)."""
+    stored = stored_source_digest(path)
+    return stored is None or stored == files_sha256(sources)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The resumable, atomic, shardable loop shared by the per-sample extractors (pose, objects).
 
-For each ``(sample_id, source)``: skip when ``{out}/{id}{suffix}{ext}`` exists and validates; else
-compute the features, check their shape, write them atomically (a killed run leaves no half file), or
+For each ``(sample_id, source)``: skip when ``{out}/{id}{suffix}{ext}`` exists, validates and was computed
+from the sample's source files as they are now (the sha256 a safetensors file records; a world regenerated
+with another preset or seed under the same names is extracted again); else compute the features, check their shape, write them atomically (a killed run leaves no half file), or
 record the error in ``failed.jsonl`` and go on. Work is split round-robin across torchrun ranks; each
 rank writes its own files and ``manifest.rank{r}.json`` / ``failed.rank{r}.jsonl``, merged into
 ``manifest.json`` / ``failed.jsonl`` at the end (through a gloo barrier when the ranks can rendezvous,
@@ -25,11 +26,14 @@ import numpy as np
 from llavidal.constants import MANIFEST_NAME
 from llavidal.data.feature_store import (
     FeatureFileError,
+    SOURCE_KEY,
     FeatureManifest,
+    files_sha256,
     merge_rank_manifests,
     rank_manifest_name,
     save_features,
     save_pickle_features,
+    source_unchanged,
     validate_feature_file,
 )
 from llavidal.utils import dist
@@ -49,14 +53,17 @@ class ExtractionSummary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    changed: int = 0
+    """Samples whose feature file existed but was computed from other source files (extracted again)."""
     seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
 
     def line(self) -> str:
         where = f" (reasons in {self.out_dir / FAILED_NAME})" if self.failed else ""
         rank = f" [rank {dist.rank()}/{dist.world_size()}]" if dist.world_size() > 1 else ""
+        changed = f" ({self.changed} of them from changed sources)" if self.changed else ""
         return (
-            f"{self.modality}{rank}: {self.done} extracted, {self.skipped} already done, {self.failed} failed{where} "
+            f"{self.modality}{rank}: {self.done} extracted{changed}, {self.skipped} already done, {self.failed} failed{where} "
             f"in {self.seconds:.1f} s -> {self.out_dir}"
         )
 
@@ -120,8 +127,15 @@ def run_per_sample(
     save_format: str = "safetensors",
     overwrite: bool = False,
     progress: bool = True,
+    sources: Callable[[str, Any], Sequence[Path]] | None = None,
 ) -> ExtractionSummary:
-    """Extract every item's features (this rank's share); see the module docstring."""
+    """Extract every item's features (this rank's share); see the module docstring. ``sources(sample_id,
+    source)`` names the files a sample's features are computed from (default: ``source`` itself when it is a
+    file); their sha256 is recorded in each safetensors file and checked when a rerun finds the file."""
+    if sources is None:
+        def sources(sample_id: str, source: Any) -> list[Path]:
+            return [Path(source)] if isinstance(source, (str, os.PathLike)) and Path(source).is_file() else []
+
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -146,8 +160,12 @@ def run_per_sample(
     for sample_id, source in bar:
         path = output_path(out_dir, sample_id, suffix, save_format, pickle_ext)
         if not overwrite and path.exists() and validate_feature_file(path, tuple(expected_shape)):
-            summary.skipped += 1
-            continue
+            if source_unchanged(path, sources(sample_id, source)):
+                summary.skipped += 1
+                continue
+            summary.changed += 1
+            logger.info("%s: %s was computed from other source files; extracting it again", sample_id, path)
+            path.unlink()  # never left in place for a reader if this sample now fails
         try:
             features = np.asarray(compute(sample_id, source))
             if len(features.shape) != len(expected_shape) or any(
@@ -160,7 +178,11 @@ def run_per_sample(
             if save_format == "pickle":
                 save_pickle_features(path, features)
             else:
-                save_features(path, features, {"sample_id": sample_id, "modality": manifest.modality})
+                metadata = {"sample_id": sample_id, "modality": manifest.modality}
+                used = sources(sample_id, source)  # after compute: it may have written one (detected tracks)
+                if used:
+                    metadata[SOURCE_KEY] = files_sha256(used)
+                save_features(path, features, metadata)
             summary.done += 1
         except KeyboardInterrupt:
             raise

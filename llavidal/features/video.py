@@ -30,7 +30,8 @@ forward pass and a writer thread pools and saves finished videos; on the CPU the
 and the workers run at a lower priority. torchrun ranks each take every ``WORLD_SIZE``-th video. The files
 are identical to those of a one-video-at-a-time loop (``benchmarks/extract_video.py`` checks it).
 How it is safe: outputs are written atomically; a rerun skips outputs that exist and validate (shape,
-dtype and recipe); a video that cannot be decoded is written to ``failed.jsonl`` with the reason and
+dtype, recipe, and the sha256 of the video they were made from, so that a video replaced under the same name
+is extracted again); a video that cannot be decoded is written to ``failed.jsonl`` with the reason and
 the run goes on; the exit status is 1 when any video failed, 0 otherwise.
 """
 
@@ -58,13 +59,16 @@ from llavidal.config import command, parse
 from llavidal.constants import MANIFEST_NAME
 from llavidal.data.feature_store import (
     FEATURE_KEY,
+    SOURCE_KEY,
     FeatureFileError,
     FeatureManifest,
+    files_sha256,
     load_feature_file,
     merge_rank_manifests,
     rank_manifest_name,
     save_features,
     save_pickle_features,
+    source_unchanged,
 )
 from llavidal.features.decode import (
     DECODERS,
@@ -188,6 +192,8 @@ class ExtractionSummary:
     skipped: int = 0
     failed: int = 0
     total: int = 0
+    changed: int = 0
+    """Videos whose feature file was made from another video of the same name (extracted again; in ``done``)."""
     seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
     rank: int = 0
@@ -203,7 +209,8 @@ class ExtractionSummary:
 
     def line(self) -> str:
         where = f"; failures in {Path(self.out_dir) / FAILED_NAME}" if self.failed else ""
-        return (f"video features: {self.done} done, {self.skipped} skipped, {self.failed} failed of {self.total} "
+        changed = f" ({self.changed} of them replacing features of another video)" if self.changed else ""
+        return (f"video features: {self.done} done{changed}, {self.skipped} skipped, {self.failed} failed of {self.total} "
                 f"in {self.seconds:.1f} s ({self.videos_per_second:.2f} videos/s) -> {self.out_dir}{where}")
 
 
@@ -676,9 +683,14 @@ def extract_video_features(
         todo = []
         for job in jobs:
             if job.duplicate_of is None and output_is_valid(job.out_path, shape, feature_dtype, digest if output_format == "safetensors" else None):
-                summary.skipped += 1
-            else:
-                todo.append(job)
+                if source_unchanged(job.out_path, [job.path]):
+                    summary.skipped += 1
+                    continue
+                # the same name, another video (a world regenerated with another preset or seed): extract again
+                logger.info("%s: made from another video than %s; extracting it again", job.out_path, job.path)
+                job.out_path.unlink()
+                summary.changed += 1
+            todo.append(job)
         _remove_stale_temporaries(out_dir, {job.out_path.name for job in todo})
 
         def fail(job: _Job, reason: str) -> None:
@@ -696,6 +708,7 @@ def extract_video_features(
             else:
                 save_features(job.out_path, array, metadata={
                     "video_id": job.video_id, "recipe": digest, "model_id": encoder.model_id,
+                    SOURCE_KEY: files_sha256([job.path]),
                     "num_total_frames": decoded.num_total_frames, "sampled_frames": len(decoded.indices),
                     "decoder": decoded.decoder,
                 })
@@ -712,13 +725,13 @@ def extract_video_features(
                       progress=progress, desc="video features" + (f" [rank {rank}]" if world_size > 1 else ""))
 
         manifest.save(out_dir, rank_manifest_name(rank))
-        counts = distributed.sum_counts([summary.done, summary.skipped, summary.failed, summary.total])
+        counts = distributed.sum_counts([summary.done, summary.skipped, summary.failed, summary.total, summary.changed])
         distributed.barrier()  # every rank's files and manifest are written
         if rank == 0:
             merge_rank_manifests(out_dir)
             dist_utils.merge_rank_outputs([out_dir / FAILED_NAME])
         distributed.barrier()  # the merge is done before any rank reports
-        summary.done, summary.skipped, summary.failed, summary.total = counts
+        summary.done, summary.skipped, summary.failed, summary.total, summary.changed = counts
         summary.seconds = time.perf_counter() - start
         return summary
     finally:

@@ -6,8 +6,9 @@ Its completion is recorded as ``OUT/.steps/<name>.json`` (written atomically aft
 validation passes) with the step's settings, when it finished and the command lines it ran; a rerun skips a
 step whose record exists, whose settings are unchanged, which finished after every step before it (a step
 that ran again makes every later one run again) and whose outputs still validate. A rerun step's own commands
-decide what they redo: the feature extractors keep each clip's existing file, so a world made again with
-another preset or seed under the same OUT keeps the features of the clip ids both worlds have. ``OUT/commands.sh`` lists every step's command lines, so that any one can be rerun by hand.
+decide what they redo: the feature extractors keep a clip's existing file only when it was computed from the
+clip's files as they are now (each feature file records their sha256), so a world made again with another
+preset or seed under the same OUT has every changed clip extracted again. ``OUT/commands.sh`` lists every step's command lines, so that any one can be rerun by hand.
 """
 
 from __future__ import annotations

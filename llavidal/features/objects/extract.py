@@ -387,6 +387,7 @@ def extract_object_features(
     return run_per_sample(
         videos, out_dir, compute, manifest, suffix=FILE_SUFFIX, pickle_ext=PICKLE_EXTENSION,
         expected_shape=manifest.shape, save_format=save_format, overwrite=overwrite, progress=progress,
+        sources=lambda sample_id, video_path: [video_path] + [p for p in [tracks_dir / f"{sample_id}.json"] if p.is_file()],
     )
 
 
