@@ -57,12 +57,14 @@ def hand_object(kind: str, colour: tuple[float, float, float]) -> PropModel:
         neck = Box((0, 0, 0.08), (0.015, 0.015, 0.03), (0.9, 0.9, 0.9))
         return PropModel("bottle", (body, neck))
     if kind == "book":
-        cover = Box((0, 0, 0), (0.11, 0.015, 0.15), colour)
-        pages = Box((0.0, 0.0, 0.0), (0.105, 0.017, 0.14), (0.97, 0.95, 0.88))
+        # the covers enclose the pages, whose edge shows on the open side: the colour named is the one seen
+        cover = Box((0, 0, 0), (0.11, 0.017, 0.15), colour)
+        pages = Box((0.007, 0.0, 0.0), (0.104, 0.015, 0.145), (0.97, 0.95, 0.88))
         return PropModel("book", (pages, cover))
     if kind == "phone":
+        # a screen on about a third of the front, so that the case's colour shows from the front too
         return PropModel("phone", (Box((0, 0, 0), (0.038, 0.01, 0.075), colour),
-                                   Box((0, -0.011, 0.005), (0.03, 0.002, 0.06), (0.1, 0.1, 0.15))))
+                                   Box((0, -0.011, 0.005), (0.022, 0.002, 0.045), (0.1, 0.1, 0.15))))
     if kind == "box":
         return PropModel("box", (Box((0, 0, 0), (0.06, 0.06, 0.06), colour),))
     if kind == "apple":
