@@ -114,3 +114,14 @@ def test_video_chatgpt_script_flags_are_accepted(tmp_path):
     with pytest.raises(ValueError, match="freeze_mm_mlp_adapter"):
         parse_args(["--model_name_or_path", "m", "--data_path", "d", "--video_folder", "v",
                     "--output_dir", str(tmp_path), "--freeze_mm_mlp_adapter", "True"])
+
+
+def test_mm_projector_lr_values():
+    from llavidal.train.args import projector_learning_rates
+
+    assert projector_learning_rates(None) == {} and projector_learning_rates("") == {}
+    assert projector_learning_rates("2e-5") == {"*": 2e-5} and projector_learning_rates(2e-5) == {"*": 2e-5}
+    assert projector_learning_rates("object=0, video=2e-5") == {"object": 0.0, "video": 2e-5}
+    for bad in ("object=-1", "object=fast", "object=0,object=1", "1e-4,object=0", "=1"):
+        with pytest.raises(ValueError, match="--mm_projector_lr"):
+            projector_learning_rates(bad)

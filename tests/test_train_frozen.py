@@ -87,3 +87,41 @@ def test_group_by_length_uses_dataset_lengths(setup, tmp_path, monkeypatch):
 
     assert isinstance(seen["sampler"], LengthGroupedSampler)
     assert len(seen["sampler"].lengths) == 6
+
+
+def test_mm_projector_lr_keeps_a_projector_at_zero_and_gives_others_their_rate(setup, tmp_path, monkeypatch):
+    """--mm_projector_lr object=0: the object projector stays as it started (an aligned one stays aligned), the
+    other projectors train at --learning_rate; one value sets every projector's rate."""
+    from llavidal.train.trainer import LlavidalTrainer
+
+    llm, data, folders = setup
+    captured = {}
+    real_build, real_create = builder.build_model, LlavidalTrainer.create_optimizer
+
+    def build_and_keep(*args, **kwargs):
+        model, tokenizer = real_build(*args, **kwargs)
+        captured["model"] = model
+        captured["before"] = {name: p.detach().clone() for name, p in model.named_parameters()}
+        return model, tokenizer
+
+    def create_and_keep(self, *args, **kwargs):
+        optimizer = real_create(self, *args, **kwargs)
+        captured["groups"] = [(g.get("projector"), g["lr"], len(g["params"])) for g in optimizer.param_groups]
+        return optimizer
+
+    monkeypatch.setattr(builder, "build_model", build_and_keep)
+    monkeypatch.setattr(LlavidalTrainer, "create_optimizer", create_and_keep)
+    assert train_module.main(flags(llm, data, folders, tmp_path / "out", "--tune_mm_mlp_adapter", "True",
+                                   "--max_steps", "3", "--mm_projector_lr", "object=0")) == 0
+    model = captured["model"]
+    changed = {name.split(".")[1] for name, p in model.named_parameters()
+               if name.startswith("projectors.") and not torch.equal(p.detach(), captured["before"][name])}
+    assert changed == {"video", "pose"}
+    rates = {projector: lr for projector, lr, _ in captured["groups"] if projector}
+    assert rates == {"object": 0.0}
+    assert sum(n for _, _, n in captured["groups"]) == sum(1 for p in model.parameters() if p.requires_grad)
+
+    assert train_module.main(flags(llm, data, folders, tmp_path / "all", "--tune_mm_mlp_adapter", "True",
+                                   "--max_steps", "1", "--mm_projector_lr", "1e-4")) == 0
+    assert {projector: lr for projector, lr, _ in captured["groups"] if projector} == {
+        "video": 1e-4, "pose": 1e-4, "object": 1e-4}

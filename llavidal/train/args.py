@@ -285,6 +285,28 @@ class DataArguments:
 _CPU_PRECISION_WARNED = False
 
 
+def projector_learning_rates(value: str | float | None) -> dict[str, float]:
+    """``--mm_projector_lr`` as {modality: lr}; ``"*"`` stands for every projector ("2e-5" -> {"*": 2e-5},
+    "object=0,video=2e-5" -> {"object": 0.0, "video": 2e-5}; None or "" -> {})."""
+    if value is None or str(value).strip() == "":
+        return {}
+    text = str(value).replace(" ", "")
+    pairs = [part.split("=", 1) if "=" in part else ["*", part] for part in text.split(",") if part]
+    rates: dict[str, float] = {}
+    for name, rate in pairs:
+        try:
+            number = float(rate)
+        except ValueError:
+            number = float("nan")
+        if not name or name in rates or not number >= 0:
+            raise ValueError(f"--mm_projector_lr {value!r}: write one learning rate >= 0 ('2e-5') or MODALITY=LR pairs, "
+                             "each modality once ('object=0,video=2e-5')")
+        rates[name] = number
+    if "*" in rates and len(rates) > 1:
+        raise ValueError(f"--mm_projector_lr {value!r}: give one rate for every projector or MODALITY=LR pairs, not both")
+    return rates
+
+
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
     """transformers' TrainingArguments plus the upstream extras (see the module docstring)."""
@@ -310,11 +332,20 @@ class TrainingArguments(transformers.TrainingArguments):
         metadata={"help": "Weight of the temporal sampler's pseudo-label loss (designs whose sampler has train: pseudo, "
                           "--sampler_train pseudo); logged as sampler_loss. 0 turns it off."},
     )
+    mm_projector_lr: str | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the projectors (LLaVA-1.5's flag): one value for every projector, or "
+                          "MODALITY=LR pairs ('object=0,video=2e-5'; the projectors not named keep --learning_rate). "
+                          "0 keeps a projector as it starts, e.g. aligned by 'llavidal align' (--pretrain_mm_mlp_adapter)."},
+    )
     train_gradient_checkpointing: bool = field(
         default=False, init=False, metadata={"help": "Set from --gradient_checkpointing; applied by train.py to the LLM."}
     )
 
     def __post_init__(self) -> None:
+        if self.mm_projector_lr is not None:
+            self.mm_projector_lr = str(self.mm_projector_lr)
+            projector_learning_rates(self.mm_projector_lr)  # refuse a malformed value before anything loads
         if not self.sampler_loss_weight >= 0:
             raise ValueError(f"--sampler_loss_weight must be >= 0, got {self.sampler_loss_weight}")
         if self.evaluation_strategy is not None:

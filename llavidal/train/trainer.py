@@ -89,6 +89,36 @@ def _flat_ids(sample_ids: Any) -> list[str]:
     return ids
 
 
+def split_projector_groups(optimizer: torch.optim.Optimizer, model: torch.nn.Module, rates: dict[str, float]) -> None:
+    """Move each projector named in ``rates`` (``"*"``: every one) out of the optimizer's parameter groups into
+    groups of its own learning rate (weight decay kept per group). Before the first step: the state is empty."""
+    projectors = getattr(model, "projectors", None)
+    names = list(projectors.keys()) if projectors is not None else []
+    unknown = sorted(set(rates) - set(names) - {"*"})
+    if unknown:
+        raise ValueError(f"--mm_projector_lr names {unknown}, but the model's projectors are {names}")
+    owner: dict[int, str] = {}
+    for name in names:
+        if name in rates or "*" in rates:
+            for param in projectors[name].parameters():
+                owner[id(param)] = name
+    groups = []
+    for group in optimizer.param_groups:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        rest = [p for p in group["params"] if id(p) not in owner]
+        if rest:
+            groups.append({**settings, "params": rest})
+        for name in names:
+            mine = [p for p in group["params"] if owner.get(id(p)) == name]
+            if mine:
+                rate = rates.get(name, rates.get("*"))
+                groups.append({**settings, "params": mine, "lr": rate, "initial_lr": rate, "projector": name})
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(group)
+    logger.info("projector learning rates: %s", {g["projector"]: g["lr"] for g in groups if "projector" in g})
+
+
 class LlavidalTrainer(Trainer):
     """Trainer for :class:`~llavidal.model.llavidal_model.LlavidalModel` (see the module docstring)."""
 
@@ -159,6 +189,19 @@ class LlavidalTrainer(Trainer):
             if not math.isfinite(value):
                 self._stop_non_finite("the gradient norm", value, sample_ids)
         return grad_norm
+
+    # ------------------------------------------------------------------ the projectors' own learning rates
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        """transformers' optimizer, with the projectors named by ``--mm_projector_lr`` in groups of their own
+        learning rate (the scheduler scales every group alike; a rate of 0 leaves a projector as it started)."""
+        from llavidal.train.args import projector_learning_rates
+
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(*args, **kwargs)
+        rates = projector_learning_rates(getattr(self.args, "mm_projector_lr", None))
+        if fresh and rates:
+            split_projector_groups(optimizer, self._unwrapped(), rates)
+        return optimizer
 
     def _unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
