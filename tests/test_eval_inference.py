@@ -108,6 +108,13 @@ def test_batched_resumable_and_missing_recorded(tmp_path, folders):
     assert completed_ids(out) == {f"r{i}" for i in range(5)}
     assert len(read_jsonl(out)) == 5
 
+    # Weights trained again (another fingerprint): every record is answered again, and the new rows are kept.
+    engine.weights_sha256 = "retrained"
+    engine.calls.clear()
+    fourth = run_inference(engine, mcq_records(), folders, out, benchmark=spec, request_factory=Req, show_progress=False)
+    assert (fourth.skipped_done, fourth.generated) == (0, 5) and sum(engine.calls) == 5
+    assert {row["generation"]["weights_sha256"] for row in read_jsonl(out)} == {"retrained"}
+
 
 def test_torn_line_from_a_killed_run_is_redone(tmp_path, folders):
     out = tmp_path / "preds.jsonl"
@@ -261,6 +268,9 @@ def test_real_engine_through_the_cli(tmp_path):
     rows = {row["id"]: row for row in read_jsonl(out)}
     assert rows["v0"]["status"] == rows["v1"]["status"] == "ok" and isinstance(rows["v0"]["prediction"], str)
     assert rows["v2"]["status"] == "missing_features"
+    from llavidal.data.feature_store import weights_fingerprint  # the rows name the weights that answered
+
+    assert rows["v0"]["generation"]["weights_sha256"] == weights_fingerprint(tmp_path / "weights")
     assert (
         eval_main(
             [

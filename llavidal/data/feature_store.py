@@ -218,6 +218,26 @@ def files_sha256(paths: Sequence[str | os.PathLike] | str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+FINGERPRINT_CONTENT_LIMIT = 256 * 1024 * 1024
+"""Files up to this size are fingerprinted by content; larger ones (a base model's shards) by size and mtime."""
+
+
+def weights_fingerprint(path: str | os.PathLike) -> str:
+    """A sha256 naming a weights file or folder as it is now: its top-level files by content (by name, size and
+    modification time beyond :data:`FINGERPRINT_CONTENT_LIMIT`). Retraining into the same folder changes it."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(file.name.encode())
+        if stat.st_size <= FINGERPRINT_CONTENT_LIMIT:
+            digest.update(bytes.fromhex(files_sha256([file])))
+        else:
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
 SOURCE_KEY = "source_sha256"
 """safetensors metadata key of a feature file: :func:`files_sha256` of the files its features were computed
 from (the video; its tracks; the skeleton), so that a resumed extraction redoes a sample whose source changed."""

@@ -154,8 +154,9 @@ def _all_rows(output: str | Path) -> list[dict]:
 
 def completed_ids(output: str | Path, generation: dict | None = None) -> set[str]:
     """Ids whose latest row has status ``ok`` (others are tried again); with ``generation``, only rows written
-    with those generation settings count (a rerun with another ``--mcq_scoring``, lead or token limit answers
-    every record again, and the merge keeps the new rows)."""
+    with those generation settings and by the same weights count (a rerun with another ``--mcq_scoring``, lead
+    or token limit, or after the weights were trained again, answers every record again, and the merge keeps the
+    new rows)."""
     wanted = None if generation is None else json.dumps(generation, sort_keys=True)
     latest: dict[str, bool] = {}
     for row in _all_rows(output):
@@ -358,6 +359,8 @@ def run_inference(
         generation = {"mcq_scoring": mcq_scoring, "loglik_continuation": benchmark.loglik_continuation}
         if loglik_lead:
             generation.update(loglik_lead=loglik_lead, max_new_tokens=max_new_tokens)
+    if getattr(engine, "weights_sha256", None):
+        generation["weights_sha256"] = engine.weights_sha256  # rows of other (e.g. retrained) weights are redone
     repair_torn_tail(target)
     done = completed_ids(out_jsonl, generation)
     shard = dist.shard(list(benchmark_records), shard_rank, num_shards)
@@ -489,7 +492,8 @@ def _generate(
                                          **prefix))
             owners.append((index, question))
     try:
-        texts = engine.generate(requests, batch_size=batch_size, **generation)
+        settings = {k: v for k, v in generation.items() if k != "weights_sha256"}
+        texts = engine.generate(requests, batch_size=batch_size, **settings)
         if len(texts) != len(requests):
             raise RuntimeError(f"engine returned {len(texts)} outputs for {len(requests)} requests")
     except Exception as err:  # noqa: BLE001 - isolate which record fails; errors are recorded per record

@@ -145,11 +145,16 @@ class InferenceEngine:
         (see :func:`llavidal.model.builder.load_pretrained`)."""
         from llavidal.model.builder import load_pretrained
 
+        from llavidal.data.feature_store import weights_fingerprint
+
         model, tokenizer = load_pretrained(
             weights_dir, base_model=base_model, torch_dtype=dtype, device=device,
             attn_implementation=attn_implementation,
         )
-        return cls(model, tokenizer, template=template)
+        engine = cls(model, tokenizer, template=template)
+        # which weights answered: predictions files resume only rows written by the same weights
+        engine.weights_sha256 = weights_fingerprint(weights_dir)
+        return engine
 
     @property
     def modalities(self) -> ModalityRegistry:
