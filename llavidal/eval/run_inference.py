@@ -6,7 +6,8 @@ Run as:
     torchrun --nproc_per_node=8 -m llavidal.eval.commands infer ...same flags...   # one shard per rank
 
 Each record's prediction is one JSON line appended (and fsynced) as soon as it is generated; a rerun
-skips ids already predicted (status ``ok``) and tries the others again. Under torchrun each rank writes
+skips ids already predicted (status ``ok``) with the same generation settings by the same weights (rows record
+``weights_sha256``) and tries the others again. Under torchrun each rank writes
 ``{output stem}.rank{r}.jsonl``; rank 0 merges them into ``--output`` after the ranks' barrier (shards
 run without torchrun: once every rank is done; else ``--merge_only`` or any later single-process run
 merges them; :func:`llavidal.utils.dist.merge_rank_outputs`). A record whose feature file is missing
