@@ -360,10 +360,11 @@ def run_inference(
         generation = {"mcq_scoring": mcq_scoring, "loglik_continuation": benchmark.loglik_continuation}
         if loglik_lead:
             generation.update(loglik_lead=loglik_lead, max_new_tokens=max_new_tokens)
-    if getattr(engine, "weights_sha256", None):
-        generation["weights_sha256"] = engine.weights_sha256  # rows of other (e.g. retrained) weights are redone
+    # what a row records it was answered with: the settings, and the weights (rows of retrained weights are redone)
+    answered_with = {**generation, **({"weights_sha256": engine.weights_sha256}
+                                      if getattr(engine, "weights_sha256", None) else {})}
     repair_torn_tail(target)
-    done = completed_ids(out_jsonl, generation)
+    done = completed_ids(out_jsonl, answered_with)
     shard = dist.shard(list(benchmark_records), shard_rank, num_shards)
     todo = [r for r in shard if r.id not in done]
     if sort_by_length:  # stable: records of equal length keep their order
@@ -391,7 +392,7 @@ def run_inference(
             "error": error,
             "modalities": used or [],
             **identity,
-            "generation": generation,
+            "generation": answered_with,
             "benchmark_total": len(benchmark_records),
             "record": record.to_dict(),
             **(extra or {}),
@@ -493,8 +494,7 @@ def _generate(
                                          **prefix))
             owners.append((index, question))
     try:
-        settings = {k: v for k, v in generation.items() if k != "weights_sha256"}
-        texts = engine.generate(requests, batch_size=batch_size, **settings)
+        texts = engine.generate(requests, batch_size=batch_size, **generation)
         if len(texts) != len(requests):
             raise RuntimeError(f"engine returned {len(texts)} outputs for {len(requests)} requests")
     except Exception as err:  # noqa: BLE001 - isolate which record fails; errors are recorded per record

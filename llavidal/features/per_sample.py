@@ -25,8 +25,8 @@ import numpy as np
 
 from llavidal.constants import MANIFEST_NAME
 from llavidal.data.feature_store import (
-    FeatureFileError,
     SOURCE_KEY,
+    FeatureFileError,
     FeatureManifest,
     files_sha256,
     merge_rank_manifests,

@@ -143,9 +143,8 @@ class InferenceEngine:
         ``mm_projector.bin``, LLAVIDAL's per-modality or merged projectors, the Breakfast fork's ``model.bin``,
         safetensors), whose modalities and dims are inferred from the weights; ``base_model`` is then required
         (see :func:`llavidal.model.builder.load_pretrained`)."""
-        from llavidal.model.builder import load_pretrained
-
         from llavidal.data.feature_store import weights_fingerprint
+        from llavidal.model.builder import load_pretrained
 
         model, tokenizer = load_pretrained(
             weights_dir, base_model=base_model, torch_dtype=dtype, device=device,
