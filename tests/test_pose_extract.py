@@ -215,3 +215,46 @@ def test_a_skeleton_replaced_under_the_same_name_is_extracted_again(tmp_path, ca
                          "--no_progress"]) == 0
     np.testing.assert_array_equal(new, load_feature_file(fresh / f"{changed.stem}_pose.safetensors"))
     assert not np.array_equal(new, old)
+
+
+def test_video_skeletons_are_estimated_again_when_the_video_changes(tmp_path, monkeypatch, capsys):
+    """--video_dir keeps each estimated skeleton with what it was estimated from: a rerun reuses it for the same
+    video, and estimates again for another video under the same name (MediaPipe replaced by a fake estimator
+    whose skeleton follows the video's bytes)."""
+    import llavidal.utils.optional as optional
+    from llavidal.features.pose import mediapipe_pose
+
+    estimated: list[str] = []
+
+    def fake_estimate(video_path, out_path, **kwargs):
+        data = Path(video_path).read_bytes()
+        estimated.append(Path(video_path).stem)
+        sequence = sequence_from_arrays(synthetic_motion(ACTIVITIES[data[0] % len(ACTIVITIES)],
+                                                         np.random.default_rng(data[0])))
+        write_skeleton(Path(out_path), sequence)
+        return sequence
+
+    monkeypatch.setattr(optional, "require", lambda *args, **kwargs: None)
+    monkeypatch.setattr(mediapipe_pose, "video_to_skeleton_file", fake_estimate)
+    videos, out = tmp_path / "videos", tmp_path / "pose"
+    videos.mkdir()
+    for index in range(2):
+        (videos / f"S001C001P001R001A00{index}.mp4").write_bytes(bytes([index]) * 64)
+    flags = ["--video_dir", str(videos), "--out", str(out), "--encoder", "seeded", "--no_progress"]
+    assert extract_main(flags) == 0
+    assert sorted(estimated) == ["S001C001P001R001A000", "S001C001P001R001A001"]
+    stamp = json.loads((out / "skeletons" / "S001C001P001R001A001.skeleton.json").read_text())
+    assert len(stamp["source_sha256"]) == 64 and stamp["frame_stride"] == 1
+    old = load_feature_file(out / "S001C001P001R001A001_pose.safetensors")
+    # the features are removed: the kept skeleton of the same video is reused, MediaPipe is not run again
+    (out / "S001C001P001R001A000_pose.safetensors").unlink()
+    estimated.clear()
+    assert extract_main(flags) == 0
+    assert estimated == []
+    # another video under the same name: estimated again, the features follow the new skeleton
+    (videos / "S001C001P001R001A001.mp4").write_bytes(bytes([5]) * 64)
+    assert extract_main(flags) == 0
+    assert estimated == ["S001C001P001R001A001"]
+    new = load_feature_file(out / "S001C001P001R001A001_pose.safetensors")
+    assert not np.array_equal(new, old)
+    capsys.readouterr()

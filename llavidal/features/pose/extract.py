@@ -8,8 +8,9 @@ Run as::
 
 ``--skeleton_dir`` reads NTU RGB+D ``.skeleton`` files (recursively; the id is the file name without
 extension). ``--video_dir`` first estimates 3D pose with MediaPipe (optional extra
-``llavidal[mediapipe]``) and keeps the skeletons in ``--skeleton_out`` (default ``OUT/skeletons``),
-reused on reruns. ``--encoder`` is a checkpoint folder from ``llavidal pose-pretrain``, or ``seeded``
+``llavidal[mediapipe]``) and keeps the skeletons in ``--skeleton_out`` (default ``OUT/skeletons``), each with
+``{id}.skeleton.json`` (the video's sha256 and the estimation settings): a rerun reuses a skeleton only when
+the video and the settings are the same. ``--encoder`` is a checkpoint folder from ``llavidal pose-pretrain``, or ``seeded``
 for an untrained, seeded encoder (a baseline).
 
 Resumable (outputs that exist and validate are skipped), atomic, failures listed in
@@ -18,6 +19,7 @@ Resumable (outputs that exist and validate are skipped), atomic, failures listed
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -28,7 +30,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from llavidal.config import arg, command, parse
-from llavidal.data.feature_store import FeatureManifest
+from llavidal.data.feature_store import FeatureManifest, files_sha256
 from llavidal.features.per_sample import SAVE_DTYPES, run_per_sample
 from llavidal.features.pose.encoder import SEEDED_MODEL_ID, PoseEncoder, load_pose_encoder, pose_features_for_skeleton
 from llavidal.features.extractor import (
@@ -41,6 +43,7 @@ from llavidal.features.extractor import (
     round_through,
 )
 from llavidal.features.pose.ntu import COLOUR_SIZE, SkeletonFormatError, SkeletonSequence, read_skeleton
+from llavidal.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +199,14 @@ class PoseExtractor:
                 f"skeleton files or {mediapipe}")
 
 
+def _read_stamp(path: Path) -> dict | None:
+    """The settings a kept skeleton was estimated with (``{id}.skeleton.json``); None when absent or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def extract_pose_features(
     out_dir: str | Path,
     encoder: PoseEncoder,
@@ -232,14 +243,20 @@ def extract_pose_features(
 
         def compute(sample_id: str, path: Path) -> np.ndarray:
             skeleton_path = skeletons / f"{sample_id}.skeleton"
+            # what the kept skeleton was estimated from: the video's bytes and the estimation settings; another
+            # video under the same name (another world, a re-encoded file) is estimated again
+            estimated_from = {"source_sha256": files_sha256(path), "fov_degrees": fov_degrees,
+                              "frame_stride": frame_stride}
+            stamp = skeleton_path.with_name(skeleton_path.name + ".json")
             sequence = None
-            if skeleton_path.is_file() and not overwrite:
+            if skeleton_path.is_file() and not overwrite and _read_stamp(stamp) == estimated_from:
                 try:
-                    sequence = read_skeleton(skeleton_path)  # estimated by an earlier run
+                    sequence = read_skeleton(skeleton_path)  # estimated by an earlier run from this same video
                 except SkeletonFormatError:
                     sequence = None
             if sequence is None:
                 sequence = video_to_skeleton_file(path, skeleton_path, fov_degrees=fov_degrees, frame_stride=frame_stride)
+                atomic_write_json(stamp, estimated_from)
             if sequence.max_bodies == 0:
                 raise ValueError("MediaPipe found no person in the video")
             return pose_features_for_skeleton(sequence, encoder)
