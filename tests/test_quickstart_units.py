@@ -160,6 +160,11 @@ def test_every_world_question_carries_its_type_and_the_curriculum_uses_it(tmp_pa
         assert item["modality_labels"]["pose"] == f"{other} hand, {item['label']}"
         assert set(item) & {"video", "pose", "object"} == {"pose"}
         assert Path(item["pose"]).is_absolute() and Path(item["pose"]).parent == mirror_pose.resolve()
+    # held out from the alignment fit by performance: every camera of it and its mirror together
+    performance = {item["id"]: read_json(paths.world / "meta" / f"{item['id']}.json")["performance_id"]
+                   for item in aligned if not item["id"].endswith("#mirror")}
+    assert all(item["holdout_group"] == performance[item["id"].split("#")[0]] for item in aligned)
+    assert len(set(performance.values())) < len(performance), "the fixture world films performances more than once"
     (mirror_pose / f"{clips[0]}_pose.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=f"mirrored clip {clips[0]}.*mirror step"):
         build_alignment_labels(paths, with_mirrors)

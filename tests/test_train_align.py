@@ -323,3 +323,23 @@ def test_modality_labels_fit_one_modality_to_its_own_text(tmp_path):
     bad.write_text(json.dumps([dict(records[0], modality_labels={"pose": ""})]))
     with pytest.raises(ValueError, match="h000.*modality_labels"):
         align.load_label_records(bad)
+
+
+def test_records_of_one_holdout_group_are_held_out_together(tmp_path):
+    """Three cameras of each performance: the held-out samples are whole performances (none of a held-out
+    performance's other views is in the fit), and without the key each record is drawn alone."""
+    from llavidal.data.feature_store import FeatureFolder
+
+    records, folders, _ = _world(tmp_path, clips=90)
+    grouped = [dict(record, holdout_group=f"P{index // 3:03d}") for index, record in enumerate(records)]
+    folder = FeatureFolder(folders["pose"], "pose")
+    spec = _registry()["pose"]
+    held = align.collect(grouped, spec, folder, val_fraction=0.3).held_out.tolist()
+    by_group: dict[str, set[bool]] = {}
+    for record, flag in zip(grouped, held):
+        by_group.setdefault(record["holdout_group"], set()).add(flag)
+    assert all(len(flags) == 1 for flags in by_group.values()), "a performance is split between fit and held out"
+    assert 0 < sum(held) < len(held)
+    alone = align.collect(records, spec, folder, val_fraction=0.3).held_out.tolist()
+    assert any(len({alone[i] for i in range(start, start + 3)}) == 2 for start in range(0, 90, 3)), \
+        "by id, some performances are split (the leak the key removes)"

@@ -432,7 +432,8 @@ def hand_label(label: str, hand: str | None) -> str:
 
 def alignment_record(clip_id: str, meta: dict, record: dict, hands: bool) -> dict | None:
     """One ``llavidal align`` record of a clip: its activity (the last one, for a routine or prefix), its
-    segments, its feature files; with ``hands`` the pose tokens of each one-handed segment are fitted to
+    segments, its feature files, its performance as ``holdout_group`` (held out from the fit with every camera
+    and mirror of it); with ``hands`` the pose tokens of each one-handed segment are fitted to
     :func:`hand_label` (``modality_labels``)."""
     label = last_label(meta)
     if not label:
@@ -440,6 +441,8 @@ def alignment_record(clip_id: str, meta: dict, record: dict, hands: bool) -> dic
     segments = [seg for seg in meta.get("segments") or [] if seg.get("label")]
     item: dict[str, Any] = {
         "id": clip_id, "label": label, "duration": meta.get("duration"),
+        # held out from the fit with every camera (and mirror) of its performance
+        "holdout_group": meta.get("performance_id") or clip_id,
         "segments": [{"start": seg["start"], "end": seg["end"], "label": seg["label"]} for seg in segments]}
     if hands:
         for out, seg in zip(item["segments"], segments):

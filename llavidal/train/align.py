@@ -31,6 +31,11 @@ first, for what one modality shows and the others do not (the hand, from the ske
 contrastive term and nearest-label accuracy are over the texts its tokens can be fitted to: every
 record's ``label`` and segment labels when some of its tokens take them, plus the group names it uses.
 
+The held-out samples (``--align_val_fraction``, by a hash of the id) are chosen by record ``"holdout_group"``
+when a record gives one: records of the same group are held out together, so that the same performance
+filmed by another camera (or mirrored) is not in the fit of a held-out one (the quickstart groups by the
+world's ``performance_id``).
+
 Output: ``trainable.safetensors`` + ``llavidal_config.json`` (projectors and token rows), which
 ``train_mem.py --pretrain_mm_mlp_adapter DIR`` starts from, and ``align_report.json`` (per modality:
 samples, labels, loss and nearest-label accuracy on held-out samples before and after).
@@ -78,7 +83,7 @@ class AlignArguments:
                           "squared token norm, so the value does not depend on the LLM's embedding scale."},
     )
     align_val_fraction: float = field(
-        default=0.1, metadata={"help": "Share of samples held out (by id) to report nearest-label accuracy; 0 trains on all."}
+        default=0.1, metadata={"help": "Share of samples held out (by a hash of each record's holdout_group, else its id) to report nearest-label accuracy; 0 trains on all."}
     )
     align_temporal_modalities: str = field(
         default="pose",
@@ -253,7 +258,7 @@ def collect(
         for number, group in enumerate(groups):
             feats.append(group)
             token_texts.append([named[number]] * k if named else per_token)
-            held.append(_held_out(rid, val_fraction))
+            held.append(_held_out(str(record.get("holdout_group") or rid), val_fraction))
     if not feats:
         return None
     # the texts the tokens compete over: every record's label (and segment labels) when tokens take them,
