@@ -341,9 +341,10 @@ def _alignment_section(alignment: dict | None) -> list[str]:
              figures["chance"]] for name, figures in alignment.items() if figures.get("samples")]
     return ["## Projector alignment (before training)", "",
             "Nearest-label accuracy of each modality's projected tokens in the LLM's embedding space, on train-split "
-            "performances held out from the alignment fit (every camera of a performance, and its mirror, together). Video and pose tokens are fitted to the activity names (with the "
-            "recipe's `align_hands`, the pose tokens of a one-handed activity to its hand and name, \"right hand, "
-            "waving a hand\", mirrored clips included); object tokens, one sample per object, to the object's own "
+            "performances held out from the alignment fit (every camera of a performance, and its mirror, "
+            "together). Video and pose tokens are fitted to the activity names (with the recipe's `align_hands`, "
+            "the pose tokens of a one-handed activity to its hand and name, \"right hand, waving a hand\", "
+            "mirrored clips included); object tokens, one sample per object, to the object's own "
             "name (colour and class) when the recipe's `align_object_names` is on, else to the clip's activity.", "",
             *markdown_table(["modality", "samples (held out)", "labels", "before", "after", "chance"], rows, DIGITS), ""]
 

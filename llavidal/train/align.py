@@ -83,7 +83,8 @@ class AlignArguments:
                           "squared token norm, so the value does not depend on the LLM's embedding scale."},
     )
     align_val_fraction: float = field(
-        default=0.1, metadata={"help": "Share of samples held out (by a hash of each record's holdout_group, else its id) to report nearest-label accuracy; 0 trains on all."}
+        default=0.1, metadata={"help": "Share of samples held out to report nearest-label accuracy, drawn by a hash "
+                                       "of each record's holdout_group (else its id); 0 trains on all."}
     )
     align_temporal_modalities: str = field(
         default="pose",
