@@ -160,3 +160,35 @@ def test_malformed_conversations_name_the_sample():
         tokenize_conversation([{"from": "human", "value": "q"}, {"from": "human", "value": "q"}], tiny_tokenizer(), "v1", sample_id="r9")
     with pytest.raises(ValueError, match="ends with a user turn"):
         tokenize_conversation([{"from": "human", "value": "q"}], tiny_tokenizer(), "v1")
+
+
+DEFAULT_SYSTEM_TEMPLATE = (  # SmolLM2-Instruct's shape: its own system prompt when the conversation has none
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant named Tiny<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_chat_bare_keeps_the_templates_default_system_prompt_out_of_training_and_inference():
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = DEFAULT_SYSTEM_TEMPLATE
+    question = CONVERSATION[0]["value"]
+    with_default = render_generation_prompt("chat", tokenizer, [], question)
+    bare = render_generation_prompt("chat_bare", tokenizer, [], question)
+    assert "named Tiny" in with_default
+    assert bare == f"<|im_start|>system\n<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+    for name in ("chat", "chat_bare"):
+        input_ids, labels = tokenize_conversation(CONVERSATION, tokenizer, name)
+        # training sees the prompt that inference writes before the first answer
+        first_answer = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+        prompt = render_generation_prompt(name, tokenizer, [], question)
+        assert input_ids[:first_answer] == tokenizer(prompt, add_special_tokens=False).input_ids
+        supervised = tokenizer.decode([t for t, label in zip(input_ids, labels) if label != IGNORE_INDEX])
+        assert supervised == "".join(m["value"] + "<|im_end|>" for m in CONVERSATION[1::2])
+    assert len(tokenize_conversation(CONVERSATION, tokenizer, "chat_bare")[0]) < \
+        len(tokenize_conversation(CONVERSATION, tokenizer, "chat")[0])
+    assert get_template("chat_bare").style == "chat"

@@ -1,6 +1,6 @@
 """Conversation templates and label masking.
 
-Three templates:
+Four templates:
 
 * ``v1``: Vicuna v1.1, the upstream training template (exact strings)::
 
@@ -11,6 +11,9 @@ Three templates:
   answering from the provided video (what upstream uses at inference).
 * ``chat``: the tokenizer's own chat template (``tokenizer.apply_chat_template``), for instruct models
   such as SmolLM2, Qwen2 or Llama 3.
+* ``chat_bare``: the same with an empty system message, so that the template adds no default system prompt
+  of its own (SmolLM2's writes "You are a helpful AI assistant named SmolLM, trained by Hugging Face" before
+  every conversation that has none: 16 of the quickstart's 107 text tokens per sample).
 
 :func:`tokenize_conversation` returns ``(input_ids, labels)`` where only the assistant answers and
 their end token (``</s>`` for ``v1``, the end-of-turn token of a chat template) are supervised; every
@@ -61,7 +64,8 @@ class ConversationTemplate:
 
     name: str
     system: str | None
-    """System prompt (``None``: none for ``chat``, where the tokenizer's template may add its own)."""
+    """System prompt (``None``: none for ``chat``, where the tokenizer's template may add its own; ``""`` for
+    ``chat_bare``: an empty system message, which keeps the template's own out)."""
     style: str = "two_sep"
     roles: tuple[str, str] = ("USER", "ASSISTANT")
     sep: str = " "
@@ -72,13 +76,14 @@ TEMPLATES: dict[str, ConversationTemplate] = {
     "v1": ConversationTemplate(name="v1", system=VICUNA_SYSTEM),
     "llavidal_v1": ConversationTemplate(name="llavidal_v1", system=LLAVIDAL_SYSTEM),
     "chat": ConversationTemplate(name="chat", system=None, style="chat"),
+    "chat_bare": ConversationTemplate(name="chat_bare", system="", style="chat"),
 }
 # Names used by upstream forks for the same formats.
 TEMPLATE_ALIASES = {"vicuna_v1_1": "v1", "video-chatgpt_v1": "llavidal_v1", "vicuna_v1": "v1"}
 
 
 def get_template(name: str) -> ConversationTemplate:
-    """The template called ``name`` (``v1``, ``llavidal_v1``, ``chat`` or an upstream alias)."""
+    """The template called ``name`` (``v1``, ``llavidal_v1``, ``chat``, ``chat_bare`` or an upstream alias)."""
     key = TEMPLATE_ALIASES.get(name, name)
     if key not in TEMPLATES:
         raise ValueError(f"unknown conversation template {name!r}; choose one of {sorted(TEMPLATES)} (--version)")
@@ -136,7 +141,7 @@ def render_v1(template: ConversationTemplate, turns: Sequence[tuple[str, str | N
 
 
 def _chat_messages(turns: Sequence[tuple[str, str]], system: str | None) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": system}] if system else []
+    messages = [{"role": "system", "content": system}] if system is not None else []
     messages.extend({"role": role, "content": text} for role, text in turns)
     return messages
 

@@ -60,10 +60,6 @@ DESCRIPTION = ("Compare the video designs on a quickstart folder: each trained w
 DEFAULT_DESIGNS = "upstream,pllava,pe,xattn,inject,sampler,qformer"
 ABLATION_TASKS = ("recognition", "forecasting")
 ABLATION_SETS = ("video", "all")
-EXTRACT_THREADS = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
-"""The grid and image extractions run the encoder on 2 threads while a worker decodes: a fixed count, not the
-machine's (a thread count can change float results; for the quickstart's 160 px grids 2 threads gave values
-identical to 1 thread, in 184 s instead of 278 s for the medium world on 2 idle cores)."""
 PREREQUISITES = ("world", "llm", "video", "pose_pretrain", "pose", "object", "data", "align")
 """The quickstart's steps the ablation needs (everything before its own training)."""
 
@@ -322,20 +318,19 @@ class Ablation:
         return str(recorded or getattr(self.qs.recipe, "video_encoder", "") or "")
 
     def grid_step(self):
-        from llavidal.quickstart.stages import cli
-        from llavidal.quickstart.steps import Command, Step
+        from llavidal.quickstart.stages import video_extract_command
+        from llavidal.quickstart.steps import Step
 
         paths = self.qs.paths
         return Step(
             "video_grid", f"Extract per-frame grid video features ({self.frames} frames x {self.grid_side}x"
                           f"{self.grid_side} patches)", self.grid_valid,
-            {"frames": self.frames, "grid": self.grid_side, "encoder": self.grid_encoder(), "threads": 2},
-            commands=lambda: [Command(cli(
-                "extract", "video", "--video_dir_path", str(paths.world / "videos"),
+            {"frames": self.frames, "grid": self.grid_side, "encoder": self.grid_encoder()},
+            commands=lambda: [video_extract_command(
+                self.qs, "--video_dir_path", str(paths.world / "videos"),
                 "--clip_feat_path", str(self.grid_folder), "--pooling", "grid", "--num_frames", str(self.frames),
                 *(["--encoder", self.grid_encoder()] if self.grid_encoder() else []),
-                "--spatial_grid", str(self.grid_side), "--workers", str(max(0, min(self.qs.workers, 2) - 1)),
-                "--no_progress"), EXTRACT_THREADS)],
+                "--spatial_grid", str(self.grid_side))],
         )
 
     # ---------------------------------------------------------------- the video-only training data
@@ -383,8 +378,8 @@ class Ablation:
                 "the quickstart's world step) or leave the images design out")
 
     def image_step(self):
-        from llavidal.quickstart.stages import cli
-        from llavidal.quickstart.steps import Command, Step
+        from llavidal.quickstart.stages import video_extract_command
+        from llavidal.quickstart.steps import Step
 
         recipe = self.qs.recipe
         return Step(
@@ -392,11 +387,11 @@ class Ablation:
                               "each image a 1-frame video)", self.images_valid,
             {"frames": recipe.video_frames, "temporal": recipe.video_temporal_tokens,
              "grid": recipe.video_spatial_grid, "encoder": self.grid_encoder()},
-            commands=lambda: [Command(cli(
-                "extract", "video", "--video_dir_path", str(self.image_dir), "--clip_feat_path", str(self.image_folder),
+            commands=lambda: [video_extract_command(
+                self.qs, "--video_dir_path", str(self.image_dir), "--clip_feat_path", str(self.image_folder),
                 *(["--encoder", self.grid_encoder()] if self.grid_encoder() else []),
                 "--num_frames", str(recipe.video_frames), "--temporal_tokens", str(recipe.video_temporal_tokens),
-                "--spatial_grid", str(recipe.video_spatial_grid), "--workers", "0", "--no_progress"), EXTRACT_THREADS)],
+                "--spatial_grid", str(recipe.video_spatial_grid))],
         )
 
     # ---------------------------------------------------------------- training

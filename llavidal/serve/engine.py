@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from transformers import StoppingCriteria
 
-from llavidal.data.templates import render_generation_prompt
+from llavidal.data.templates import get_template, render_generation_prompt
 from llavidal.model.llavidal_model import LlavidalModel
 from llavidal.model.modality import ModalityRegistry, expand_placeholders
 
@@ -243,7 +243,7 @@ class InferenceEngine:
 
     def _add_special_tokens(self, prompts: Sequence[str]) -> bool:
         # Chat templates write their own BOS; the Vicuna templates rely on the tokenizer adding it.
-        if self.template == "chat":
+        if get_template(self.template).style == "chat":
             return False
         bos = self.tokenizer.bos_token
         return not (bos and all(p.startswith(bos) for p in prompts))

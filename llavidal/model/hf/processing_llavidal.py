@@ -234,7 +234,9 @@ class LlavidalProcessor:
                    else np.asarray(f, dtype=np.float32).reshape(-1, f.shape[-1]) for name, f in row.items()}
             prompts.append(self.prompt(question, row, history or (), render=render))
             per_row.append(row)
-        add_special = not (render and self.template == "chat")
+        from llavidal.data.templates import get_template
+
+        add_special = not (render and get_template(self.template).style == "chat")
         bos = self.tokenizer.bos_token
         if add_special and bos and all(p.startswith(bos) for p in prompts):
             add_special = False
