@@ -19,7 +19,11 @@ Rows, all on the same encoder object, the same videos and the same batch size:
 * ``encoder only``: the frames of every video already decoded in memory, encoded in chunks of
   ``--batch_size`` and pooled: the limit a perfect pipeline reaches (decoding and writing free);
 * ``ours, workers=0``: our pipeline decoding in the main process (cross-video batches, writer thread);
-* ``ours, workers=N``: our pipeline with N decoding processes (the CLI's default on this machine).
+* ``ours, workers=N``: our pipeline with N decoding processes (the CLI's default on this machine);
+* ``CLI, one process`` and ``CLI, R ranks x 1 thread`` (``--ranks R``, not with ``vit-l14-random``): ``llavidal
+  extract video`` as a command, once as one process (every core's threads, ``--workers`` decoding processes) and
+  once under torchrun as R single-threaded ranks that decode their own share (the quickstart's way); both pay
+  a process start and an encoder load, so they compare with each other, not with the rows above.
 
 Rounds interleave the rows (every other round in reverse order) and the best time of each counts, so that
 other load on the machine, or its drift, does not favour one of them. Printed: videos/s, the ratio to the sequential loop of the same run, the fraction of
@@ -266,6 +270,25 @@ def ours(paths: list[Path], out_dir: Path, encoder, num_frames: int, batch_size:
     return seconds
 
 
+def cli_run(videos: Path, out_dir: Path, spec: str, num_frames: int, batch_size: int, workers: int,
+            ranks: int, device: str = "auto") -> float:
+    """``llavidal extract video`` as a subprocess: one process (``ranks`` 0) or ``ranks`` torchrun ranks of one
+    thread each, decoding in-process."""
+    import subprocess
+
+    words = ["-m", "llavidal", "extract", "video", "--video_dir_path", str(videos), "--clip_feat_path", str(out_dir),
+             "--encoder", spec, "--num_frames", str(num_frames), "--batch_size", str(batch_size), "--device", device, "--no_progress"]
+    env = dict(os.environ)
+    if ranks:
+        words = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks), *words, "--workers", "0"]
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    else:
+        words += ["--workers", str(workers)]
+    start = time.perf_counter()
+    subprocess.run([sys.executable, *words], env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
 def max_difference(first: Path, second: Path) -> float:
     from llavidal.data.feature_store import load_feature_file
 
@@ -295,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--ranks", type=int, default=min(2, os.cpu_count() or 1),
+                        help="torchrun ranks of the CLI rows (0 or 1: no CLI rows)")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved rounds; the best time of each row counts")
     parser.add_argument("--keep", default="", help="keep the generated videos and features in this folder")
     parser.add_argument("--profile", action="store_true",
@@ -318,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         for workers in dict.fromkeys([0, args.workers]):
             rows.append((f"ours, workers={workers}", f"out_w{workers}",
                          lambda out, workers=workers: ours(paths, out, encoder, args.num_frames, args.batch_size, workers)))
+        if args.ranks > 1 and args.encoder != "vit-l14-random":
+            rows.append(("CLI, one process", "out_cli", lambda out: cli_run(
+                work / "videos", out, args.encoder, args.num_frames, args.batch_size, args.workers, 0, args.device)))
+            rows.append((f"CLI, {args.ranks} ranks x 1 thread", "out_ranks", lambda out: cli_run(
+                work / "videos", out, args.encoder, args.num_frames, args.batch_size, 0, args.ranks, args.device)))
         stages = profile_stages(paths, encoder, args.num_frames, args.batch_size) if args.profile else []
         best = {name: float("inf") for name, _, _ in rows}
         for round_index in range(args.repeat):

@@ -192,3 +192,15 @@ def test_chat_bare_keeps_the_templates_default_system_prompt_out_of_training_and
     assert len(tokenize_conversation(CONVERSATION, tokenizer, "chat_bare")[0]) < \
         len(tokenize_conversation(CONVERSATION, tokenizer, "chat")[0])
     assert get_template("chat_bare").style == "chat"
+
+
+def test_inference_template_follows_upstream_aliases():
+    # Upstream trains with v1 (alias vicuna_v1_1) and answers with llavidal_v1's system prompt; every other
+    # template answers as it trained. The engine and the processor both resolve it here.
+    from llavidal.data.templates import inference_template
+
+    assert inference_template("v1") == "llavidal_v1"
+    assert inference_template("vicuna_v1_1") == "llavidal_v1"
+    assert inference_template("vicuna_v1") == "llavidal_v1"
+    for name in ("llavidal_v1", "chat", "chat_bare"):
+        assert inference_template(name) == name

@@ -90,6 +90,12 @@ def get_template(name: str) -> ConversationTemplate:
     return TEMPLATES[key]
 
 
+def inference_template(template: str) -> str:
+    """The template answers are generated with for weights trained with ``template``: upstream trains with ``v1``
+    and answers with ``llavidal_v1``'s system prompt; every other template answers as it trained."""
+    return "llavidal_v1" if TEMPLATE_ALIASES.get(template, template) == "v1" else template
+
+
 def normalize_conversation(conversations: Sequence[Any], sample_id: str = "") -> list[tuple[str, str]]:
     """Upstream ``[{"from": "human"|"gpt", "value": ...}]`` (or ``(role, text)`` pairs) -> [(role, text)].
 

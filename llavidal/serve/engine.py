@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from transformers import StoppingCriteria
 
-from llavidal.data.templates import get_template, render_generation_prompt
+from llavidal.data.templates import get_template, inference_template, render_generation_prompt
 from llavidal.model.llavidal_model import LlavidalModel
 from llavidal.model.modality import ModalityRegistry, expand_placeholders
 
@@ -57,11 +57,6 @@ class GenerationRequest:
     request_id: str = ""
     answer_prefix: str = ""
     """Text the answer starts with, which the model continues (MVBench's ``Best option:(``)."""
-
-
-def _inference_template(template: str) -> str:
-    # Upstream trains with v1 and answers with the llavidal_v1 system prompt.
-    return "llavidal_v1" if template == "v1" else template
 
 
 @dataclass
@@ -121,7 +116,7 @@ class InferenceEngine:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.template = template or _inference_template(model.config.template)
+        self.template = template or inference_template(model.config.template)
         if device is not None:
             self.model.to(device)
         self.model.eval()

@@ -27,11 +27,6 @@ import numpy as np
 PROCESSOR_CONFIG_NAME = "processor_config.json"
 
 
-def inference_template(template: str) -> str:
-    """The template answers are generated with (upstream trains with ``v1``, answers with ``llavidal_v1``)."""
-    return "llavidal_v1" if template == "v1" else template
-
-
 class LlavidalProcessor:
     """Tokenizer + the modality registry + the feature extractors (built on first use from the manifests)."""
 
@@ -174,7 +169,7 @@ class LlavidalProcessor:
     def prompt(self, question: str, features: dict[str, Any], history: Sequence[tuple[str, str]] = (),
                render: bool = True) -> str:
         """The prompt text for ``question`` about a sample with ``features`` (modality -> (k, D) array)."""
-        from llavidal.data.templates import render_generation_prompt
+        from llavidal.data.templates import inference_template, render_generation_prompt
         from llavidal.model.modality import expand_placeholders
 
         rows = {name: tuple(f.shape) for name, f in features.items()}  # a video design counts tokens from the shape
