@@ -62,8 +62,14 @@ def test_quickstart_small_tiny_runs_every_step_then_skips_them(tmp_path):
         assert by_set["video"]["n"] == by_set["all"]["n"]
         assert all(entry["n"] <= by_set["all"]["n"] for entry in by_set.values())
         assert all(entry["missing"] == 0 for entry in by_set.values())
+        # the same rows ranked by each option's summed log-likelihood, paired with the per-token ranking
+        for entry in by_set.values():
+            by_sum = entry["by_sum"]
+            assert by_sum["n"] == entry["n"] and 0.0 <= by_sum["p"] <= 1.0
+            assert by_sum["correct"] - entry["correct"] == by_sum["gained"] - by_sum["lost"]
     markdown = (report_dir / "report.md").read_text()
     assert "log-likelihood" in markdown and "which hand" in markdown and "object-dependent" in markdown
+    assert "each option's sum instead of its per-token mean" in markdown
     descriptions = report["results"]["descriptions"]
     assert descriptions is not None and descriptions["n"] > 0
     assert report["training"]["global_steps"] == 4

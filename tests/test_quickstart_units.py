@@ -491,3 +491,47 @@ def test_object_questions_ask_the_clips_the_world_does_not_about_their_objects(t
             assert all(key[1][len("colour-"):] in q.split("?")[0] for _, q, _ in draws)
     assert any(len({q for _, q, _ in draws}) == 2 for draws in asked.values())  # the draws differ
     assert object_questions(paths, apply_recipe_settings(recipe, ["object_questions=0"]), records) == []
+
+
+def test_report_ranks_the_same_loglik_rows_by_their_sum_with_paired_counts(tmp_path):
+    # Four recognition questions answered by per-token mean; the summed log-likelihood picks another option on
+    # two of them (one right, one wrong): the report shows both rules from the same rows, paired.
+    from llavidal.eval.mcq import score_mcq
+    from llavidal.eval.records import EvalRecord
+    from llavidal.quickstart.layout import Paths
+    from llavidal.quickstart.report import _by_sum_table, collect_results, exact_mcnemar_p, COLUMNS
+
+    paths = Paths(tmp_path)
+    paths.eval.mkdir(parents=True)
+    choices = {"A": "sitting down", "B": "crawling on hands and knees"}
+    # (answer, per-option (loglik, tokens)); the per-token mean prefers B on q1 and q3 only, the sum A everywhere.
+    questions = {"q0": ("A", {"A": (-2.0, 2), "B": (-8.0, 5)}), "q1": ("A", {"A": (-3.0, 2), "B": (-5.0, 5)}),
+                 "q2": ("B", {"A": (-1.0, 2), "B": (-4.0, 5)}), "q3": ("B", {"A": (-4.0, 2), "B": (-6.0, 5)})}
+    records, rows = [], []
+    for qid, (answer, scores) in questions.items():
+        records.append(EvalRecord(id=qid, video=f"{qid}.mp4", question="What is the person doing?",
+                                  answer=choices[answer], choices=choices, answer_letter=answer,
+                                  task="recognition"))
+        option_scores = {k: {"text": choices[k], "loglik": v, "tokens": t, "chars": len(choices[k]), "score": v / t}
+                         for k, (v, t) in scores.items()}
+        chosen = max(option_scores, key=lambda k: option_scores[k]["score"])
+        rows.append({"id": qid, "status": "ok", "outputs": {"main": chosen}, "prediction": chosen,
+                     "option_scores": option_scores})
+    predictions = paths.predictions("recognition", "video", "loglik")
+    predictions.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    scored = score_mcq(predictions, records)
+    paths.scored("recognition", "video", "loglik").parent.mkdir(parents=True)
+    paths.scored("recognition", "video", "loglik").write_text(json.dumps(scored))
+
+    entry = collect_results(paths)["mcq"]["loglik"]["recognition"]["video"]
+    # per-token mean: q0 A (right), q1 B (wrong), q2 A (wrong), q3 B (right) -> 2/4
+    assert (entry["correct"], entry["n"]) == (2, 4)
+    # sum: A everywhere -> q0, q1 right; q2, q3 wrong -> 2/4, gaining q1 and losing q3
+    by_sum = entry["by_sum"]
+    assert (by_sum["correct"], by_sum["n"], by_sum["gained"], by_sum["lost"]) == (2, 4, 1, 1)
+    assert by_sum["p"] == 1.0
+    lines = _by_sum_table({"recognition": {"video": entry}}, [c for c in COLUMNS if c[1] == "recognition"])
+    assert any("0.500 (2/4;" in line and "+1/-1, p 1" in line for line in lines)
+    # the exact test: 17 gained against 3 lost is p = 0.0026 (two-sided binomial at one half)
+    assert abs(exact_mcnemar_p(17, 3) - 0.002577) < 1e-5
+    assert exact_mcnemar_p(0, 0) == 1.0

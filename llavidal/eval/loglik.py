@@ -15,9 +15,14 @@ Scoring modes (``--mcq_scoring``):
 
 ``loglik_norm`` is the recommended log-likelihood mode: ADLMCQ choices differ in length (in SmolLM2's
 tokenizer "reading a book" is 3 tokens, "crawling on hands and knees" 7), and every token adds a negative
-log-probability, so raw sums favour the shortest choices whatever the video shows. Dividing by the tokens the model actually scored removes that
-bias in the unit the model predicts in; per character depends on how long the words are written rather
-than on how many predictions were made, and is offered for comparison with lm-eval's ``acc_norm``.
+log-probability, so for a model that has not learned the choices raw sums favour the shortest whatever the
+video shows. Dividing by the tokens the model actually scored removes that bias in the unit the model
+predicts in; per character depends on how long the words are written rather than on how many predictions
+were made, and is offered for comparison with lm-eval's ``acc_norm``. No rule is free of length: a trained
+model that has the first tokens of a long choice right predicts its remaining tokens almost surely, which
+lifts that choice's mean, so the per-token mean can lean to long choices instead. Rows keep every choice's
+sum and token count (``option_scores``), so any rule can be applied to the same forward passes afterwards;
+the quickstart's report ranks its rows both ways, paired (``llavidal.quickstart.report``).
 
 What is scored for a choice is the task's ``loglik_continuation`` (default ``{text}``: the choice text, a
 cloze; ``({letter}) {text}`` scores the letter too). A task YAML allows log-likelihood scoring with

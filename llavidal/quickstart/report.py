@@ -29,7 +29,7 @@ COLUMNS = (("recognition", "recognition", None), ("forecasting", "forecasting", 
            ("which hand", "attributes", "hand"), ("which object", "attributes", "object"),
            ("what colour", "attributes", "colour"))
 """The MCQ table's columns: (title, task, subset of the task's items or None for all of them)."""
-SCORING_TITLES = {"loglik": "log-likelihood of each option (every held-out question)",
+SCORING_TITLES = {"loglik": "log-likelihood of each option, its per-token mean (every held-out question)",
                   "generate": "generated answer + parser"}
 
 
@@ -51,19 +51,78 @@ def _object_dependent_ids(paths: Paths) -> set[str]:
     return {str(r.get("id")) for r in read_json(path) if r.get("object_dependent")}
 
 
+def _subset_filters(paths: Paths, task: str) -> dict[str, Any]:
+    """The subsets a task's column splits into: name -> predicate on a scored item."""
+    if task == "forecasting":
+        dependent = _object_dependent_ids(paths)
+        return {"object_dependent": lambda item: str(item.get("id")) in dependent}
+    if task == "attributes":
+        return {attribute: (lambda item, attribute=attribute: item.get("task") == attribute)
+                for attribute in ATTRIBUTES}
+    return {}
+
+
+def exact_mcnemar_p(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar test of paired right/wrong outcomes: a binomial test of ``gained`` against
+    ``gained + lost`` discordant pairs at one half."""
+    from math import comb
+
+    discordant = gained + lost
+    if discordant == 0:
+        return 1.0
+    tail = sum(comb(discordant, i) for i in range(min(gained, lost) + 1)) / 2 ** discordant
+    return min(1.0, 2 * tail)
+
+
+def _paired_block(items: list[dict], correct_by_sum: dict[str, bool]) -> dict:
+    """Accuracy of ``items`` ranked by the summed log-likelihood, and the questions it gets right that the
+    per-token mean misses (``gained``) and the reverse (``lost``), with the exact McNemar p of the two."""
+    flags = [(bool(item.get("correct")), correct_by_sum.get(str(item.get("id")), False)) for item in items]
+    gained = sum(by_sum and not by_mean for by_mean, by_sum in flags)
+    lost = sum(by_mean and not by_sum for by_mean, by_sum in flags)
+    correct = sum(by_sum for _, by_sum in flags)
+    return {"accuracy": correct / len(items) if items else None, "n": len(items), "correct": correct,
+            "gained": gained, "lost": lost, "p": exact_mcnemar_p(gained, lost)}
+
+
+def _by_sum(paths: Paths, task: str, set_name: str, items: list[dict]) -> dict | None:
+    """The log-likelihood rows of one run ranked again by each option's summed log-likelihood (lm-eval's ``acc``)
+    instead of its per-token mean: the same forward passes, another rule (ties to the first choice, as the
+    runner breaks them). A question without a row counts wrong under both rules."""
+    from llavidal.utils.io import load_json_or_jsonl
+
+    path = paths.predictions(task, set_name, "loglik")
+    if not path.is_file():
+        return None
+    correct_by_sum: dict[str, bool] = {}
+    answers = {str(item.get("id")): item.get("answer_letter") for item in items}
+    for row in load_json_or_jsonl(path):  # the last row of an id wins, as everywhere
+        scores = row.get("option_scores") if isinstance(row, dict) else None
+        if not scores or row.get("status", "ok") != "ok":
+            continue
+        best = max(scores, key=lambda letter: scores[letter]["loglik"])
+        correct_by_sum[str(row.get("id"))] = best == answers.get(str(row.get("id")))
+    if not correct_by_sum:
+        return None
+    entry = _paired_block(items, correct_by_sum)
+    entry["subsets"] = {name: _paired_block([item for item in items if keep(item)], correct_by_sum)
+                        for name, keep in _subset_filters(paths, task).items()}
+    return entry
+
+
 def _mcq_entry(paths: Paths, task: str, set_name: str, scoring: str = "generate") -> dict | None:
     path = paths.scored(task, set_name, scoring)
     if not path.is_file():
         return None
     (scored,) = load_results(path)
     items = scored.get("items") or []
-    subsets = {}
-    if task == "forecasting":
-        dependent = _object_dependent_ids(paths)
-        subsets["object_dependent"] = _block([item for item in items if str(item.get("id")) in dependent])
-    if task == "attributes":
-        for attribute in ATTRIBUTES:
-            subsets[attribute] = _block([item for item in items if item.get("task") == attribute])
+    subsets = {name: _block([item for item in items if keep(item)])
+               for name, keep in _subset_filters(paths, task).items()}
+    extra = {}
+    if scoring == "loglik":
+        by_sum = _by_sum(paths, task, set_name, items)
+        if by_sum is not None:
+            extra["by_sum"] = by_sum
     return {
         "accuracy": scored["metrics"]["accuracy"] / 100.0,
         "n": scored["metrics"]["n"],
@@ -74,6 +133,7 @@ def _mcq_entry(paths: Paths, task: str, set_name: str, scoring: str = "generate"
                           "n": v["n"]} for k, v in scored.get("per_class", {}).items()},
         "subsets": subsets,
         "predictions": str(paths.predictions(task, set_name, scoring).relative_to(paths.out)),
+        **extra,
     }
 
 
@@ -302,10 +362,36 @@ def _mcq_section(results: dict, forecast_reasoning: bool = False) -> list[str]:
             rows.append([set_name, *cells])
         lines += [f"### {SCORING_TITLES.get(scoring, scoring)}", "",
                   *markdown_table(["modality set", *(title for title, _, _ in columns)], rows, DIGITS), ""]
+        if scoring == "loglik":
+            lines += _by_sum_table(by_task, columns)
     chance = [f"{task} {_fmt(by_set.get('all', {}).get('chance'))}" for task, by_set in _main_scoring(results).items()]
     if chance:
         lines += [f"Chance (mean 1/options): {', '.join(chance)}.", ""]
     return lines
+
+
+def _by_sum_table(by_task: dict, columns: list) -> list[str]:
+    """The log-likelihood rows ranked by the summed log-likelihood, beside the per-token table above."""
+    rows, any_cell = [], False
+    for set_name in MODALITY_SETS:
+        cells = []
+        for _, task, subset in columns:
+            entry = (by_task[task].get(set_name) or {}).get("by_sum")
+            if entry is not None and subset is not None:
+                entry = entry.get("subsets", {}).get(subset)
+            if entry and entry.get("n"):
+                any_cell = True
+                cells.append(f"{_accuracy_cell(entry)}; +{entry['gained']}/-{entry['lost']}, p {entry['p']:.2g}")
+            else:
+                cells.append("n/a")
+        rows.append([set_name, *cells])
+    if not any_cell:
+        return []
+    return ["### the same log-likelihoods, each option's sum instead of its per-token mean", "",
+            ("The forward passes of the table above, ranked by lm-eval's `acc` rule instead of the per-token mean "
+             "(`--mcq_scoring loglik` against `loglik_norm`). After each cell: the questions the sum gets right "
+             "that the mean gets wrong (+), the reverse (-), and the exact McNemar p of the two rules."), "",
+            *markdown_table(["modality set", *(title for title, _, _ in columns)], rows, DIGITS), ""]
 
 
 def _accuracy_cell(entry: dict) -> str:
