@@ -87,8 +87,10 @@ def _paired_block(items: list[dict], correct_by_sum: dict[str, bool]) -> dict:
 
 def _by_sum(paths: Paths, task: str, set_name: str, items: list[dict]) -> dict | None:
     """The log-likelihood rows of one run ranked again by each option's summed log-likelihood (lm-eval's ``acc``)
-    instead of its per-token mean: the same forward passes, another rule (ties to the first choice, as the
-    runner breaks them). A question without a row counts wrong under both rules."""
+    instead of its per-token mean: the same forward passes, the runner's own choice
+    (:meth:`llavidal.serve.engine.OptionScores.best`) with no normalisation. A question without a row counts wrong
+    under both rules."""
+    from llavidal.serve.engine import OptionScores
     from llavidal.utils.io import load_json_or_jsonl
 
     path = paths.predictions(task, set_name, "loglik")
@@ -100,8 +102,10 @@ def _by_sum(paths: Paths, task: str, set_name: str, items: list[dict]) -> dict |
         scores = row.get("option_scores") if isinstance(row, dict) else None
         if not scores or row.get("status", "ok") != "ok":
             continue
-        best = max(scores, key=lambda letter: scores[letter]["loglik"])
-        correct_by_sum[str(row.get("id"))] = best == answers.get(str(row.get("id")))
+        letters = list(scores)
+        options = OptionScores(letters, [scores[k]["loglik"] for k in letters], [scores[k]["tokens"] for k in letters],
+                               [scores[k]["chars"] for k in letters])
+        correct_by_sum[str(row.get("id"))] = letters[options.best("none")] == answers.get(str(row.get("id")))
     if not correct_by_sum:
         return None
     entry = _paired_block(items, correct_by_sum)
