@@ -364,6 +364,29 @@ def test_per_sample_extractors_and_the_evaluation_run_as_torchrun_ranks(tmp_path
         assert "eval_procs" in qs.recipe.evaluation_fields()  # changing it reruns the evaluation, not training
 
 
+def test_the_recipes_encoder_batch_and_alignment_temperature_reach_the_commands_and_the_steps_settings(tmp_path):
+    """``video_batch`` is every video extraction's ``--batch_size`` (the features depend on it by float rounding, so
+    it is in the video step's settings: changing it extracts again); ``align_temperature`` is the alignment's."""
+    from dataclasses import replace
+
+    from llavidal.quickstart.layout import Paths
+    from llavidal.quickstart.stages import Quickstart, align_step, video_step
+
+    _world_with_test_files(tmp_path, ("mcq_action_recognition.json",))
+    steps = {}
+    for batch, temperature in ((8, 0.1), (64, 1.0)):
+        recipe = replace(RECIPES["ci"], video_batch=batch, align_temperature=temperature)
+        qs = Quickstart(paths=Paths(tmp_path), recipe=recipe, preset="small", llm="tiny", seed=0, workers=2)
+        video, align = video_step(qs), align_step(qs)
+        argv = video.commands()[0].argv
+        assert argv[argv.index("--batch_size") + 1] == str(batch) and "extract" in argv
+        argv = align.commands()[0].argv
+        assert argv[argv.index("--align_temperature") + 1] == str(temperature)
+        steps[batch] = (video.settings, align.settings)
+    assert steps[8][0] != steps[64][0] and steps[8][1] != steps[64][1]
+    assert RECIPES["embedded"].video_batch == 8 and RECIPES["embedded"].align_temperature == 1.0
+
+
 def test_forecasting_loglik_scores_the_choices_after_the_models_own_reasoning(tmp_path):
     """The recipe trains forecasting answers "The video ends with X. The answer is Y.": its log-likelihood
     evaluation generates up to the lead and scores the choices after it; recognition scores them at once."""

@@ -325,7 +325,8 @@ class Ablation:
         return Step(
             "video_grid", f"Extract per-frame grid video features ({self.frames} frames x {self.grid_side}x"
                           f"{self.grid_side} patches)", self.grid_valid,
-            {"frames": self.frames, "grid": self.grid_side, "encoder": self.grid_encoder()},
+            {"frames": self.frames, "grid": self.grid_side, "encoder": self.grid_encoder(),
+             "batch": self.qs.recipe.video_batch},
             commands=lambda: [video_extract_command(
                 self.qs, "--video_dir_path", str(paths.world / "videos"),
                 "--clip_feat_path", str(self.grid_folder), "--pooling", "grid", "--num_frames", str(self.frames),
@@ -386,7 +387,7 @@ class Ablation:
             "image_features", f"Extract image features of the world's image-instruction set ({self.grid_encoder()}, "
                               "each image a 1-frame video)", self.images_valid,
             {"frames": recipe.video_frames, "temporal": recipe.video_temporal_tokens,
-             "grid": recipe.video_spatial_grid, "encoder": self.grid_encoder()},
+             "grid": recipe.video_spatial_grid, "encoder": self.grid_encoder(), "batch": recipe.video_batch},
             commands=lambda: [video_extract_command(
                 self.qs, "--video_dir_path", str(self.image_dir), "--clip_feat_path", str(self.image_folder),
                 *(["--encoder", self.grid_encoder()] if self.grid_encoder() else []),

@@ -41,6 +41,11 @@ class Recipe:
     video_temporal_tokens: int = 4
     video_spatial_grid: int = 2
     """Video tokens per clip = temporal tokens + grid^2 spatial tokens."""
+    video_batch: int = 8
+    """Frames per encoder forward pass of the video extraction (``llavidal extract video --batch_size``). On CPU
+    EfficientNet-Lite0 at 160 px runs faster in small batches (the medium world's video step 156.7 s at 8 against
+    218.1 s at 64, back to back; benchmarks/README.md); the features depend on it by float rounding (float16
+    values one rounding step apart), so it is part of what the video step's files depend on."""
     pose_tokens: int = 8
     pose_frames: int = 32
     pose_hidden: int = 128
@@ -62,6 +67,14 @@ class Recipe:
     """Run ``llavidal align`` first: fit the projectors so that a train clip's feature tokens reproduce the
     LLM's embeddings of its activity's name (no LLM pass), and start training from them."""
     align_steps: int = 400
+    align_temperature: float = 1.0
+    """``llavidal align --align_temperature``: the softmax temperature of the contrastive term over the labels.
+    A sharper softmax fits every projector better on the alignment's held-out tenth of the medium world's train
+    split (same features, seed and steps; docs/quickstart_report/notes.md), 1.0 -> 0.1: video 30/77 -> 36/77
+    (26 activities), pose 83/142 -> 94/142, objects 74/99 -> 78/99 (87 names); but the LLM trained from the
+    0.1 alignment did not answer better (recognition with video alone 106/208 against 112/208, with everything
+    185/208 against 190/208; forecasting 100/211 against 97/211 and 156/211 against 159/211), so the preset
+    keeps 1.0."""
     align_object_names: bool = True
     """Fit each object's tokens to its own name ("purple bottle": colour and class, from the world's metadata)
     instead of the clip's activity name. An object does not tell the activity (a cup is on the table of

@@ -165,7 +165,7 @@ def video_step(qs: Quickstart) -> Step:
         "video", f"Extract video features ({recipe.video_encoder})",
         lambda: features_complete(paths.video, "*.safetensors", _clips(qs)),
         {"frames": recipe.video_frames, "temporal": recipe.video_temporal_tokens, "grid": recipe.video_spatial_grid,
-         "encoder": recipe.video_encoder},
+         "encoder": recipe.video_encoder, "batch": recipe.video_batch},
         commands=lambda: [video_command(qs, paths.world, paths.video)],
     )
 
@@ -181,8 +181,10 @@ def video_command(qs: Quickstart, world: Path, out: Path) -> Command:
 
 def video_extract_command(qs: Quickstart, *flags: str) -> Command:
     """``llavidal extract video FLAGS`` as one single-threaded rank per worker, each decoding its own share of the
-    videos (the features are those of one process: ``tests/test_extract_video_dist.py``)."""
-    return Command(ranks_cli(qs.workers, "extract", "video", *flags, "--workers", "0", "--no_progress"), SINGLE_THREAD)
+    videos (the features are those of one process: ``tests/test_extract_video_dist.py``), the encoder fed
+    ``recipe.video_batch`` frames at a time."""
+    return Command(ranks_cli(qs.workers, "extract", "video", *flags, "--batch_size", str(qs.recipe.video_batch),
+                             "--workers", "0", "--no_progress"), SINGLE_THREAD)
 
 
 def pose_pretrain_step(qs: Quickstart) -> Step:
@@ -323,7 +325,8 @@ def align_step(qs: Quickstart) -> Step:
             "--mm_projector_type", str(settings.get("mm_projector_type", "linear")),
             "--data_path", str(labels_path), "--video_folder", str(paths.video),
             "--pose_folder", str(paths.pose), "--object_folder", str(paths.object),
-            "--align_steps", str(recipe.align_steps), "--seed", str(qs.seed), "--output_dir", str(paths.align)),
+            "--align_steps", str(recipe.align_steps), "--align_temperature", str(recipe.align_temperature),
+            "--seed", str(qs.seed), "--output_dir", str(paths.align)),
             {"OMP_NUM_THREADS": str(max(1, qs.workers)), "TOKENIZERS_PARALLELISM": "false"})]
 
     return Step(
