@@ -384,7 +384,7 @@ def test_the_recipes_encoder_batch_and_alignment_temperature_reach_the_commands_
         assert argv[argv.index("--align_temperature") + 1] == str(temperature)
         steps[batch] = (video.settings, align.settings)
     assert steps[8][0] != steps[64][0] and steps[8][1] != steps[64][1]
-    assert RECIPES["embedded"].video_batch == 8 and RECIPES["embedded"].align_temperature == 1.0
+    assert RECIPES["embedded"].video_batch == 64 and RECIPES["embedded"].align_temperature == 1.0
 
 
 def test_forecasting_loglik_scores_the_choices_after_the_models_own_reasoning(tmp_path):
