@@ -223,6 +223,48 @@ def test_a_done_step_is_skipped_and_rerun_when_its_settings_change(tmp_path, cap
     assert [r.status for r in StepRunner(out).run([_step(out, {"size": 2}, "four")])] == ["done"]
 
 
+def _resume(path: Path, text: str, fail: bool = False) -> Command:
+    """Writes ``path`` only when it is missing (as a feature extractor resumes), then fails if asked."""
+    code = (f"import os, sys; p = {str(path)!r}; os.makedirs(os.path.dirname(p), exist_ok=True); "
+            f"os.path.exists(p) or open(p, 'w').write({text!r}); sys.exit({int(fail)})")
+    return Command([sys.executable, "-c", code])
+
+
+def test_a_step_whose_settings_changed_clears_the_folders_its_resuming_commands_would_keep(tmp_path, capsys):
+    """The video step's extractor resumes every file of the same recipe, which does not record the encoder's batch
+    size: with other settings the step's ``clear_on_change`` folders are removed first, so its files are its
+    settings'; a rerun for any other reason (an earlier step ran again, same settings) resumes them; a run killed
+    after the removal resumes the new settings' files instead of removing them again."""
+    out, folder = tmp_path / "run", tmp_path / "run" / "features"
+    out.mkdir()
+    made = folder / "clip.txt"
+
+    def steps(world: str, batch: int, text: str, clear: bool = True, fail: bool = False) -> list[Step]:
+        return [Step("world", "World", (out / "world.txt").is_file, {"world": world},
+                     commands=lambda: [_touch(out / "world.txt", world)]),
+                Step("video", "Video", made.is_file, {"batch": batch},
+                     commands=lambda: [_resume(made, text, fail)], clear_on_change=(folder,) if clear else ())]
+
+    StepRunner(out).run(steps("w1", 64, "at 64"))
+    assert made.read_text() == "at 64"
+    StepRunner(out).run(steps("w1", 8, "at 8", clear=False))  # what the step did without it: the old file kept
+    assert made.read_text() == "at 64"
+    StepRunner(out).run(steps("w1", 64, "at 64"))  # recorded 8, now 64: removed and made again
+    assert made.read_text() == "at 64"
+    capsys.readouterr()
+    StepRunner(out).run(steps("w1", 8, "at 8"))
+    assert made.read_text() == "at 8" and f"settings changed (batch): removing {folder}" in capsys.readouterr().out
+    StepRunner(out).run(steps("w2", 8, "again"))  # the world ran again, the settings are the same: resumed
+    assert made.read_text() == "at 8"
+
+    with pytest.raises(Exception):  # settings changed, then the command is killed after writing its file
+        StepRunner(out).run(steps("w2", 16, "at 16", fail=True))
+    assert made.read_text() == "at 16" and not (out / ".steps" / "video.json").exists()
+    StepRunner(out).run(steps("w2", 16, "other"))  # resumed, not removed again
+    assert made.read_text() == "at 16"
+    assert json.loads((out / ".steps" / "video.json").read_text())["settings"] == {"batch": 16}
+
+
 def test_the_steps_after_one_that_ran_again_run_again(tmp_path):
     """A step whose own settings are unchanged still reruns when a step before it ran again (e.g. alignment and
     training after new features)."""
@@ -380,6 +422,7 @@ def test_the_recipes_encoder_batch_and_alignment_temperature_reach_the_commands_
         video, align = video_step(qs), align_step(qs)
         argv = video.commands()[0].argv
         assert argv[argv.index("--batch_size") + 1] == str(batch) and "extract" in argv
+        assert video.clear_on_change == (qs.paths.video,)  # the extractor would keep the other batch's files
         argv = align.commands()[0].argv
         assert argv[argv.index("--align_temperature") + 1] == str(temperature)
         steps[batch] = (video.settings, align.settings)

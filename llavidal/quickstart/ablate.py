@@ -332,6 +332,7 @@ class Ablation:
                 "--clip_feat_path", str(self.grid_folder), "--pooling", "grid", "--num_frames", str(self.frames),
                 *(["--encoder", self.grid_encoder()] if self.grid_encoder() else []),
                 "--spatial_grid", str(self.grid_side))],
+            clear_on_change=(self.grid_folder,),
         )
 
     # ---------------------------------------------------------------- the video-only training data
@@ -393,6 +394,7 @@ class Ablation:
                 *(["--encoder", self.grid_encoder()] if self.grid_encoder() else []),
                 "--num_frames", str(recipe.video_frames), "--temporal_tokens", str(recipe.video_temporal_tokens),
                 "--spatial_grid", str(recipe.video_spatial_grid))],
+            clear_on_change=(self.image_folder,),
         )
 
     # ---------------------------------------------------------------- training

@@ -166,7 +166,7 @@ def video_step(qs: Quickstart) -> Step:
         lambda: features_complete(paths.video, "*.safetensors", _clips(qs)),
         {"frames": recipe.video_frames, "temporal": recipe.video_temporal_tokens, "grid": recipe.video_spatial_grid,
          "encoder": recipe.video_encoder, "batch": recipe.video_batch},
-        commands=lambda: [video_command(qs, paths.world, paths.video)],
+        commands=lambda: [video_command(qs, paths.world, paths.video)], clear_on_change=(paths.video,),
     )
 
 

@@ -5,7 +5,9 @@ public CLI, each run as a child process whose output streams to the console and 
 Its completion is recorded as ``OUT/.steps/<name>.json`` (written atomically after the step's own
 validation passes) with the step's settings, when it finished and the command lines it ran; a rerun skips a
 step whose record exists, whose settings are unchanged, which finished after every step before it (a step
-that ran again makes every later one run again) and whose outputs still validate. A rerun step's own commands
+that ran again makes every later one run again) and whose outputs still validate. A step that runs again with
+other settings than it recorded first removes its ``clear_on_change`` folders (the video features: their
+extractor does not record every setting that moves their values); otherwise a rerun step's own commands
 decide what they redo: the feature extractors keep a clip's existing file only when it was computed from the
 clip's files as they are now (each feature file records their sha256), so a world made again with another
 preset or seed under the same OUT has every changed clip extracted again. ``OUT/commands.sh`` lists every step's command lines, so that any one can be rerun by hand.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +60,11 @@ class Step:
     """In-process work done before the commands (files they read)."""
     prepares: str = ""
     """What ``prepare`` writes, for ``commands.sh``."""
+    clear_on_change: tuple[Path, ...] = ()
+    """Folders the step writes whose files its commands would keep on a rerun although its settings changed
+    (a feature extractor resumes every file made with the same recipe, and its recipe does not record, say, the
+    encoder's batch size, which moves the values by float rounding): removed before the step runs again with
+    other settings than those it recorded, so that its files are those of its settings."""
 
 
 @dataclass
@@ -96,6 +104,23 @@ class StepRunner:
             return False
         return bool(step.validate())
 
+    def _clear_if_changed(self, step: Step) -> None:
+        """Remove ``step.clear_on_change`` when the step's record holds other settings than its current ones,
+        then its record (a run killed after this resumes the new settings' files instead of removing them)."""
+        saved = self._record(step)
+        if not step.clear_on_change or saved is None:
+            return
+        current = json.loads(json.dumps(step.settings))
+        before = saved.get("settings") or {}
+        changed = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
+        if not changed:
+            return
+        for folder in step.clear_on_change:
+            if Path(folder).exists():
+                self.log(f"  settings changed ({', '.join(changed)}): removing {folder}, made with the old ones")
+                shutil.rmtree(folder)
+        self.record_path(step).unlink(missing_ok=True)
+
     def run(self, steps: list[Step]) -> list[StepResult]:
         """Run ``steps`` in order, skipping each that is done (:meth:`is_done`); the steps after one that runs
         run too, since they may read what it wrote (a new world's clips, new features)."""
@@ -109,6 +134,7 @@ class StepRunner:
                 latest = max(latest, float((self._record(step) or {}).get("finished", 0.0)))
                 continue
             self.log(f"{prefix} ...")
+            self._clear_if_changed(step)
             start = time.perf_counter()
             ran: list[Command] = []
             try:
